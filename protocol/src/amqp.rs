@@ -1,0 +1,138 @@
+//! AMQP payloads: the job message workers consume, and the completion they publish to the reply exchange.
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{JobRecord, RecordError};
+use crate::JobId;
+
+/// A payload that is not what Herald publishes.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    /// Not JSON, or JSON of another shape.
+    #[error("payload is not a valid message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// Well-formed JSON whose content contradicts itself.
+    #[error("payload is inconsistent: {0}")]
+    Inconsistent(#[from] RecordError),
+}
+
+/// A job on the job queue: `{"id": "<uuid>", "n": 150000}`, published persistent with publisher confirms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// The request ID.
+    pub id: JobId,
+    /// The input.
+    pub n: u64,
+}
+
+impl JobMessage {
+    /// JSON bytes to publish.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a job message always serialises")
+    }
+
+    /// Reads a job message from a delivery body.
+    pub fn decode(body: &[u8]) -> Result<Self, PayloadError> {
+        Ok(serde_json::from_slice(body)?)
+    }
+}
+
+/// A finished job, published by a worker to the reply exchange, once for each server instance that waits.
+///
+/// It carries the final record, so the server answers without a Redis read, except for outputs over
+/// [`crate::MAX_INLINE_OUTPUT_BYTES`]: those stay in Redis and `output_in_store` says so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The request ID (also the message's `correlation_id`).
+    pub id: JobId,
+    /// The final record.
+    #[serde(flatten)]
+    pub record: JobRecord,
+    /// The output was left out of this message because of its size: read it from Redis.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_in_store: bool,
+}
+
+impl Completion {
+    /// A completion for `record`, leaving a large output in the store.
+    pub fn new(id: JobId, mut record: JobRecord) -> Self {
+        let too_large = record
+            .output
+            .as_ref()
+            .is_some_and(|o| o.len() > crate::MAX_INLINE_OUTPUT_BYTES);
+        if too_large {
+            record.output = None;
+        }
+        Self {
+            id,
+            record,
+            output_in_store: too_large,
+        }
+    }
+
+    /// JSON bytes to publish.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a completion always serialises")
+    }
+
+    /// Reads and validates a completion from a delivery body.
+    pub fn decode(body: &[u8]) -> Result<Self, PayloadError> {
+        let completion: Self = serde_json::from_slice(body)?;
+        if !completion.record.status.is_final() {
+            return Err(RecordError::Inconsistent("a completion must hold a final status").into());
+        }
+        completion.record.validate(!completion.output_in_store)?;
+        Ok(completion)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::JobStatus;
+    use std::sync::Arc;
+
+    #[test]
+    fn job_message_round_trip_and_rejects() {
+        let job = JobMessage {
+            id: JobId::new_v4(),
+            n: 42,
+        };
+        assert_eq!(JobMessage::decode(&job.encode()).unwrap(), job);
+        for bad in [
+            &b"not json"[..],
+            br#"{"n":5}"#,
+            br#"{"id":"nope","n":5}"#,
+            br#"{"id":"6f1f4a52-2d3e-4c4a-9b0e-1c2d3e4f5a6b","n":-5}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(JobMessage::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn completion_leaves_big_output_in_store() {
+        let mut record = JobRecord::queued(1, 0);
+        record.status = JobStatus::Done;
+        let big = "7".repeat(crate::MAX_INLINE_OUTPUT_BYTES + 1);
+        record.digits = Some(big.len() as u64);
+        record.output = Some(Arc::from(big));
+        let completion = Completion::new(JobId::new_v4(), record);
+        assert!(completion.output_in_store);
+        assert!(completion.record.output.is_none());
+        let decoded = Completion::decode(&completion.encode()).unwrap();
+        assert_eq!(decoded, completion);
+    }
+
+    #[test]
+    fn completion_rejects_pending_or_inconsistent() {
+        let record = JobRecord::queued(1, 0);
+        let pending = Completion::new(JobId::new_v4(), record.clone());
+        assert!(Completion::decode(&pending.encode()).is_err());
+        let mut done = record;
+        done.status = JobStatus::Done;
+        done.digits = Some(1);
+        let no_output = Completion::new(JobId::new_v4(), done);
+        assert!(Completion::decode(&no_output.encode()).is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! Herald's server: takes jobs over WebSocket (and the classic HTTP API), queues them in RabbitMQ, and
+//! pushes each result to the sockets that wait for it, on whichever instance they are connected to.
+
+pub mod broker;
+pub mod http;
+pub mod hub;
+pub mod jobs;
+pub mod session;
+pub mod settings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use herald_worker::{SettingsError, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use broker::BrokerStats;
+pub use settings::Settings;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A setting cannot work.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// Redis cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// RabbitMQ cannot be used.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The listening socket failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every handler and session shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated settings.
+    pub settings: Arc<Settings>,
+    /// Job intake.
+    pub jobs: jobs::Jobs,
+    /// Local watchers.
+    pub hub: Arc<hub::Hub>,
+    /// Cancelled when the server stops.
+    pub shutdown: CancellationToken,
+}
+
+/// A server bound to its port and connected to its backends, ready to [`run`](Application::run).
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    broker: broker::Broker,
+    stats: Arc<BrokerStats>,
+}
+
+impl Application {
+    /// Validates the settings, connects to Redis and RabbitMQ, and binds the listening socket.
+    pub async fn build(settings: Settings) -> Result<Self, ServerError> {
+        settings.validate()?;
+        let backend = &settings.backend;
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let store = Store::new(&backend.redis_url, backend.keys(), 64)?;
+        store.ping().await?;
+        let broker = broker::Broker::connect(
+            &backend.amqp_url,
+            &backend.queue,
+            &backend.reply_exchange,
+            &instance,
+        )
+        .await?;
+        let listener = TcpListener::bind(settings.listen).await?;
+        let state = AppState {
+            jobs: jobs::Jobs {
+                store,
+                publisher: broker.publisher(),
+                instance,
+                ttl: settings.job_ttl(),
+            },
+            settings: Arc::new(settings),
+            hub: Arc::default(),
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Self {
+            listener,
+            state,
+            broker,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// This instance's routing key on the reply exchange.
+    pub fn instance(&self) -> &str {
+        &self.state.jobs.instance
+    }
+
+    /// Counters of this instance's reply queue.
+    pub fn stats(&self) -> Arc<BrokerStats> {
+        self.stats.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled: then every socket gets a Close frame (1001) and the server
+    /// returns once they are closed.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let Self {
+            listener,
+            mut state,
+            broker,
+            stats,
+        } = self;
+        state.shutdown = shutdown.clone();
+        let replies = tokio::spawn(broker.run_replies(
+            state.hub.clone(),
+            state.jobs.store.clone(),
+            stats,
+            shutdown.clone(),
+        ));
+        info!("listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        let _ = replies.await;
+        Ok(())
+    }
+}

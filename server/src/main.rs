@@ -1,0 +1,16 @@
+//! `herald-server`: the WebSocket and HTTP job gateway; see the library for what it does.
+
+use clap::Parser;
+use herald_server::{Application, Settings};
+use herald_worker::telemetry;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let app = Application::build(Settings::parse()).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
+    app.run(shutdown).await?;
+    Ok(())
+}

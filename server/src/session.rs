@@ -1,0 +1,379 @@
+//! One WebSocket session: reads requests, answers them, and pushes the result of every job it watches.
+//!
+//! The session is a single task that owns all of its state, so ordering rules are plain code: `accepted`
+//! goes out before the `result` of the same job (a result that arrives first is held back), and each job
+//! gets exactly one `result` on this socket (a job leaves the session's table when its result is sent, and
+//! anything arriving later for it is a duplicate). Writes go through a separate writer task with a byte
+//! budget, so a client that stops reading costs bounded memory and never stalls the session.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::{SplitSink, StreamExt};
+use futures::SinkExt;
+use herald_protocol::{
+    parse_client_frame, unix_ms, ClientMessage, ErrorCode, ErrorMessage, JobId, JobRecord,
+    ServerMessage,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::hub::SessionHandle;
+use crate::jobs::unavailable;
+use crate::AppState;
+
+/// Events that reach a session besides its client's frames.
+pub enum SessionEvent {
+    /// A watched job finished (from the hub).
+    Finished(JobId, Arc<JobRecord>),
+    /// A submit of this session was stored and published, or not.
+    Submitted {
+        id: JobId,
+        n: u64,
+        tag: Option<String>,
+        outcome: Result<(), ErrorMessage>,
+    },
+    /// The answer to a resume: the record, `None` when there is none, or why it could not be read.
+    Resumed {
+        id: JobId,
+        outcome: Result<Option<JobRecord>, ErrorMessage>,
+    },
+}
+
+/// Events a session can hold before it counts as overloaded.
+const EVENT_QUEUE: usize = 1024;
+
+/// How long a closing session waits for its Close frame to be written before dropping the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Close codes (RFC 6455).
+const GOING_AWAY: u16 = 1001;
+const POLICY: u16 = 1008;
+const INVALID_DATA: u16 = 1007;
+const TOO_BIG: u16 = 1009;
+
+/// A job this session waits for.
+enum Watch {
+    /// Submitted, not yet confirmed: a result arriving now is held until `accepted` is sent.
+    Submitting(Option<Arc<JobRecord>>),
+    /// Registered by a resume whose answer has not come yet.
+    Resuming,
+    /// The client knows the job is pending; the next thing it gets is the result.
+    Pending,
+}
+
+/// Runs a session on an upgraded socket until the client leaves, the server stops, or the client is too
+/// slow.
+pub async fn run(socket: WebSocket, state: AppState) {
+    let (sink, mut stream) = socket.split();
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    let overloaded = CancellationToken::new();
+    let handle = SessionHandle {
+        id: state.hub.new_session_id(),
+        events: events_tx,
+        overloaded: overloaded.clone(),
+    };
+    let (outbox, writer) = Outbox::start(sink, state.settings.socket_buffer_bytes, overloaded.clone());
+    let mut session = Session {
+        state: state.clone(),
+        handle,
+        outbox,
+        watches: HashMap::new(),
+    };
+    let span = tracing::debug_span!("session", id = session.handle.id);
+    let _enter = span.enter();
+    debug!("session opened");
+    let close = loop {
+        tokio::select! {
+            biased;
+            _ = state.shutdown.cancelled() => break Some((GOING_AWAY, "server shutting down")),
+            _ = overloaded.cancelled() => {
+                warn!("client too slow: closing its socket");
+                break Some((POLICY, "too slow: outgoing buffer full; resume by request ID"));
+            }
+            Some(event) = events.recv() => session.on_event(event),
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => session.on_text(&text),
+                Some(Ok(Message::Binary(_))) => session.send(&ServerMessage::Error(ErrorMessage::new(
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported; send text frames holding JSON",
+                ))),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Err(e)) => break Some(close_for(e)),
+            },
+        }
+    };
+    drop(_enter);
+    session.close(close, writer).await;
+}
+
+/// The close code and reason for a frame the socket could not read.
+fn close_for(error: axum::Error) -> (u16, &'static str) {
+    use tungstenite::error::{CapacityError, Error};
+    match error.into_inner().downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => {
+            (TOO_BIG, "frame too large: the limit is 64 KiB")
+        }
+        Some(Error::Utf8(_)) => (INVALID_DATA, "text frame is not valid UTF-8"),
+        _ => (POLICY, "protocol error"),
+    }
+}
+
+struct Session {
+    state: AppState,
+    handle: SessionHandle,
+    outbox: Outbox,
+    watches: HashMap<JobId, Watch>,
+}
+
+impl Session {
+    fn send(&self, message: &ServerMessage) {
+        self.outbox.push(message.to_json());
+    }
+
+    fn on_text(&mut self, text: &str) {
+        match parse_client_frame(text) {
+            Ok(ClientMessage::Submit { n, tag }) => self.submit(n, tag),
+            Ok(ClientMessage::Resume { id }) => self.resume(id),
+            Err(error) => self.send(&ServerMessage::Error(error)),
+        }
+    }
+
+    fn busy(&self) -> Option<ErrorMessage> {
+        (self.watches.len() >= self.state.settings.max_in_flight).then(|| ErrorMessage {
+            retry_after_ms: Some(1000),
+            ..ErrorMessage::new(
+                ErrorCode::Busy,
+                format!(
+                    "this connection already has {} jobs in flight; wait for some to finish",
+                    self.watches.len()
+                ),
+            )
+        })
+    }
+
+    fn submit(&mut self, n: u64, tag: Option<String>) {
+        let max_n = self.state.settings.backend.max_n;
+        if n > max_n {
+            let error = ErrorMessage::new(ErrorCode::TooLarge, format!("n must be at most {max_n}"));
+            return self.send(&ServerMessage::Error(error.with_tag(tag)));
+        }
+        if let Some(busy) = self.busy() {
+            return self.send(&ServerMessage::Error(busy.with_tag(tag)));
+        }
+        let id = JobId::new_v4();
+        // Watch before publishing: the job may finish before the publish is even confirmed.
+        self.state.hub.watch(id, &self.handle);
+        self.watches.insert(id, Watch::Submitting(None));
+        let jobs = self.state.jobs.clone();
+        let events = self.handle.events.clone();
+        tokio::spawn(async move {
+            // Runs to the end even if the session goes away, so a record is never left half-submitted.
+            let outcome = jobs.submit(id, n, true).await;
+            let _ = events
+                .send(SessionEvent::Submitted {
+                    id,
+                    n,
+                    tag,
+                    outcome,
+                })
+                .await;
+        });
+    }
+
+    fn resume(&mut self, id: JobId) {
+        if !self.watches.contains_key(&id) {
+            if let Some(busy) = self.busy() {
+                return self.send(&ServerMessage::Error(busy.with_id(id)));
+            }
+            // Register first, then read: a completion that lands between the two is not missed.
+            self.state.hub.watch(id, &self.handle);
+            self.watches.insert(id, Watch::Resuming);
+        }
+        let store = self.state.jobs.store.clone();
+        let instance = self.state.jobs.instance.clone();
+        let events = self.handle.events.clone();
+        tokio::spawn(async move {
+            let outcome = store.resume(&id, &instance).await.map_err(|e| {
+                warn!(%id, error = %e, "could not read a job for a resume");
+                unavailable().with_id(id)
+            });
+            let _ = events.send(SessionEvent::Resumed { id, outcome }).await;
+        });
+    }
+
+    fn on_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Finished(id, record) => match self.watches.get_mut(&id) {
+                Some(Watch::Submitting(early)) => *early = Some(record),
+                Some(_) => self.deliver(id, &record),
+                // Already answered: a duplicate completion.
+                None => {}
+            },
+            SessionEvent::Submitted {
+                id,
+                n,
+                tag,
+                outcome,
+            } => match outcome {
+                Ok(()) => {
+                    self.send(&ServerMessage::Accepted { id, n, tag });
+                    info!(%id, n, "job accepted");
+                    match self.watches.insert(id, Watch::Pending) {
+                        Some(Watch::Submitting(Some(early))) => self.deliver(id, &early),
+                        _ => {}
+                    }
+                }
+                Err(error) => {
+                    self.forget(id);
+                    self.send(&ServerMessage::Error(error.with_tag(tag)));
+                }
+            },
+            SessionEvent::Resumed { id, outcome } => {
+                let Some(watch) = self.watches.get_mut(&id) else {
+                    // The result was pushed while the resume read was in flight: already answered.
+                    return;
+                };
+                let fresh = matches!(watch, Watch::Resuming);
+                match outcome {
+                    Ok(Some(record)) if record.status.is_final() => self.deliver(id, &record),
+                    Ok(Some(record)) => {
+                        if fresh {
+                            *watch = Watch::Pending;
+                        }
+                        self.send(&ServerMessage::from_record(id, &record, unix_ms()));
+                    }
+                    Ok(None) => {
+                        if fresh {
+                            self.forget(id);
+                        }
+                        let error = ErrorMessage::new(
+                            ErrorCode::NotFound,
+                            "no such job: the ID is unknown or its record expired",
+                        );
+                        self.send(&ServerMessage::Error(error.with_id(id)));
+                    }
+                    Err(error) => {
+                        if fresh {
+                            self.forget(id);
+                        }
+                        self.send(&ServerMessage::Error(error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a job's final result and stops watching it.
+    fn deliver(&mut self, id: JobId, record: &JobRecord) {
+        self.send(&ServerMessage::from_record(id, record, unix_ms()));
+        self.forget(id);
+    }
+
+    /// Stops watching a job here, and on this instance if this was its last local watcher.
+    fn forget(&mut self, id: JobId) {
+        if self.watches.remove(&id).is_some() && self.state.hub.unwatch(&id, self.handle.id) {
+            let store = self.state.jobs.store.clone();
+            let instance = self.state.jobs.instance.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.unwatch(&id, &instance).await {
+                    // Harmless: the instance gets one completion it drops.
+                    debug!(%id, error = %e, "could not leave a job's watcher set");
+                }
+            });
+        }
+    }
+
+    async fn close(mut self, close: Option<(u16, &'static str)>, writer: JoinHandle<()>) {
+        let pending: Vec<JobId> = self.watches.keys().copied().collect();
+        for id in pending {
+            self.forget(id);
+        }
+        self.outbox.close(close);
+        let mut writer = writer;
+        if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
+            writer.abort();
+        }
+        debug!(session = self.handle.id, "session closed");
+    }
+}
+
+/// The session's outgoing queue, bounded in bytes, drained by a writer task.
+struct Outbox {
+    frames: mpsc::UnboundedSender<Utf8Bytes>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    overloaded: CancellationToken,
+    close: Option<oneshot::Sender<Option<(u16, &'static str)>>>,
+}
+
+impl Outbox {
+    fn start(
+        mut sink: SplitSink<WebSocket, Message>,
+        limit: usize,
+        overloaded: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let (frames, mut rx) = mpsc::unbounded_channel::<Utf8Bytes>();
+        let (close_tx, mut close_rx) = oneshot::channel::<Option<(u16, &'static str)>>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let drained = queued.clone();
+        let writer = tokio::spawn(async move {
+            let close = loop {
+                tokio::select! {
+                    biased;
+                    close = &mut close_rx => break close.ok().flatten(),
+                    frame = rx.recv() => {
+                        let Some(frame) = frame else { break None };
+                        let len = frame.len();
+                        if sink.send(Message::Text(frame)).await.is_err() {
+                            return;
+                        }
+                        drained.fetch_sub(len, Ordering::Relaxed);
+                    }
+                }
+            };
+            if let Some((code, reason)) = close {
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
+            let _ = sink.close().await;
+        });
+        let outbox = Self {
+            frames,
+            queued,
+            limit,
+            overloaded,
+            close: Some(close_tx),
+        };
+        (outbox, writer)
+    }
+
+    /// Queues a frame, or marks the session overloaded if the client has left too much unread. A frame
+    /// larger than the whole budget still goes out when nothing else is waiting.
+    fn push(&self, text: String) {
+        let len = text.len();
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > self.limit {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            self.overloaded.cancel();
+            return;
+        }
+        let _ = self.frames.send(text.into());
+    }
+
+    /// Asks the writer to send a Close frame (if `close` is set) and finish.
+    fn close(&mut self, close: Option<(u16, &'static str)>) {
+        if let Some(tx) = self.close.take() {
+            let _ = tx.send(close);
+        }
+    }
+}

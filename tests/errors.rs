@@ -1,0 +1,103 @@
+//! Bad input over WebSocket: each gets its documented error, and the connection keeps working.
+
+use herald_protocol::{ErrorCode, ServerMessage};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::TestEnv;
+
+/// Expects an `error` with `code`, and returns it.
+async fn expect_error(
+    client: &mut crate::helpers::Client,
+    code: ErrorCode,
+) -> herald_protocol::ErrorMessage {
+    match client.recv().await {
+        ServerMessage::Error(error) => {
+            assert_eq!(error.code, code, "{error:?}");
+            assert!(!error.message.is_empty());
+            error
+        }
+        other => panic!("expected an error {code:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_error_and_the_socket_stays_usable() {
+    let env = TestEnv::new();
+    let mut settings = env.server_settings();
+    settings.backend.max_n = 5000;
+    let server = env.spawn_server_with(settings).await;
+    let _worker = env.spawn_worker(1).await;
+    let mut client = server.client().await;
+
+    let bad_requests = [
+        "not json",
+        "[1, 2]",
+        "{}",
+        r#"{"type":"explode"}"#,
+        r#"{"type":"submit"}"#,
+        r#"{"type":"submit","n":-4}"#,
+        r#"{"type":"submit","n":2.5}"#,
+        r#"{"type":"submit","n":"12"}"#,
+        "-4",
+        "2.5",
+        r#"{"type":"resume"}"#,
+        r#"{"type":"resume","id":"not-an-id"}"#,
+        r#"{"type":"resume","id":17}"#,
+        "",
+    ];
+    for frame in bad_requests {
+        client.send_text(frame).await;
+        expect_error(&mut client, ErrorCode::BadRequest).await;
+    }
+
+    client
+        .send_json(serde_json::json!({"type":"submit","n":-1,"ref":"neg"}))
+        .await;
+    let error = expect_error(&mut client, ErrorCode::BadRequest).await;
+    assert_eq!(error.tag.as_deref(), Some("neg"), "ref echoed in errors");
+
+    client
+        .send_json(serde_json::json!({"type":"submit","n":5001,"ref":"big"}))
+        .await;
+    let error = expect_error(&mut client, ErrorCode::TooLarge).await;
+    assert_eq!(error.tag.as_deref(), Some("big"));
+    client.send_text("99999999999999999999999999").await;
+    expect_error(&mut client, ErrorCode::TooLarge).await;
+
+    let unknown = uuid::Uuid::new_v4();
+    client.resume(unknown).await;
+    let error = expect_error(&mut client, ErrorCode::NotFound).await;
+    assert_eq!(error.id, Some(unknown));
+
+    client
+        .send_message(Message::Binary(vec![1, 2, 3].into()))
+        .await;
+    expect_error(&mut client, ErrorCode::BadRequest).await;
+
+    // After all of that, the same socket still works end to end.
+    let id = client.submit(6).await;
+    assert_eq!(client.output_of(id).await, "720");
+}
+
+#[tokio::test]
+async fn a_frame_over_64_kib_closes_with_1009() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let mut client = server.client().await;
+    // Just under the limit is read (and refused as a bad request), not a reason to close.
+    let padding = " ".repeat(60 * 1024);
+    client.send_text(&format!("{padding}nope")).await;
+    match client.recv().await {
+        ServerMessage::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    client.send_text(&"7".repeat(64 * 1024 + 1)).await;
+    match client.next_message().await {
+        Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Size),
+        other => panic!("expected a close frame with 1009, got {other:?}"),
+    }
+    // The server is unharmed: a new socket works.
+    let mut again = server.client().await;
+    again.expect_nothing_pending().await;
+}

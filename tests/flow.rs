@@ -1,0 +1,130 @@
+//! The core flow: submit over WebSocket, compute in a worker, push the exact result back.
+
+use herald_protocol::{Outcome, ServerMessage};
+use num_bigint::BigUint;
+
+use crate::helpers::TestEnv;
+
+/// n! by the plain definition, as the reference.
+fn reference(n: u64) -> String {
+    (1..=n)
+        .fold(BigUint::from(1u32), |acc, k| acc * k)
+        .to_string()
+}
+
+#[tokio::test]
+async fn small_factorials_are_exact() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let _worker = env.spawn_worker(2).await;
+    let mut client = server.client().await;
+    for n in [0, 1, 10, 20] {
+        let id = client.submit(n).await;
+        assert_eq!(client.output_of(id).await, reference(n), "{n}!");
+    }
+    assert_eq!(reference(20), "2432902008176640000");
+}
+
+#[tokio::test]
+async fn large_factorial_matches_digit_count_and_residue() {
+    const N: u64 = 30_000;
+    // A prime far above N, so n! mod P is not trivially zero.
+    const P: u64 = 1_000_000_007;
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let _worker = env.spawn_worker(1).await;
+    let mut client = server.client().await;
+    let id = client.submit(N).await;
+    let output = client.output_of(id).await;
+
+    // Digit count from log10, independent of any big-integer code.
+    let log10: f64 = (1..=N).map(|k| (k as f64).log10()).sum();
+    assert_eq!(output.len() as u64, log10.floor() as u64 + 1);
+    let residue = output
+        .bytes()
+        .fold(0u64, |acc, d| (acc * 10 + u64::from(d - b'0')) % P);
+    let expected = (1..=N).fold(1u64, |acc, k| acc * k % P);
+    assert_eq!(residue, expected);
+    assert!(!output.starts_with('0'));
+}
+
+#[tokio::test]
+async fn websocat_style_bare_numbers_are_submits() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let _worker = env.spawn_worker(1).await;
+    let mut client = server.client().await;
+    client.send_text("5").await;
+    let id = match client.recv().await {
+        ServerMessage::Accepted { id, n: 5, tag: None } => id,
+        other => panic!("expected accepted, got {other:?}"),
+    };
+    assert_eq!(client.output_of(id).await, "120");
+    client.send_text("  12\n").await;
+    let id = match client.recv().await {
+        ServerMessage::Accepted { id, n: 12, .. } => id,
+        other => panic!("expected accepted, got {other:?}"),
+    };
+    assert_eq!(client.output_of(id).await, "479001600");
+}
+
+#[tokio::test]
+async fn ref_is_echoed_and_results_carry_timings() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let _worker = env.spawn_worker(1).await;
+    let mut client = server.client().await;
+    client
+        .send_json(serde_json::json!({"type":"submit","n":7,"ref":"row-1"}))
+        .await;
+    let accepted = client.recv_json().await;
+    assert_eq!(accepted["type"], "accepted");
+    assert_eq!(accepted["ref"], "row-1");
+    assert_eq!(accepted["n"], 7);
+    let id = accepted["id"].as_str().unwrap().parse().unwrap();
+    match client.result_of(id).await {
+        Outcome::Done {
+            output, timings, ..
+        } => {
+            assert_eq!(&*output, "5040");
+            assert!(timings.total_ms >= timings.compute_ms);
+        }
+        other => panic!("expected done, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn many_jobs_on_one_socket_each_get_one_result() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let _worker = env.spawn_worker(2).await;
+    let mut client = server.client().await;
+    let count = 40u64;
+    for n in 0..count {
+        client
+            .send_json(serde_json::json!({"type":"submit","n":n,"ref":n.to_string()}))
+            .await;
+    }
+    let mut ids = std::collections::HashMap::new();
+    let mut results = std::collections::HashMap::new();
+    while results.len() < count as usize {
+        match client.recv().await {
+            ServerMessage::Accepted { id, n, tag } => {
+                assert_eq!(tag, Some(n.to_string()));
+                assert!(ids.insert(id, n).is_none());
+            }
+            ServerMessage::Result(result) => {
+                let n = *ids
+                    .get(&result.id)
+                    .expect("accepted precedes the result of the same job");
+                let Outcome::Done { output, .. } = result.outcome else {
+                    panic!("expected done");
+                };
+                assert_eq!(*output, *reference(n));
+                assert!(results.insert(result.id, n).is_none(), "one result per job");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    client.expect_nothing_pending().await;
+}

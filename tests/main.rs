@@ -1,0 +1,8 @@
+//! Integration tests of Herald: real servers and workers against the real RabbitMQ and Redis.
+
+mod helpers;
+
+mod errors;
+mod flow;
+mod http_api;
+mod instances;

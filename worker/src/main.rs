@@ -1,0 +1,16 @@
+//! `herald-worker`: computes Herald's jobs; see the library for what it does.
+
+use clap::Parser;
+use herald_worker::{telemetry, Settings, Worker};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let settings = Settings::parse();
+    let worker = Worker::connect(settings).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(herald_worker::telemetry::cancel_on_signal(shutdown.clone()));
+    worker.run(shutdown).await?;
+    Ok(())
+}
