@@ -56,7 +56,11 @@ async fn websocat_style_bare_numbers_are_submits() {
     let mut client = server.client().await;
     client.send_text("5").await;
     let id = match client.recv().await {
-        ServerMessage::Accepted { id, n: 5, tag: None } => id,
+        ServerMessage::Accepted {
+            id,
+            n: 5,
+            tag: None,
+        } => id,
         other => panic!("expected accepted, got {other:?}"),
     };
     assert_eq!(client.output_of(id).await, "120");
@@ -127,4 +131,31 @@ async fn many_jobs_on_one_socket_each_get_one_result() {
         }
     }
     client.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn stopping_the_server_sends_every_socket_a_close_frame() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let worker = env.spawn_worker(1).await;
+    let mut first = server.client().await;
+    let mut second = server.client().await;
+    let id = first.submit(3).await;
+    assert_eq!(first.output_of(id).await, "6");
+    second.expect_nothing_pending().await;
+
+    server.stop().await;
+    for client in [&mut first, &mut second] {
+        match client.next_message().await {
+            Some(Message::Close(Some(frame))) => {
+                assert_eq!(frame.code, CloseCode::Away);
+                assert_eq!(frame.reason, "server shutting down");
+            }
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    worker.stop().await;
 }

@@ -33,8 +33,7 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();
@@ -86,13 +85,11 @@ impl TestEnv {
             .await
             .expect("server starts (are RabbitMQ and Redis up? scripts/test.sh starts them)");
         let addr = app.local_addr();
-        let instance = app.instance().to_owned();
         let stats = app.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         TestServer {
             addr,
-            instance,
             stats,
             shutdown,
             task: Some(task),
@@ -146,7 +143,10 @@ impl Drop for TestEnv {
                 {
                     if let Ok(channel) = conn.create_channel().await {
                         let _ = channel
-                            .queue_delete(backend.queue.as_str().into(), QueueDeleteOptions::default())
+                            .queue_delete(
+                                backend.queue.as_str().into(),
+                                QueueDeleteOptions::default(),
+                            )
                             .await;
                         let _ = channel
                             .exchange_delete(
@@ -180,8 +180,6 @@ impl Drop for TestEnv {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its routing key on the reply exchange.
-    pub instance: String,
     /// Its reply-queue counters.
     pub stats: Arc<BrokerStats>,
     shutdown: CancellationToken,
@@ -264,10 +262,7 @@ impl Client {
 
     /// Sends one text frame.
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::text(text))
-            .await
-            .expect("frame sent");
+        self.ws.send(Message::text(text)).await.expect("frame sent");
     }
 
     /// Sends one raw frame.

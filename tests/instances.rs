@@ -61,7 +61,11 @@ async fn a_job_submitted_on_a_is_resumed_on_b_while_running() {
     on_b.expect_nothing_pending().await;
     // The output was over 1 MiB: it came from Redis, and the completion went to B only.
     assert_eq!(b.completions_received(), 1);
-    assert_eq!(a.completions_received(), 0, "A had no socket waiting any more");
+    assert_eq!(
+        a.completions_received(),
+        0,
+        "A had no socket waiting any more"
+    );
 }
 
 #[tokio::test]

@@ -69,7 +69,12 @@ impl FromStr for JobStatus {
             "done" => Self::Done,
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
-            other => return Err(RecordError::Invalid("status", other.chars().take(32).collect())),
+            other => {
+                return Err(RecordError::Invalid(
+                    "status",
+                    other.chars().take(32).collect(),
+                ))
+            }
         })
     }
 }
@@ -197,12 +202,12 @@ impl JobRecord {
                     .digits
                     .ok_or(RecordError::Inconsistent("done without a digit count"))?;
                 match &self.output {
-                    Some(output) if output.len() as u64 != digits => Err(RecordError::Inconsistent(
-                        "digit count does not match the output",
-                    )),
-                    Some(output) if !output.bytes().all(|b| b.is_ascii_digit()) => Err(
-                        RecordError::Inconsistent("output is not a decimal number"),
+                    Some(output) if output.len() as u64 != digits => Err(
+                        RecordError::Inconsistent("digit count does not match the output"),
                     ),
+                    Some(output) if !output.bytes().all(|b| b.is_ascii_digit()) => {
+                        Err(RecordError::Inconsistent("output is not a decimal number"))
+                    }
                     None if need_output => Err(RecordError::Inconsistent("done without an output")),
                     _ => Ok(()),
                 }
@@ -298,7 +303,10 @@ mod tests {
     fn rejects_damaged_records() {
         let base = [("n", "5"), ("submitted_ms", "1")];
         let cases: &[(&[(&str, &str)], RecordError)] = &[
-            (&[("status", "queued"), ("n", "")], RecordError::Invalid("n", "".into())),
+            (
+                &[("status", "queued"), ("n", "")],
+                RecordError::Invalid("n", "".into()),
+            ),
             (
                 &[("n", "-1"), ("status", "queued"), ("submitted_ms", "1")],
                 RecordError::Invalid("n", "-1".into()),
@@ -348,10 +356,7 @@ mod tests {
     fn keys_share_the_prefix() {
         let keys = Keys::new("t:");
         let id = JobId::nil();
-        assert_eq!(
-            keys.job(&id),
-            "t:job:00000000-0000-0000-0000-000000000000"
-        );
+        assert_eq!(keys.job(&id), "t:job:00000000-0000-0000-0000-000000000000");
         assert!(keys.watchers(&id).starts_with("t:watch:"));
     }
 }

@@ -173,7 +173,9 @@ impl Broker {
                             deliver(&hub, &stats, completion.id, record)
                         }
                         Ok(_) => warn!(id = %completion.id, "stored result missing or damaged"),
-                        Err(e) => warn!(id = %completion.id, error = %e, "could not read a stored result"),
+                        Err(e) => {
+                            warn!(id = %completion.id, error = %e, "could not read a stored result")
+                        }
                     }
                 });
             } else {
@@ -186,7 +188,12 @@ impl Broker {
     }
 }
 
-fn deliver(hub: &Hub, stats: &BrokerStats, id: herald_protocol::JobId, record: herald_protocol::JobRecord) {
+fn deliver(
+    hub: &Hub,
+    stats: &BrokerStats,
+    id: herald_protocol::JobId,
+    record: herald_protocol::JobRecord,
+) {
     if hub.deliver(id, Arc::new(record)) > 0 {
         stats.completions_delivered.fetch_add(1, Ordering::Relaxed);
     }

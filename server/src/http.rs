@@ -82,9 +82,15 @@ async fn submit(State(state): State<AppState>, params: Params) -> Result<Respons
     let max_n = state.settings.backend.max_n;
     let n: u64 = match raw.parse() {
         Ok(n) if n <= max_n => n,
-        Ok(_) => return Err(ApiError::BadRequest(format!("`no` must be at most {max_n}"))),
+        Ok(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "`no` must be at most {max_n}"
+            )))
+        }
         Err(_) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => {
-            return Err(ApiError::BadRequest(format!("`no` must be at most {max_n}")))
+            return Err(ApiError::BadRequest(format!(
+                "`no` must be at most {max_n}"
+            )))
         }
         Err(_) => {
             return Err(ApiError::BadRequest(

@@ -11,6 +11,7 @@ pub mod settings;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use herald_worker::{SettingsError, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -126,6 +127,12 @@ impl Application {
             shutdown.clone(),
         ));
         info!("listening on http://{}", listener.local_addr()?);
+        // Small frames (accepted, status, results of small jobs) must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, http::router(state))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;

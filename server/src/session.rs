@@ -78,7 +78,8 @@ pub async fn run(socket: WebSocket, state: AppState) {
         events: events_tx,
         overloaded: overloaded.clone(),
     };
-    let (outbox, writer) = Outbox::start(sink, state.settings.socket_buffer_bytes, overloaded.clone());
+    let (outbox, writer) =
+        Outbox::start(sink, state.settings.socket_buffer_bytes, overloaded.clone());
     let mut session = Session {
         state: state.clone(),
         handle,
@@ -161,7 +162,8 @@ impl Session {
     fn submit(&mut self, n: u64, tag: Option<String>) {
         let max_n = self.state.settings.backend.max_n;
         if n > max_n {
-            let error = ErrorMessage::new(ErrorCode::TooLarge, format!("n must be at most {max_n}"));
+            let error =
+                ErrorMessage::new(ErrorCode::TooLarge, format!("n must be at most {max_n}"));
             return self.send(&ServerMessage::Error(error.with_tag(tag)));
         }
         if let Some(busy) = self.busy() {
@@ -225,9 +227,10 @@ impl Session {
                 Ok(()) => {
                     self.send(&ServerMessage::Accepted { id, n, tag });
                     info!(%id, n, "job accepted");
-                    match self.watches.insert(id, Watch::Pending) {
-                        Some(Watch::Submitting(Some(early))) => self.deliver(id, &early),
-                        _ => {}
+                    if let Some(Watch::Submitting(Some(early))) =
+                        self.watches.insert(id, Watch::Pending)
+                    {
+                        self.deliver(id, &early);
                     }
                 }
                 Err(error) => {
@@ -297,7 +300,10 @@ impl Session {
         }
         self.outbox.close(close);
         let mut writer = writer;
-        if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
+        if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+            .await
+            .is_err()
+        {
             writer.abort();
         }
         debug!(session = self.handle.id, "session closed");

@@ -8,7 +8,11 @@ use herald_worker::{BackendArgs, SettingsError};
 
 /// Settings of `herald-server`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "herald-server", version, about = "Herald's WebSocket and HTTP job gateway.")]
+#[command(
+    name = "herald-server",
+    version,
+    about = "Herald's WebSocket and HTTP job gateway."
+)]
 pub struct Settings {
     /// RabbitMQ, Redis and the names in them (shared with the worker).
     #[command(flatten)]

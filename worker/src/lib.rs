@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use herald_protocol::{Completion, JobMessage};
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -173,10 +173,7 @@ impl JobTask {
             Ok(job) => job,
             Err(e) => {
                 warn!(error = %e, "rejecting a message that is not a job");
-                if let Err(e) = delivery
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await
-                {
+                if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
                     warn!(error = %e, "could not reject the message");
                 }
                 return;

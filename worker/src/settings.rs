@@ -9,10 +9,18 @@ use clap::{Args, Parser};
 #[derive(Debug, Clone, Args)]
 pub struct BackendArgs {
     /// RabbitMQ URL (amqp://user:password@host:port/vhost).
-    #[arg(long, env = "HERALD_AMQP_URL", default_value = "amqp://127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "HERALD_AMQP_URL",
+        default_value = "amqp://127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     /// Redis URL (redis://[:password@]host:port[/db]).
-    #[arg(long, env = "HERALD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "HERALD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Durable job queue that workers consume.
     #[arg(long, env = "HERALD_QUEUE", default_value = "factorial_process")]
@@ -85,7 +93,11 @@ impl BackendArgs {
 
 /// Settings of `herald-worker`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "herald-worker", version, about = "Computes Herald's jobs from RabbitMQ.")]
+#[command(
+    name = "herald-worker",
+    version,
+    about = "Computes Herald's jobs from RabbitMQ."
+)]
 pub struct Settings {
     /// RabbitMQ, Redis and the names in them.
     #[command(flatten)]

@@ -7,7 +7,10 @@ use lapin::{Channel, ExchangeKind};
 /// Arguments of the job queue. A quorum queue: replicated on a cluster, durable, and it counts deliveries.
 pub fn job_queue_arguments() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args
 }
 
