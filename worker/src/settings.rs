@@ -12,6 +12,7 @@ pub struct BackendArgs {
     #[arg(
         long,
         env = "HERALD_AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
@@ -19,6 +20,7 @@ pub struct BackendArgs {
     #[arg(
         long,
         env = "HERALD_REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
