@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use herald_protocol::{JobId, Outcome, ServerMessage};
-use herald_server::{Application, BrokerStats};
+use herald_server::{Application, Stats};
 use herald_worker::{BackendArgs, Worker};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use serde_json::Value;
@@ -59,6 +59,7 @@ impl TestEnv {
                 reply_exchange: format!("herald-test.{tag}.replies"),
                 redis_prefix: format!("herald-test:{tag}:"),
                 max_n: 1_000_000,
+                max_queue_length: 100_000,
             },
         }
     }
@@ -85,23 +86,38 @@ impl TestEnv {
             .await
             .expect("server starts (are RabbitMQ and Redis up? scripts/test.sh starts them)");
         let addr = app.local_addr();
+        let instance = app.instance().to_owned();
         let stats = app.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         TestServer {
             addr,
+            instance,
             stats,
             shutdown,
             task: Some(task),
         }
     }
 
-    /// Starts an in-process worker computing `concurrency` jobs at once.
-    pub async fn spawn_worker(&self, concurrency: usize) -> TestWorker {
-        let settings = herald_worker::Settings {
+    /// Worker settings for this environment.
+    pub fn worker_settings(&self, concurrency: usize) -> herald_worker::Settings {
+        herald_worker::Settings {
             backend: self.backend.clone(),
             concurrency: std::num::NonZeroUsize::new(concurrency),
-        };
+            max_attempts: 3,
+            job_time_limit_secs: 300,
+            shutdown_grace_secs: 30,
+        }
+    }
+
+    /// Starts an in-process worker computing `concurrency` jobs at once.
+    pub async fn spawn_worker(&self, concurrency: usize) -> TestWorker {
+        self.spawn_worker_with(self.worker_settings(concurrency))
+            .await
+    }
+
+    /// Starts an in-process worker with `settings`.
+    pub async fn spawn_worker_with(&self, settings: herald_worker::Settings) -> TestWorker {
         let worker = Worker::connect(settings).await.expect("worker starts");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker.run(shutdown.clone()));
@@ -142,12 +158,14 @@ impl Drop for TestEnv {
                     lapin::Connection::connect(&backend.amqp_url, Default::default()).await
                 {
                     if let Ok(channel) = conn.create_channel().await {
-                        let _ = channel
-                            .queue_delete(
-                                backend.queue.as_str().into(),
-                                QueueDeleteOptions::default(),
-                            )
-                            .await;
+                        for queue in [
+                            backend.queue.clone(),
+                            herald_worker::topology::dead_letter_queue(&backend.queue),
+                        ] {
+                            let _ = channel
+                                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                                .await;
+                        }
                         let _ = channel
                             .exchange_delete(
                                 backend.reply_exchange.as_str().into(),
@@ -180,8 +198,10 @@ impl Drop for TestEnv {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its routing key on the reply exchange.
+    pub instance: String,
     /// Its reply-queue counters.
-    pub stats: Arc<BrokerStats>,
+    pub stats: Arc<Stats>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_server::ServerError>>>,
 }
@@ -369,5 +389,260 @@ where
             "gave up waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Builds the workspace's binaries once per test run (same profile as the tests), so that tests can run
+/// real processes and kill them.
+fn binary(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--bin", "herald-worker", "--bin", "herald-server"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+    });
+    // target/<profile>/deps/integration-<hash> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// Where process logs go: one file per process, kept for reading after a failure.
+fn log_file(name: &str) -> (std::fs::File, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join("herald-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+    (std::fs::File::create(&path).unwrap(), path)
+}
+
+/// A real `herald-worker` or `herald-server` process; killed when dropped.
+pub struct Process {
+    child: tokio::process::Child,
+    /// Its log file.
+    pub log: std::path::PathBuf,
+}
+
+impl Process {
+    /// Starts binary `name` with `args`.
+    pub fn start(name: &str, args: &[String]) -> Self {
+        let (file, log) = log_file(name);
+        let child = tokio::process::Command::new(binary(name))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("process starts");
+        Self { child, log }
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("process still running") as i32;
+        // SAFETY: kill(2) with a PID we own and a valid signal number has no memory effects.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM delivered");
+    }
+
+    /// Waits for the process to exit (within the patience limit) and returns its exit status.
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("process did not exit; log: {}", self.log.display()))
+            .unwrap()
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl TestEnv {
+    /// The command-line flags that put a binary into this environment.
+    pub fn backend_flags(&self, amqp_url: &str, redis_url: &str) -> Vec<String> {
+        let b = &self.backend;
+        [
+            ("--amqp-url", amqp_url.to_owned()),
+            ("--redis-url", redis_url.to_owned()),
+            ("--queue", b.queue.clone()),
+            ("--reply-exchange", b.reply_exchange.clone()),
+            ("--redis-prefix", b.redis_prefix.clone()),
+            ("--max-n", b.max_n.to_string()),
+            ("--max-queue-length", b.max_queue_length.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value])
+        .collect()
+    }
+
+    /// Starts a real worker process with extra `args`.
+    pub fn start_worker_process(&self, args: &[&str]) -> Process {
+        let mut all = self.backend_flags(AMQP_URL, REDIS_URL);
+        all.extend(args.iter().map(|a| a.to_string()));
+        Process::start("herald-worker", &all)
+    }
+}
+
+/// A TCP proxy on loopback between Herald and a service, which a test can cut and restore.
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards 127.0.0.1:<random port> to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = Arc::new(std::sync::Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
+        let (cut_flag, live) = (cut.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut_flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Refused while cut: the connection closes at once.
+                    drop(inbound);
+                    continue;
+                }
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                live.lock().unwrap().push(pipe.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            cut,
+            connections,
+            task,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for pipe in self.connections.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `amqp://…` through this proxy.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// `redis://…` through this proxy.
+    pub fn redis_url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
+    }
+}
+
+impl TestEnv {
+    /// One field of a job's record in Redis.
+    pub async fn record_field(&self, id: &uuid::Uuid, field: &str) -> Option<String> {
+        let mut redis = self.redis().await;
+        redis::cmd("HGET")
+            .arg(self.backend.keys().job(id))
+            .arg(field)
+            .query_async(&mut redis)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until a job's record has `field` = `value`.
+    pub async fn until_field(&self, id: &uuid::Uuid, field: &str, value: &str) {
+        eventually(&format!("{field} = {value}"), || async {
+            self.record_field(id, field).await.as_deref() == Some(value)
+        })
+        .await;
+    }
+
+    /// An AMQP channel on the real broker, for publishing or inspecting directly.
+    pub async fn amqp_channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let connection = lapin::Connection::connect(AMQP_URL, Default::default())
+            .await
+            .expect("rabbitmq reachable");
+        let channel = connection.create_channel().await.unwrap();
+        (connection, channel)
+    }
+
+    /// Messages ready in the dead-letter queue.
+    pub async fn dead_letters(&self) -> u32 {
+        let (connection, channel) = self.amqp_channel().await;
+        let queue = channel
+            .queue_declare(
+                herald_worker::topology::dead_letter_queue(&self.backend.queue)
+                    .as_str()
+                    .into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("the dead-letter queue exists");
+        let _ = connection.close(200, "".into()).await;
+        queue.message_count()
+    }
+
+    /// Publishes a raw message to the job queue, as any AMQP client could.
+    pub async fn publish_raw(&self, body: &[u8]) {
+        let (connection, channel) = self.amqp_channel().await;
+        channel
+            .basic_publish(
+                "".into(),
+                self.backend.queue.as_str().into(),
+                Default::default(),
+                body,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "".into()).await;
+    }
+}
+
+impl TestServer {
+    /// The status code of `GET /readyz`.
+    pub async fn readyz(&self) -> u16 {
+        reqwest::get(self.http_url("/readyz"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
     }
 }

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod errors;
+mod faults;
 mod flow;
 mod http_api;
 mod instances;

@@ -1,75 +1,91 @@
 //! The server's side of RabbitMQ: publishing jobs with confirms, and this instance's reply queue, from
-//! which completions flow into the hub.
+//! which completions flow into the hub. A supervisor reconnects (with backoff) whenever the connection is
+//! lost, and then re-reads from Redis every job a local socket waits for, since completions published
+//! while the reply queue was gone are lost to it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::StreamExt;
-use herald_protocol::{Completion, JobMessage};
+use herald_protocol::{Completion, JobId, JobMessage, JobRecord};
 use herald_worker::{topology, Store};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::hub::Hub;
+use crate::Stats;
 
-/// Why RabbitMQ could not be used.
+/// Longest pause between two reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Jobs re-read from Redis at once after a reconnect.
+const REREAD_CONCURRENCY: usize = 16;
+
+/// Why a job could not be published.
 #[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// The connection or channel failed.
-    #[error("rabbitmq: {0}")]
-    Amqp(#[from] lapin::Error),
-    /// The broker refused the message (nack), or could not route it (the job queue is missing).
-    #[error("rabbitmq did not take the message")]
-    Refused,
+pub enum PublishError {
+    /// RabbitMQ is not connected, or failed during the publish.
+    #[error("rabbitmq is unavailable: {0}")]
+    Unavailable(String),
+    /// The job queue is at its length cap (`reject-publish`): try again later.
+    #[error("the job queue is full")]
+    Full,
 }
 
-/// Counters an operator (and the tests) can read.
-#[derive(Debug, Default)]
-pub struct BrokerStats {
-    /// Completions received on this instance's reply queue.
-    pub completions_received: AtomicU64,
-    /// Completions that reached at least one socket.
-    pub completions_delivered: AtomicU64,
+/// What the broker connects with.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// RabbitMQ URL.
+    pub url: String,
+    /// Job queue.
+    pub queue: String,
+    /// Job queue length cap.
+    pub max_queue_length: u32,
+    /// Reply exchange.
+    pub reply_exchange: String,
+    /// This instance's routing key on the reply exchange.
+    pub instance: String,
 }
 
-/// This instance's RabbitMQ connection.
-pub struct Broker {
+impl BrokerConfig {
+    /// This instance's reply queue.
+    pub fn reply_queue(&self) -> String {
+        format!("{}.{}", self.reply_exchange, self.instance)
+    }
+}
+
+/// One live connection: the publishing channel and the reply consumer.
+pub struct Connected {
     connection: Connection,
     publish: Channel,
-    queue: String,
-    reply_queue: String,
     consumer: Consumer,
 }
 
-impl Broker {
+impl Connected {
     /// Connects, declares the topology, and binds this instance's exclusive reply queue to the reply
-    /// exchange with `instance` as its routing key.
-    pub async fn connect(
-        url: &str,
-        queue: &str,
-        reply_exchange: &str,
-        instance: &str,
-    ) -> Result<Self, BrokerError> {
+    /// exchange with the instance ID as its routing key.
+    pub async fn open(config: &BrokerConfig) -> lapin::Result<Self> {
         let connection = Connection::connect(
-            url,
+            &config.url,
             ConnectionProperties::default()
-                .with_connection_name(format!("herald-server-{instance}").into()),
+                .with_connection_name(format!("herald-server-{}", config.instance).into()),
         )
         .await?;
         let publish = connection.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare_job_queue(&publish, queue).await?;
-        topology::declare_reply_exchange(&publish, reply_exchange).await?;
+        topology::declare_job_queue(&publish, &config.queue, config.max_queue_length).await?;
+        topology::declare_reply_exchange(&publish, &config.reply_exchange).await?;
         let replies = connection.create_channel().await?;
-        let reply_queue = format!("{reply_exchange}.{instance}");
+        let reply_queue = config.reply_queue();
         replies
             .queue_declare(
                 reply_queue.as_str().into(),
@@ -84,17 +100,17 @@ impl Broker {
         replies
             .queue_bind(
                 reply_queue.as_str().into(),
-                reply_exchange.into(),
-                instance.into(),
+                config.reply_exchange.as_str().into(),
+                config.instance.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        // No acks: the queue lives and dies with this process, and so do the sockets it serves.
+        // No acks: the queue lives and dies with this connection; what it loses is re-read from Redis.
         let consumer = replies
             .basic_consume(
                 reply_queue.as_str().into(),
-                format!("herald-server-{instance}").into(),
+                format!("herald-server-{}", config.instance).into(),
                 BasicConsumeOptions {
                     no_ack: true,
                     exclusive: true,
@@ -106,118 +122,50 @@ impl Broker {
         Ok(Self {
             connection,
             publish,
-            queue: queue.to_owned(),
-            reply_queue,
             consumer,
         })
     }
+}
 
-    /// A handle for publishing jobs.
-    pub fn publisher(&self) -> Publisher {
-        Publisher {
-            channel: self.publish.clone(),
-            queue: self.queue.clone(),
+/// This instance's link to RabbitMQ; shared by every handler.
+pub struct Broker {
+    config: BrokerConfig,
+    publish: RwLock<Option<Channel>>,
+    consuming: AtomicBool,
+}
+
+impl Broker {
+    /// A broker whose first connection is `connected`; call [`Broker::supervise`] to run it.
+    pub fn new(config: BrokerConfig, connected: &Connected) -> Self {
+        Self {
+            config,
+            publish: RwLock::new(Some(connected.publish.clone())),
+            consuming: AtomicBool::new(true),
         }
     }
 
-    /// Name of this instance's reply queue.
-    pub fn reply_queue(&self) -> &str {
-        &self.reply_queue
+    /// Whether the reply consumer runs (the connection is up).
+    pub fn is_ready(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
     }
 
-    /// Moves completions from the reply queue into the hub until `shutdown`, then closes the connection.
-    pub async fn run_replies(
-        self,
-        hub: Arc<Hub>,
-        store: Store,
-        stats: Arc<BrokerStats>,
-        shutdown: CancellationToken,
-    ) {
-        let Self {
-            connection,
-            mut consumer,
-            ..
-        } = self;
-        loop {
-            let delivery = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                next = consumer.next() => next,
-            };
-            let delivery = match delivery {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => {
-                    warn!(error = %e, "reply consumer failed");
-                    break;
-                }
-                None => {
-                    warn!("reply consumer cancelled by the broker");
-                    break;
-                }
-            };
-            stats.completions_received.fetch_add(1, Ordering::Relaxed);
-            let completion = match Completion::decode(&delivery.data) {
-                Ok(completion) => completion,
-                Err(e) => {
-                    warn!(error = %e, "ignoring a malformed completion");
-                    continue;
-                }
-            };
-            let hub = hub.clone();
-            let stats = stats.clone();
-            if completion.output_in_store {
-                // A large output stays in Redis; read it once for all of this instance's sockets.
-                let store = store.clone();
-                tokio::spawn(async move {
-                    match store.get(&completion.id).await {
-                        Ok(Some(record)) if record.validate(true).is_ok() => {
-                            deliver(&hub, &stats, completion.id, record)
-                        }
-                        Ok(_) => warn!(id = %completion.id, "stored result missing or damaged"),
-                        Err(e) => {
-                            warn!(id = %completion.id, error = %e, "could not read a stored result")
-                        }
-                    }
-                });
-            } else {
-                deliver(&hub, &stats, completion.id, completion.record);
-            }
-        }
-        if let Err(e) = connection.close(200, "server stopping".into()).await {
-            info!(error = %e, "rabbitmq connection already closed");
-        }
-    }
-}
-
-fn deliver(
-    hub: &Hub,
-    stats: &BrokerStats,
-    id: herald_protocol::JobId,
-    record: herald_protocol::JobRecord,
-) {
-    if hub.deliver(id, Arc::new(record)) > 0 {
-        stats.completions_delivered.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Publishes jobs to the job queue; cheap to clone.
-#[derive(Clone)]
-pub struct Publisher {
-    channel: Channel,
-    queue: String,
-}
-
-impl Publisher {
     /// Publishes a persistent job message and waits for the broker's confirm.
-    pub async fn publish(&self, job: &JobMessage) -> Result<(), BrokerError> {
+    pub async fn publish(&self, job: &JobMessage) -> Result<(), PublishError> {
+        let channel = self
+            .publish
+            .read()
+            .expect("publish lock never poisoned")
+            .clone()
+            .ok_or_else(|| PublishError::Unavailable("not connected".into()))?;
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(job.id.to_string().into());
-        let confirmation = self
-            .channel
+        let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
+        let confirmation = channel
             .basic_publish(
                 "".into(),
-                self.queue.as_str().into(),
+                self.config.queue.as_str().into(),
                 // Mandatory: if the queue is gone the broker returns the message instead of dropping it.
                 BasicPublishOptions {
                     mandatory: true,
@@ -226,11 +174,157 @@ impl Publisher {
                 &job.encode(),
                 properties,
             )
-            .await?
-            .await?;
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
         match confirmation {
-            lapin::Confirmation::Ack(None) => Ok(()),
-            _ => Err(BrokerError::Refused),
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => {
+                Err(PublishError::Unavailable("job queue missing".into()))
+            }
+            // With `reject-publish`, a nack means the queue is at its length cap.
+            Confirmation::Nack(_) => Err(PublishError::Full),
+            Confirmation::NotRequested => Err(PublishError::Unavailable("no confirm".into())),
         }
+    }
+
+    /// Moves completions from the reply queue into the hub until `shutdown`; reconnects whenever the
+    /// connection is lost.
+    pub async fn supervise(
+        self: Arc<Self>,
+        first: Connected,
+        hub: Arc<Hub>,
+        store: Store,
+        stats: Arc<Stats>,
+        shutdown: CancellationToken,
+    ) {
+        let mut connected = Some(first);
+        loop {
+            let current = match connected.take() {
+                Some(current) => current,
+                None => match self.reconnect(&shutdown).await {
+                    Some(current) => {
+                        *self.publish.write().expect("publish lock never poisoned") =
+                            Some(current.publish.clone());
+                        self.consuming.store(true, Ordering::Relaxed);
+                        reread_watched(&hub, &store, &stats).await;
+                        current
+                    }
+                    None => return,
+                },
+            };
+            let Connected {
+                connection,
+                consumer,
+                ..
+            } = current;
+            let lost = consume_replies(consumer, &hub, &store, &stats, &shutdown).await;
+            self.consuming.store(false, Ordering::Relaxed);
+            *self.publish.write().expect("publish lock never poisoned") = None;
+            if !lost {
+                if let Err(e) = connection.close(200, "server stopping".into()).await {
+                    debug!(error = %e, "rabbitmq connection already closed");
+                }
+                return;
+            }
+            warn!("lost rabbitmq; reconnecting");
+        }
+    }
+
+    async fn reconnect(&self, shutdown: &CancellationToken) -> Option<Connected> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            match Connected::open(&self.config).await {
+                Ok(connected) => {
+                    info!("reconnected to rabbitmq");
+                    return Some(connected);
+                }
+                Err(e) => {
+                    warn!(error = %e, "rabbitmq still unreachable");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the reply consumer; true if the connection was lost, false on shutdown.
+async fn consume_replies(
+    mut consumer: Consumer,
+    hub: &Arc<Hub>,
+    store: &Store,
+    stats: &Arc<Stats>,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            next = consumer.next() => next,
+        };
+        let delivery = match delivery {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => {
+                warn!(error = %e, "reply consumer failed");
+                return true;
+            }
+            None => return true,
+        };
+        stats.completions_received.fetch_add(1, Ordering::Relaxed);
+        let completion = match Completion::decode(&delivery.data) {
+            Ok(completion) => completion,
+            Err(e) => {
+                warn!(error = %e, "ignoring a malformed completion");
+                continue;
+            }
+        };
+        if completion.output_in_store {
+            // A large output stays in Redis; read it once for all of this instance's sockets.
+            let (hub, store, stats) = (hub.clone(), store.clone(), stats.clone());
+            tokio::spawn(
+                async move { fetch_and_deliver(&hub, &store, &stats, completion.id).await },
+            );
+        } else {
+            deliver(hub, stats, completion.id, completion.record);
+        }
+    }
+}
+
+/// Reads a finished job from Redis and hands it to the hub; a pending one is left alone.
+async fn fetch_and_deliver(hub: &Hub, store: &Store, stats: &Stats, id: JobId) {
+    match store.get(&id).await {
+        Ok(Some(record)) if record.status.is_final() => {
+            if record.validate(true).is_ok() {
+                deliver(hub, stats, id, record);
+            } else {
+                warn!(%id, "stored result is damaged");
+            }
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => warn!(%id, "a watched job's record is gone"),
+        Err(e) => warn!(%id, error = %e, "could not read a watched job"),
+    }
+}
+
+async fn reread_watched(hub: &Arc<Hub>, store: &Store, stats: &Arc<Stats>) {
+    let watched = hub.watched();
+    info!(
+        jobs = watched.len(),
+        "re-reading watched jobs after reconnecting"
+    );
+    futures::stream::iter(watched)
+        .for_each_concurrent(REREAD_CONCURRENCY, |id| {
+            fetch_and_deliver(hub, store, stats, id)
+        })
+        .await;
+}
+
+fn deliver(hub: &Hub, stats: &Stats, id: JobId, record: JobRecord) {
+    if hub.deliver(id, Arc::new(record)) > 0 {
+        stats.completions_delivered.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -12,6 +12,7 @@ use herald_protocol::{JobId, JobStatus, MAX_FRAME_BYTES};
 use serde::Serialize;
 use tracing::warn;
 
+use crate::jobs::Refusal;
 use crate::AppState;
 
 /// The browser page, built into the binary so it is served wherever the server runs.
@@ -25,8 +26,20 @@ pub fn router(state: AppState) -> Router {
         .route("/factorial", get(submit))
         .route("/factorial/result", get(result))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// `GET /readyz`: 200 when RabbitMQ is connected (reply queue consuming) and Redis answers, else 503.
+async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if !state.jobs.broker.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "rabbitmq unavailable");
+    }
+    if state.jobs.store.ping().await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable");
+    }
+    (StatusCode::OK, "ready")
 }
 
 async fn index() -> Html<&'static str> {
@@ -51,6 +64,9 @@ pub enum ApiError {
     /// RabbitMQ or Redis cannot be reached.
     #[error("the job service is temporarily unavailable; try again shortly")]
     Unavailable,
+    /// The job queue is full.
+    #[error("the job queue is full; try again shortly")]
+    Busy,
 }
 
 impl IntoResponse for ApiError {
@@ -59,8 +75,15 @@ impl IntoResponse for ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy => StatusCode::TOO_MANY_REQUESTS,
         };
-        (status, self.to_string()).into_response()
+        let mut response = (status, self.to_string()).into_response();
+        if matches!(self, Self::Busy | Self::Unavailable) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -103,7 +126,10 @@ async fn submit(State(state): State<AppState>, params: Params) -> Result<Respons
         .jobs
         .submit(id, n, false)
         .await
-        .map_err(|_| ApiError::Unavailable)?;
+        .map_err(|refusal| match refusal {
+            Refusal::Busy => ApiError::Busy,
+            Refusal::Unavailable => ApiError::Unavailable,
+        })?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         id.to_string(),

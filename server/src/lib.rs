@@ -9,6 +9,7 @@ pub mod session;
 pub mod settings;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::serve::ListenerExt;
@@ -17,8 +18,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use broker::BrokerStats;
 pub use settings::Settings;
+
+/// Counters an operator (and the tests) can read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Completions received on this instance's reply queue.
+    pub completions_received: AtomicU64,
+    /// Completions that reached at least one socket.
+    pub completions_delivered: AtomicU64,
+    /// Sockets closed because their client did not read fast enough.
+    pub sockets_closed_slow: AtomicU64,
+}
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +40,9 @@ pub enum ServerError {
     /// Redis cannot be used.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// RabbitMQ cannot be used.
-    #[error(transparent)]
-    Broker(#[from] broker::BrokerError),
+    /// RabbitMQ cannot be used at start-up.
+    #[error("rabbitmq: {0}")]
+    Broker(#[from] lapin::Error),
     /// The listening socket failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -48,14 +59,15 @@ pub struct AppState {
     pub hub: Arc<hub::Hub>,
     /// Cancelled when the server stops.
     pub shutdown: CancellationToken,
+    /// Counters.
+    pub stats: Arc<Stats>,
 }
 
 /// A server bound to its port and connected to its backends, ready to [`run`](Application::run).
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    broker: broker::Broker,
-    stats: Arc<BrokerStats>,
+    connected: broker::Connected,
 }
 
 impl Application {
@@ -66,30 +78,32 @@ impl Application {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let store = Store::new(&backend.redis_url, backend.keys(), 64)?;
         store.ping().await?;
-        let broker = broker::Broker::connect(
-            &backend.amqp_url,
-            &backend.queue,
-            &backend.reply_exchange,
-            &instance,
-        )
-        .await?;
+        let config = broker::BrokerConfig {
+            url: backend.amqp_url.clone(),
+            queue: backend.queue.clone(),
+            max_queue_length: backend.max_queue_length,
+            reply_exchange: backend.reply_exchange.clone(),
+            instance: instance.clone(),
+        };
+        let connected = broker::Connected::open(&config).await?;
+        let broker = Arc::new(broker::Broker::new(config, &connected));
         let listener = TcpListener::bind(settings.listen).await?;
         let state = AppState {
             jobs: jobs::Jobs {
                 store,
-                publisher: broker.publisher(),
+                broker,
                 instance,
                 ttl: settings.job_ttl(),
             },
             settings: Arc::new(settings),
             hub: Arc::default(),
             shutdown: CancellationToken::new(),
+            stats: Arc::default(),
         };
         Ok(Self {
             listener,
             state,
-            broker,
-            stats: Arc::default(),
+            connected,
         })
     }
 
@@ -105,9 +119,9 @@ impl Application {
         &self.state.jobs.instance
     }
 
-    /// Counters of this instance's reply queue.
-    pub fn stats(&self) -> Arc<BrokerStats> {
-        self.stats.clone()
+    /// This instance's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.state.stats.clone()
     }
 
     /// Serves until `shutdown` is cancelled: then every socket gets a Close frame (1001) and the server
@@ -116,14 +130,14 @@ impl Application {
         let Self {
             listener,
             mut state,
-            broker,
-            stats,
+            connected,
         } = self;
         state.shutdown = shutdown.clone();
-        let replies = tokio::spawn(broker.run_replies(
+        let replies = tokio::spawn(state.jobs.broker.clone().supervise(
+            connected,
             state.hub.clone(),
             state.jobs.store.clone(),
-            stats,
+            state.stats.clone(),
             shutdown.clone(),
         ));
         info!("listening on http://{}", listener.local_addr()?);

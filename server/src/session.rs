@@ -95,6 +95,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
             _ = state.shutdown.cancelled() => break Some((GOING_AWAY, "server shutting down")),
             _ = overloaded.cancelled() => {
                 warn!("client too slow: closing its socket");
+                state.stats.sockets_closed_slow.fetch_add(1, Ordering::Relaxed);
                 break Some((POLICY, "too slow: outgoing buffer full; resume by request ID"));
             }
             Some(event) = events.recv() => session.on_event(event),
@@ -177,7 +178,7 @@ impl Session {
         let events = self.handle.events.clone();
         tokio::spawn(async move {
             // Runs to the end even if the session goes away, so a record is never left half-submitted.
-            let outcome = jobs.submit(id, n, true).await;
+            let outcome = jobs.submit(id, n, true).await.map_err(|r| r.to_error());
             let _ = events
                 .send(SessionEvent::Submitted {
                     id,

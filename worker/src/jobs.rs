@@ -1,104 +1,242 @@
 //! What a worker does with one job, apart from how the job arrived: mark it running, compute it on a
-//! blocking thread, store the final record, and say who must be told.
+//! blocking thread within its time limit, store the final record, and say who must be told.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herald_protocol::{unix_ms, Completion, JobMessage, JobRecord, JobStatus};
-use tracing::{info, warn};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 use crate::compute;
 use crate::store::{Finish, Start, Store, StoreError};
+
+/// The limits a worker applies to every job.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    /// Largest n computed; a larger one fails.
+    pub max_n: u64,
+    /// Starts of one job before it fails for good.
+    pub max_attempts: u32,
+    /// Longest computation.
+    pub time_limit: Duration,
+}
+
+/// What processing a job needs; cheap to clone.
+#[derive(Clone)]
+pub struct JobContext {
+    /// The Redis store.
+    pub store: Store,
+    /// The limits.
+    pub limits: JobLimits,
+    /// Computations running at once (a reconnect can hand over more deliveries than the old channel's
+    /// prefetch allowed while old ones still compute).
+    pub slots: Arc<Semaphore>,
+    /// Cancelled when running jobs must stop at once and go back to the queue (end of the shutdown grace).
+    pub stop: CancellationToken,
+}
 
 /// What is left to do once a job has been processed.
 #[derive(Debug)]
 pub enum Processed {
     /// Nothing to publish: the record is gone, or another writer already finished and published it.
     Nothing,
-    /// Publish `completion` once to each of `watchers` (server instances' routing keys).
+    /// Publish `completion` once to each of `watchers` (server instances' routing keys). Then, if
+    /// `dead_letter`, reject the message to the dead-letter queue instead of acknowledging it.
     Publish {
         completion: Completion,
         watchers: Vec<String>,
+        dead_letter: bool,
     },
+    /// Stopped by the worker's shutdown before it finished: return the message to the queue.
+    Abandoned,
+    /// The stored record is damaged: nothing sensible can be done with the job but to set it aside.
+    Damaged,
 }
 
-/// Runs one job to its final state.
-///
-/// Safe to call again for a job already processed (a redelivery): a job whose result is stored is not
-/// computed again, its completion is published again instead, since the first publish may not have
-/// happened; servers drop the duplicate.
-pub async fn process(store: &Store, job: JobMessage, max_n: u64) -> Result<Processed, StoreError> {
-    let started_ms = unix_ms();
-    let submitted_ms = match store.start(&job.id, started_ms).await? {
-        Start::Missing => {
-            warn!("job record is missing (expired or never stored); dropping the job");
-            return Ok(Processed::Nothing);
+/// Longest pause between two tries of a Redis operation during an outage.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl JobContext {
+    /// Runs `op` until Redis answers, backing off while it is unreachable; `None` if the worker's stop
+    /// comes first. A job keeps its delivery during an outage rather than being requeued, so an outage
+    /// does not count as a failed attempt.
+    async fn persist<T, F, Fut>(&self, what: &str, mut op: F) -> Result<Option<T>, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Ok(value) => return Ok(Some(value)),
+                Err(StoreError::Unavailable(reason)) => {
+                    warn!(%reason, "redis unavailable while trying to {what}; retrying");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Start::Final => return republish(store, job).await,
-        Start::Run {
-            attempts,
-            submitted_ms,
-        } => {
+    }
+
+    /// Runs one job to its final state.
+    ///
+    /// Safe to call again for a job already processed (a redelivery): a job whose result is stored is
+    /// not computed again; its completion is published again instead, since the first publish may not
+    /// have happened, and servers drop the duplicate.
+    pub async fn process(&self, job: JobMessage) -> Processed {
+        match self.try_process(job).await {
+            Ok(processed) => processed,
+            Err(e) => {
+                error!(error = %e, "job record is damaged; dead-lettering the job");
+                Processed::Damaged
+            }
+        }
+    }
+
+    async fn try_process(&self, job: JobMessage) -> Result<Processed, StoreError> {
+        let started_ms = unix_ms();
+        let Some(start) = self
+            .persist("start the job", || self.store.start(&job.id, started_ms))
+            .await?
+        else {
+            return Ok(Processed::Abandoned);
+        };
+        let (attempts, submitted_ms) = match start {
+            Start::Missing => {
+                warn!("job record is missing (expired or never stored); dropping the job");
+                return Ok(Processed::Nothing);
+            }
+            Start::Final => return self.republish(job).await,
+            Start::Run {
+                attempts,
+                submitted_ms,
+            } => (attempts, submitted_ms),
+        };
+        let mut record = JobRecord::queued(job.n, submitted_ms);
+        record.started_ms = Some(started_ms);
+        record.attempts = attempts;
+        let mut dead_letter = false;
+        if attempts > self.limits.max_attempts {
+            // Earlier starts never finished: the job killed its worker (or its connection) each time.
+            warn!(attempts, "job exceeded its attempts; failing it");
+            record.status = JobStatus::Failed;
+            record.error = Some(format!(
+                "gave up after {} attempts: the job stopped its worker each time",
+                self.limits.max_attempts
+            ));
+            dead_letter = true;
+        } else if job.n > self.limits.max_n {
+            // The server checks this too; a worker still refuses what would exhaust its memory.
+            record.status = JobStatus::Failed;
+            record.error = Some(format!(
+                "n is above this worker's maximum of {}",
+                self.limits.max_n
+            ));
+        } else {
             info!(n = job.n, attempts, "job started");
-            submitted_ms
+            match self.compute(job.n).await {
+                Computed::Done { output, elapsed } => {
+                    record.status = JobStatus::Done;
+                    record.compute_ms = Some(elapsed.as_millis() as u64);
+                    record.digits = Some(output.len() as u64);
+                    record.output = Some(Arc::from(output));
+                }
+                Computed::Failed(error) => {
+                    record.status = JobStatus::Failed;
+                    record.error = Some(error);
+                }
+                Computed::Stopped => return Ok(Processed::Abandoned),
+            }
         }
-    };
-    let mut record = JobRecord::queued(job.n, submitted_ms);
-    record.started_ms = Some(started_ms);
-    if job.n > max_n {
-        // The server checks this too; a worker still refuses what would exhaust its memory.
-        record.status = JobStatus::Failed;
-        record.error = Some(format!("n is above this worker's maximum of {max_n}"));
-    } else {
-        let n = job.n;
+        record.finished_ms = Some(unix_ms());
+        let Some(finish) = self
+            .persist("store the result", || self.store.finish(&job.id, &record))
+            .await?
+        else {
+            return Ok(Processed::Abandoned);
+        };
+        match finish {
+            Finish::Applied { watchers } => {
+                info!(status = %record.status, compute_ms = record.compute_ms, "job finished");
+                Ok(Processed::Publish {
+                    completion: Completion::new(job.id, record),
+                    watchers,
+                    dead_letter,
+                })
+            }
+            Finish::AlreadyFinal => Ok(Processed::Nothing),
+            Finish::Missing => {
+                warn!("job record expired while the job ran; result dropped");
+                Ok(Processed::Nothing)
+            }
+        }
+    }
+
+    async fn compute(&self, n: u64) -> Computed {
+        let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+            return Computed::Stopped;
+        };
+        let stop = self.stop.clone();
+        let time_limit = self.limits.time_limit;
         let computed = tokio::task::spawn_blocking(move || {
             let clock = Instant::now();
-            let output = compute::factorial_decimal(n, &mut |_| true);
-            (output, clock.elapsed())
+            let mut timed_out = false;
+            let output = compute::factorial_decimal(n, &mut |_fraction| {
+                if clock.elapsed() >= time_limit {
+                    timed_out = true;
+                }
+                !timed_out && !stop.is_cancelled()
+            });
+            (output, timed_out, clock.elapsed())
         })
         .await;
         match computed {
-            Ok((Ok(output), elapsed)) => {
-                record.status = JobStatus::Done;
-                record.compute_ms = Some(elapsed.as_millis() as u64);
-                record.digits = Some(output.len() as u64);
-                record.output = Some(Arc::from(output));
+            Ok((Ok(output), _, elapsed)) => Computed::Done { output, elapsed },
+            Ok((Err(_), true, _)) => {
+                Computed::Failed(format!("time limit exceeded ({} s)", time_limit.as_secs()))
             }
-            Ok((Err(interrupted), _)) => {
-                record.status = JobStatus::Failed;
-                record.error = Some(interrupted.to_string());
-            }
+            Ok((Err(_), false, _)) => Computed::Stopped,
             Err(panic) => {
-                warn!(error = %panic, "computation panicked");
-                record.status = JobStatus::Failed;
-                record.error = Some("internal error while computing".into());
+                error!(error = %panic, "computation panicked");
+                Computed::Failed("internal error while computing".into())
             }
         }
     }
-    record.finished_ms = Some(unix_ms());
-    match store.finish(&job.id, &record).await? {
-        Finish::Applied { watchers } => {
-            info!(status = %record.status, compute_ms = record.compute_ms, "job finished");
-            Ok(Processed::Publish {
-                completion: Completion::new(job.id, record),
-                watchers,
-            })
-        }
-        Finish::AlreadyFinal => Ok(Processed::Nothing),
-        Finish::Missing => {
-            warn!("job record expired while the job ran; result dropped");
-            Ok(Processed::Nothing)
-        }
+
+    async fn republish(&self, job: JobMessage) -> Result<Processed, StoreError> {
+        let Some(record) = self
+            .persist("read the stored result", || self.store.get(&job.id))
+            .await?
+        else {
+            return Ok(Processed::Abandoned);
+        };
+        let Some(record) = record else {
+            return Ok(Processed::Nothing);
+        };
+        let Some(watchers) = self
+            .persist("read the watchers", || self.store.watchers(&job.id))
+            .await?
+        else {
+            return Ok(Processed::Abandoned);
+        };
+        info!(status = %record.status, "job already final; publishing its completion again");
+        Ok(Processed::Publish {
+            completion: Completion::new(job.id, record),
+            watchers,
+            dead_letter: false,
+        })
     }
 }
 
-async fn republish(store: &Store, job: JobMessage) -> Result<Processed, StoreError> {
-    let Some(record) = store.get(&job.id).await? else {
-        return Ok(Processed::Nothing);
-    };
-    info!(status = %record.status, "job already final; publishing its completion again");
-    Ok(Processed::Publish {
-        completion: Completion::new(job.id, record),
-        watchers: store.watchers(&job.id).await?,
-    })
+enum Computed {
+    Done { output: String, elapsed: Duration },
+    Failed(String),
+    Stopped,
 }

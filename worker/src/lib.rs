@@ -11,6 +11,7 @@ pub mod store;
 pub mod telemetry;
 pub mod topology;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,19 +22,20 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
+pub use jobs::{JobContext, JobLimits, Processed};
 pub use settings::{BackendArgs, Settings, SettingsError};
 pub use store::{Store, StoreError};
 
-/// How long a stopping worker lets running jobs finish before it leaves them to the queue.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
-/// Pause before a job that met an unreachable Redis goes back to the queue, so that an outage does not
-/// turn into a hot redelivery loop.
+/// Pause before a job that could not be settled goes back to the queue.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Longest pause between two reconnection attempts.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Why the worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -41,37 +43,24 @@ pub enum WorkerError {
     /// A setting cannot work.
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    /// RabbitMQ failed or closed the connection.
+    /// RabbitMQ failed or refused something at start-up.
     #[error("rabbitmq: {0}")]
     Amqp(#[from] lapin::Error),
-    /// Redis cannot be used.
+    /// Redis cannot be used at start-up.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The broker cancelled the consumer (the queue was deleted).
-    #[error("the broker cancelled the job consumer")]
-    ConsumerCancelled,
 }
 
-/// A connected worker, ready to [`run`](Worker::run).
-pub struct Worker {
-    settings: Settings,
+/// One AMQP connection with the worker's two channels and its topology declared.
+struct Amqp {
     connection: Connection,
     consume: Channel,
     publish: Channel,
-    store: Store,
 }
 
-impl Worker {
-    /// Connects to RabbitMQ and Redis and declares the topology.
-    pub async fn connect(settings: Settings) -> Result<Self, WorkerError> {
-        settings.validate()?;
+impl Amqp {
+    async fn open(settings: &Settings) -> lapin::Result<Self> {
         let backend = &settings.backend;
-        let store = Store::new(
-            &backend.redis_url,
-            backend.keys(),
-            settings.concurrency() * 2 + 2,
-        )?;
-        store.ping().await?;
         let connection = Connection::connect(
             &backend.amqp_url,
             ConnectionProperties::default().with_connection_name("herald-worker".into()),
@@ -82,89 +71,188 @@ impl Worker {
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare_job_queue(&consume, &backend.queue).await?;
+        topology::declare_job_queue(&consume, &backend.queue, backend.max_queue_length).await?;
         topology::declare_reply_exchange(&consume, &backend.reply_exchange).await?;
         let prefetch = u16::try_from(settings.concurrency()).unwrap_or(u16::MAX);
         consume
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         Ok(Self {
-            settings,
             connection,
             consume,
             publish,
+        })
+    }
+}
+
+/// A connected worker, ready to [`run`](Worker::run).
+pub struct Worker {
+    settings: Settings,
+    amqp: Amqp,
+    store: Store,
+}
+
+impl Worker {
+    /// Connects to RabbitMQ and Redis and declares the topology; fails fast if either cannot be used.
+    pub async fn connect(settings: Settings) -> Result<Self, WorkerError> {
+        settings.validate()?;
+        let backend = &settings.backend;
+        let store = Store::new(
+            &backend.redis_url,
+            backend.keys(),
+            settings.concurrency() * 2 + 2,
+        )?;
+        store.ping().await?;
+        let amqp = Amqp::open(&settings).await?;
+        Ok(Self {
+            settings,
+            amqp,
             store,
         })
     }
 
-    /// Consumes jobs until `shutdown` is cancelled, then stops taking jobs, lets the running ones finish
-    /// within [`SHUTDOWN_GRACE`] and returns; unfinished jobs go back to the queue when the connection
-    /// closes, since they were never acknowledged.
+    /// Consumes jobs until `shutdown` is cancelled, reconnecting (with backoff) whenever RabbitMQ goes
+    /// away. On shutdown it stops taking jobs and lets the running ones finish within the grace period;
+    /// past it they are stopped and returned to the queue.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let tag = format!("herald-worker-{}", uuid::Uuid::new_v4().simple());
-        let mut consumer = self
-            .consume
-            .basic_consume(
-                self.settings.backend.queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        info!(
-            queue = %self.settings.backend.queue,
-            concurrency = self.settings.concurrency(),
-            "consuming jobs"
-        );
+        let Self {
+            settings,
+            amqp,
+            store,
+        } = self;
+        let context = JobContext {
+            store,
+            limits: JobLimits {
+                max_n: settings.backend.max_n,
+                max_attempts: settings.max_attempts,
+                time_limit: settings.job_time_limit(),
+            },
+            slots: Arc::new(Semaphore::new(settings.concurrency())),
+            stop: CancellationToken::new(),
+        };
         let mut running = JoinSet::new();
-        let outcome = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break Ok(()),
-                Some(_) = running.join_next(), if !running.is_empty() => {}
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let job = JobTask {
-                            store: self.store.clone(),
-                            publish: self.publish.clone(),
-                            reply_exchange: self.settings.backend.reply_exchange.clone(),
-                            max_n: self.settings.backend.max_n,
-                        };
-                        running.spawn(job.handle(delivery));
-                    }
-                    Some(Err(e)) => break Err(e.into()),
-                    None => break Err(WorkerError::ConsumerCancelled),
+        let mut connected = Some(amqp);
+        let last = loop {
+            let amqp = match connected.take() {
+                Some(amqp) => amqp,
+                None => match reconnect(&settings, &shutdown).await {
+                    Some(amqp) => amqp,
+                    None => break None,
                 },
+            };
+            match consume(&settings, &amqp, &context, &mut running, &shutdown).await {
+                Ok(()) => break Some(amqp),
+                Err(e) => warn!(error = %e, "lost rabbitmq; reconnecting"),
             }
         };
-        if let Err(e) = self
-            .consume
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await
-        {
-            warn!(error = %e, "could not cancel the consumer");
-        }
+        let grace = Duration::from_secs(settings.shutdown_grace_secs);
         if !running.is_empty() {
-            info!(jobs = running.len(), "waiting for running jobs");
-            if tokio::time::timeout(SHUTDOWN_GRACE, running.join_all())
-                .await
-                .is_err()
-            {
-                warn!("grace period over; unfinished jobs return to the queue");
+            info!(
+                jobs = running.len(),
+                grace_secs = grace.as_secs(),
+                "waiting for running jobs"
+            );
+            let drained = tokio::time::timeout(grace, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                warn!("grace period over; returning unfinished jobs to the queue");
+                context.stop.cancel();
+                while running.join_next().await.is_some() {}
             }
         }
-        if let Err(e) = self.connection.close(200, "worker stopping".into()).await {
-            warn!(error = %e, "could not close the connection cleanly");
+        if let Some(amqp) = last {
+            if let Err(e) = amqp.connection.close(200, "worker stopping".into()).await {
+                warn!(error = %e, "could not close the connection cleanly");
+            }
         }
-        outcome
+        info!("worker stopped");
+        Ok(())
     }
+}
+
+/// Connects again, backing off; `None` if shutdown comes first.
+async fn reconnect(settings: &Settings, shutdown: &CancellationToken) -> Option<Amqp> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        match Amqp::open(settings).await {
+            Ok(amqp) => {
+                info!("reconnected to rabbitmq");
+                return Some(amqp);
+            }
+            Err(e) => {
+                warn!(error = %e, "rabbitmq still unreachable");
+                backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Consumes on one connection until shutdown (`Ok`, consumer cancelled) or the connection fails (`Err`).
+async fn consume(
+    settings: &Settings,
+    amqp: &Amqp,
+    context: &JobContext,
+    running: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> lapin::Result<()> {
+    let tag = format!("herald-worker-{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = amqp
+        .consume
+        .basic_consume(
+            settings.backend.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(
+        queue = %settings.backend.queue,
+        concurrency = settings.concurrency(),
+        "consuming jobs"
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let task = JobTask {
+                        context: context.clone(),
+                        publish: amqp.publish.clone(),
+                        reply_exchange: settings.backend.reply_exchange.clone(),
+                    };
+                    running.spawn(task.handle(delivery));
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                        lapin::ConnectionState::Closed,
+                    )))
+                }
+            },
+        }
+    }
+    if let Err(e) = amqp
+        .consume
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await
+    {
+        warn!(error = %e, "could not cancel the consumer");
+    }
+    Ok(())
 }
 
 /// One delivery's handling, with what it needs.
 struct JobTask {
-    store: Store,
+    context: JobContext,
     publish: Channel,
     reply_exchange: String,
-    max_n: u64,
 }
 
 impl JobTask {
@@ -172,40 +260,33 @@ impl JobTask {
         let job = match JobMessage::decode(&delivery.data) {
             Ok(job) => job,
             Err(e) => {
-                warn!(error = %e, "rejecting a message that is not a job");
-                if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
-                    warn!(error = %e, "could not reject the message");
-                }
+                warn!(error = %e, "dead-lettering a message that is not a job");
+                settle(&delivery, Settle::DeadLetter).await;
                 return;
             }
         };
         let span = tracing::info_span!("job", id = %job.id);
         async move {
-            let settled = match jobs::process(&self.store, job, self.max_n).await {
-                Ok(jobs::Processed::Nothing) => Ok(()),
-                Ok(jobs::Processed::Publish {
+            let settle_as = match self.context.process(job).await {
+                Processed::Nothing => Settle::Ack,
+                Processed::Abandoned => Settle::Requeue,
+                Processed::Damaged => Settle::DeadLetter,
+                Processed::Publish {
                     completion,
                     watchers,
-                }) => self.publish_completion(&completion, &watchers).await,
-                Err(e) => Err(e.to_string()),
+                    dead_letter,
+                } => match self.publish_completion(&completion, &watchers).await {
+                    Ok(()) if dead_letter => Settle::DeadLetter,
+                    Ok(()) => Settle::Ack,
+                    Err(reason) => {
+                        // The result is stored: a redelivery publishes it again without computing.
+                        error!(%reason, "completion not published; returning the job to the queue");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        Settle::Requeue
+                    }
+                },
             };
-            let acked = match settled {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-                Err(reason) => {
-                    error!(%reason, "job not settled; returning it to the queue");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
-                }
-            };
-            if let Err(e) = acked {
-                // The broker will redeliver it; processing again is safe.
-                warn!(error = %e, "could not settle the delivery");
-            }
+            settle(&delivery, settle_as).await;
         }
         .instrument(span)
         .await;
@@ -243,5 +324,32 @@ impl JobTask {
             }
         }
         Ok(())
+    }
+}
+
+/// How a delivery ends.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    Ack,
+    Requeue,
+    DeadLetter,
+}
+
+async fn settle(delivery: &lapin::message::Delivery, how: Settle) {
+    let settled = match how {
+        Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
+        Settle::Requeue => {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+        Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
+    };
+    if let Err(e) = settled {
+        // The channel is gone: the broker requeues the message, and processing it again is safe.
+        warn!(error = %e, ?how, "could not settle the delivery");
     }
 }

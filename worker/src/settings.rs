@@ -36,6 +36,10 @@ pub struct BackendArgs {
     /// Largest n accepted (the server refuses above it; a worker fails such a job).
     #[arg(long, env = "HERALD_MAX_N", default_value_t = 1_000_000)]
     pub max_n: u64,
+    /// Cap on jobs waiting in the queue (declared on the queue, overflow `reject-publish`); submits beyond
+    /// it are answered `busy`.
+    #[arg(long, env = "HERALD_MAX_QUEUE_LENGTH", default_value_t = 100_000)]
+    pub max_queue_length: u32,
 }
 
 /// A setting that cannot work; the binaries refuse to start with it.
@@ -78,6 +82,9 @@ impl BackendArgs {
                 ));
             }
         }
+        if self.max_queue_length == 0 {
+            return Err(SettingsError::new("max-queue-length", "must be at least 1"));
+        }
         if self.redis_prefix.len() > 200 {
             return Err(SettingsError::new(
                 "redis-prefix",
@@ -107,6 +114,15 @@ pub struct Settings {
     /// Jobs computed at once (and the prefetch count); default: the number of cores.
     #[arg(long, env = "HERALD_CONCURRENCY")]
     pub concurrency: Option<NonZeroUsize>,
+    /// Starts of one job before it is failed and dead-lettered (a job that keeps killing its worker).
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Longest computation of one job, in seconds; past it the job fails with "time limit exceeded".
+    #[arg(long, env = "HERALD_JOB_TIME_LIMIT_SECS", default_value_t = 300)]
+    pub job_time_limit_secs: u64,
+    /// On SIGTERM, how long running jobs may go on before they are stopped and returned to the queue.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
 }
 
 impl Settings {
@@ -116,7 +132,23 @@ impl Settings {
         if self.concurrency() > 1024 {
             return Err(SettingsError::new("concurrency", "must be at most 1024"));
         }
+        if self.max_attempts == 0 {
+            return Err(SettingsError::new("max-attempts", "must be at least 1"));
+        }
+        // RabbitMQ closes a channel whose delivery stays unacknowledged past its consumer timeout
+        // (30 minutes by default); a job allowed to run longer would be redelivered while it runs.
+        if self.job_time_limit_secs == 0 || self.job_time_limit_secs > 25 * 60 {
+            return Err(SettingsError::new(
+                "job-time-limit-secs",
+                "must be from 1 to 1500 seconds (below RabbitMQ's default consumer timeout of 30 minutes)",
+            ));
+        }
         Ok(())
+    }
+
+    /// Longest computation of one job.
+    pub fn job_time_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.job_time_limit_secs)
     }
 
     /// Jobs computed at once.

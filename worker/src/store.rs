@@ -205,6 +205,21 @@ impl Store {
         .await
     }
 
+    /// Deletes a job's record and watcher set (a submit that could not be queued leaves nothing behind).
+    pub async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
+        let job = self.keys.job(id);
+        let watchers = self.keys.watchers(id);
+        self.run(|mut conn| async move {
+            redis::cmd("DEL")
+                .arg(&job)
+                .arg(&watchers)
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Reads a job's record; `None` when there is none.
     pub async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let job = self.keys.job(id);

@@ -4,26 +4,65 @@ use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-/// Arguments of the job queue. A quorum queue: replicated on a cluster, durable, and it counts deliveries.
-pub fn job_queue_arguments() -> FieldTable {
+/// Name of the dead-letter queue of `queue`: messages that are not jobs, and jobs that failed for good.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// Arguments of the job queue: a quorum queue (replicated on a cluster, durable), capped in length with
+/// `reject-publish` so an overloaded broker refuses new jobs instead of dropping old ones, and
+/// dead-lettering rejected messages to [`dead_letter_queue`].
+///
+/// Every server and worker declares the queue with these arguments; RabbitMQ refuses a declaration whose
+/// arguments differ from the existing queue's, so all of them must use the same `--max-queue-length`.
+pub fn job_queue_arguments(queue: &str, max_length: u32) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(max_length.into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dead_letter_queue(queue).into()),
+    );
     args
 }
 
-/// Declares the durable job queue (idempotent: every server and worker does it at start).
-pub async fn declare_job_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
+/// Declares the durable job queue and its dead-letter queue (idempotent: every server and worker does it
+/// on each connection).
+pub async fn declare_job_queue(
+    channel: &Channel,
+    queue: &str,
+    max_length: u32,
+) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(
+            dead_letter_queue(queue).as_str().into(),
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
     channel
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            job_queue_arguments(),
+            durable,
+            job_queue_arguments(queue, max_length),
         )
         .await?;
     Ok(())

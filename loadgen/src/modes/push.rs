@@ -1,0 +1,534 @@
+//! The push path (`latency` and `throughput`): sockets that submit jobs, pipelined up to a window, and
+//! time each one from its submit frame to its pushed result.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use herald_protocol::{ErrorCode, JobId, Outcome, ServerMessage};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use tokio::time::{sleep_until, Instant};
+
+use super::{Ctx, JobPool, RunError, CONNECT_TIMEOUT};
+use crate::check::check_output;
+use crate::progress;
+use crate::stats::{Latencies, Problems, Summary};
+use crate::target::Target;
+use crate::ws::{self, classify, parse_tag, submit_frame, Incoming, Socket};
+
+/// Sockets opened at once while a run sets up.
+const PARALLEL_CONNECTS: usize = 32;
+
+/// How long a finished socket waits for its Close to go out.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Wait before retrying a `busy` submit when the server gives no `retry_after_ms`.
+const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+
+/// The shape of a push run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Input of every job.
+    pub n: u64,
+    /// Sockets.
+    pub connections: u64,
+    /// Jobs in flight per socket.
+    pub window: u64,
+    /// Jobs measured.
+    pub jobs: u64,
+    /// Jobs run first and not measured.
+    pub warmup: u64,
+}
+
+/// Means of the timings the server reports in each `done` result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ServerTimings {
+    /// From the server taking the job to a worker starting it.
+    pub queued_ms: f64,
+    /// The worker's compute time.
+    pub compute_ms: f64,
+    /// From the submit to the result leaving the server.
+    pub total_ms: f64,
+}
+
+/// What a `latency` or `throughput` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    /// The WebSocket URL.
+    pub url: String,
+    /// Input of every job.
+    pub n: u64,
+    /// Sockets asked for.
+    pub connections: u64,
+    /// Sockets that opened.
+    pub connections_open: u64,
+    /// Jobs in flight per socket at most.
+    pub window: u64,
+    /// Jobs measured (asked for).
+    pub jobs: u64,
+    /// Jobs run first and not measured.
+    pub warmup: u64,
+    /// Jobs (warm-up included) whose result was `done` and correct.
+    pub done: u64,
+    /// Jobs (warm-up included) that ended otherwise: failed or cancelled, refused with an error other
+    /// than `busy`, or a wrong result.
+    pub failed: u64,
+    /// Jobs with no end: submitted when the run stopped or a socket closed, or never submitted.
+    pub unfinished: u64,
+    /// Submits answered `busy` and sent again after `retry_after_ms`.
+    pub busy_retries: u64,
+    /// Seconds from the first measured submit to the last measured result.
+    pub elapsed_s: f64,
+    /// Measured jobs done per second over `elapsed_s`.
+    pub jobs_per_s: f64,
+    /// From sending a submit frame to receiving the job's result.
+    pub result_latency: Option<Summary>,
+    /// From sending a submit frame to receiving its `accepted`.
+    pub accepted_latency: Option<Summary>,
+    /// Means of the timings the server reported in the measured results.
+    pub server_timings: Option<ServerTimings>,
+    /// Everything that went wrong.
+    pub problems: Problems,
+    /// The run hit `--timeout`.
+    pub timed_out: bool,
+    /// Remarks for the reader.
+    pub notes: Vec<String>,
+}
+
+impl PushReport {
+    /// Whether the run did all its jobs with no problem.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_clean() && self.failed == 0 && self.unfinished == 0
+    }
+}
+
+/// Opens `plan.connections` sockets, runs the jobs over them, and reports.
+pub async fn run(
+    target: &Target,
+    plan: Plan,
+    label: &str,
+    ctx: &Ctx,
+) -> Result<PushReport, RunError> {
+    let url = target.ws_url().to_string();
+    let mut problems = Problems::default();
+    let mut first_error = None;
+    let results: Vec<_> = futures::stream::iter(0..plan.connections)
+        .map(|_| ws::connect(target, ctx.bounded(CONNECT_TIMEOUT)))
+        .buffer_unordered(PARALLEL_CONNECTS)
+        .collect()
+        .await;
+    let mut sockets = Vec::new();
+    for result in results {
+        match result {
+            Ok(socket) => sockets.push(socket),
+            Err(e) => {
+                problems.transport(&format!("connect: {}", e.kind()), &e.to_string());
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if sockets.is_empty() {
+        let source = first_error.expect("at least one socket was attempted");
+        return Err(RunError::Connect { url, source });
+    }
+
+    let pool = Arc::new(JobPool::new(plan.jobs, plan.warmup));
+    let bar = progress::bar(pool.total(), label, ctx.quiet);
+    let connections_open = sockets.len() as u64;
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|socket| {
+            let driver = Driver {
+                n: plan.n,
+                window: plan.window as usize,
+                pool: pool.clone(),
+                deadline: ctx.deadline,
+                bar: bar.clone(),
+            };
+            tokio::spawn(async move { driver.drive(socket).await })
+        })
+        .collect();
+    let mut total = SocketStats::default();
+    for task in tasks {
+        match task.await {
+            Ok(stats) => total.merge(stats),
+            Err(e) => problems.transport("socket task panicked", &e.to_string()),
+        }
+    }
+    bar.finish_and_clear();
+    // Jobs nobody claimed: every socket stopped early (closed, or the deadline came).
+    let unclaimed = pool.total().saturating_sub(total.claimed);
+    problems.merge(total.problems);
+
+    let elapsed = match (total.first_submit, total.last_result) {
+        (Some(first), Some(last)) if last > first => last - first,
+        _ => Duration::ZERO,
+    };
+    let jobs_per_s = if elapsed.is_zero() {
+        0.0
+    } else {
+        total.measured_done as f64 / elapsed.as_secs_f64()
+    };
+    let mut notes = Vec::new();
+    if connections_open < plan.connections {
+        notes.push(format!(
+            "only {connections_open} of {} sockets opened",
+            plan.connections
+        ));
+    }
+    if total.busy_retries > 0 {
+        notes.push(format!(
+            "{} submits were answered busy and retried: a window above the server's \
+             --max-in-flight (100 by default) only adds waiting",
+            total.busy_retries
+        ));
+    }
+    Ok(PushReport {
+        url,
+        n: plan.n,
+        connections: plan.connections,
+        connections_open,
+        window: plan.window,
+        jobs: plan.jobs,
+        warmup: plan.warmup,
+        done: total.done,
+        failed: total.failed,
+        unfinished: total.unfinished + unclaimed,
+        busy_retries: total.busy_retries,
+        elapsed_s: elapsed.as_secs_f64(),
+        jobs_per_s,
+        result_latency: total.result.summary(),
+        accepted_latency: total.accepted.summary(),
+        server_timings: total.timings.means(),
+        problems,
+        timed_out: total.timed_out,
+        notes,
+    })
+}
+
+/// Sums of the server's timings, for their means.
+#[derive(Debug, Default)]
+struct TimingSums {
+    count: u64,
+    queued_ms: u64,
+    compute_ms: u64,
+    total_ms: u64,
+}
+
+impl TimingSums {
+    fn means(&self) -> Option<ServerTimings> {
+        let mean = |sum: u64| sum as f64 / self.count as f64;
+        (self.count > 0).then(|| ServerTimings {
+            queued_ms: mean(self.queued_ms),
+            compute_ms: mean(self.compute_ms),
+            total_ms: mean(self.total_ms),
+        })
+    }
+}
+
+/// What one socket saw.
+#[derive(Debug, Default)]
+struct SocketStats {
+    result: Latencies,
+    accepted: Latencies,
+    timings: TimingSums,
+    problems: Problems,
+    claimed: u64,
+    done: u64,
+    measured_done: u64,
+    failed: u64,
+    unfinished: u64,
+    busy_retries: u64,
+    first_submit: Option<Instant>,
+    last_result: Option<Instant>,
+    timed_out: bool,
+}
+
+impl SocketStats {
+    fn merge(&mut self, other: Self) {
+        self.result.merge(&other.result);
+        self.accepted.merge(&other.accepted);
+        self.timings.count += other.timings.count;
+        self.timings.queued_ms += other.timings.queued_ms;
+        self.timings.compute_ms += other.timings.compute_ms;
+        self.timings.total_ms += other.timings.total_ms;
+        self.problems.merge(other.problems);
+        self.claimed += other.claimed;
+        self.done += other.done;
+        self.measured_done += other.measured_done;
+        self.failed += other.failed;
+        self.unfinished += other.unfinished;
+        self.busy_retries += other.busy_retries;
+        self.first_submit = earliest(self.first_submit, other.first_submit);
+        self.last_result = self.last_result.max(other.last_result);
+        self.timed_out |= other.timed_out;
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        _ => a.or(b),
+    }
+}
+
+/// A submitted job whose result has not come.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    seq: u64,
+    at: Instant,
+}
+
+/// One socket's loop: keep up to `window` jobs in flight until the pool runs dry.
+struct Driver {
+    n: u64,
+    window: usize,
+    pool: Arc<JobPool>,
+    deadline: Instant,
+    bar: ProgressBar,
+}
+
+/// Per-socket bookkeeping of jobs in flight.
+#[derive(Default)]
+struct Flight {
+    /// Sent, waiting for `accepted` (keyed by `ref`).
+    by_tag: HashMap<u64, Sent>,
+    /// Accepted, waiting for the result.
+    by_id: HashMap<JobId, Sent>,
+    /// Answered `busy`: due time and job number.
+    retries: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The pool has nothing more for this socket.
+    exhausted: bool,
+}
+
+impl Flight {
+    fn in_flight(&self) -> usize {
+        self.by_tag.len() + self.by_id.len()
+    }
+
+    fn pending(&self) -> usize {
+        self.in_flight() + self.retries.len()
+    }
+
+    /// The next job to send: a retry that is due, else a new one from the pool.
+    fn next_job(&mut self, pool: &JobPool, now: Instant) -> Option<(u64, bool)> {
+        if let Some(&Reverse((due, seq))) = self.retries.peek() {
+            if due <= now {
+                self.retries.pop();
+                return Some((seq, false));
+            }
+        }
+        if self.exhausted {
+            return None;
+        }
+        let seq = pool.claim();
+        self.exhausted = seq.is_none();
+        seq.map(|seq| (seq, true))
+    }
+}
+
+impl Driver {
+    async fn drive(self, mut socket: Socket) -> SocketStats {
+        let mut stats = SocketStats::default();
+        let mut flight = Flight::default();
+        let healthy = 'run: loop {
+            let now = Instant::now();
+            let mut sent_any = false;
+            while flight.in_flight() < self.window {
+                let Some((seq, new)) = flight.next_job(&self.pool, now) else {
+                    break;
+                };
+                stats.claimed += u64::from(new);
+                let at = Instant::now();
+                // `feed` queues without flushing, so a burst of submits goes out in few writes.
+                if let Err(e) = socket.feed(submit_frame(self.n, seq)).await {
+                    stats.unfinished += 1;
+                    stats.problems.transport("send failed", &e.to_string());
+                    break 'run false;
+                }
+                flight.by_tag.insert(seq, Sent { seq, at });
+                if self.pool.measured(seq) {
+                    stats.first_submit = earliest(stats.first_submit, Some(at));
+                }
+                sent_any = true;
+            }
+            if sent_any {
+                if let Err(e) = socket.flush().await {
+                    stats.problems.transport("send failed", &e.to_string());
+                    break false;
+                }
+            }
+            if flight.pending() == 0 && flight.exhausted {
+                break true;
+            }
+            let next_retry = flight.retries.peek().map(|Reverse((due, _))| *due);
+            tokio::select! {
+                biased;
+                () = sleep_until(self.deadline) => {
+                    stats.timed_out = true;
+                    break true;
+                }
+                () = sleep_until(next_retry.unwrap_or(self.deadline)), if next_retry.is_some() => {}
+                frame = socket.next() => match frame {
+                    None => {
+                        stats.problems.transport("socket closed", "the server closed the connection");
+                        break false;
+                    }
+                    Some(Err(e)) => {
+                        stats.problems.transport("socket error", &e.to_string());
+                        break false;
+                    }
+                    Some(Ok(message)) => match classify(message) {
+                        Incoming::Message(message, text) => {
+                            self.on_message(message, &text, &mut flight, &mut stats);
+                        }
+                        Incoming::Malformed { text, why } => stats.problems.malformed(&text, &why),
+                        Incoming::Binary(len) => {
+                            stats.problems.unexpected("binary frame", &format!("{len} bytes"));
+                        }
+                        Incoming::Control => {}
+                        Incoming::Closed(why) => {
+                            stats.problems.transport("socket closed", &why);
+                            break false;
+                        }
+                    },
+                },
+            }
+        };
+        stats.unfinished += flight.pending() as u64;
+        if healthy {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
+        }
+        stats
+    }
+
+    fn on_message(
+        &self,
+        message: ServerMessage,
+        text: &str,
+        flight: &mut Flight,
+        stats: &mut SocketStats,
+    ) {
+        let now = Instant::now();
+        match message {
+            ServerMessage::Accepted { id, n, tag } => {
+                let Some(sent) = parse_tag(tag.as_deref()).and_then(|t| flight.by_tag.remove(&t))
+                else {
+                    return stats.problems.unexpected("accepted for no pending submit", text);
+                };
+                if n != self.n {
+                    stats.problems.wrong(&format!("accepted n={n} for n={}", self.n));
+                }
+                if self.pool.measured(sent.seq) {
+                    stats.accepted.record(now - sent.at);
+                }
+                if flight.by_id.insert(id, sent).is_some() {
+                    stats.problems.unexpected("accepted with a duplicate id", text);
+                }
+            }
+            ServerMessage::Result(result) => {
+                let Some(sent) = flight.by_id.remove(&result.id) else {
+                    return stats.problems.unexpected("result for no pending job", text);
+                };
+                self.bar.inc(1);
+                let measured = self.pool.measured(sent.seq);
+                match result.outcome {
+                    Outcome::Done {
+                        digits,
+                        output,
+                        timings,
+                    } => {
+                        let checked = if result.n == self.n {
+                            check_output(self.n, Some(digits), &output).map_err(|e| e.to_string())
+                        } else {
+                            Err(format!("result n={} for n={}", result.n, self.n))
+                        };
+                        if let Err(why) = checked {
+                            stats.failed += 1;
+                            return stats.problems.wrong(&format!("job {}: {why}", result.id));
+                        }
+                        stats.done += 1;
+                        if measured {
+                            stats.measured_done += 1;
+                            stats.result.record(now - sent.at);
+                            stats.last_result = stats.last_result.max(Some(now));
+                            stats.timings.count += 1;
+                            stats.timings.queued_ms += timings.queued_ms;
+                            stats.timings.compute_ms += timings.compute_ms;
+                            stats.timings.total_ms += timings.total_ms;
+                        }
+                    }
+                    Outcome::Failed { error } => {
+                        stats.failed += 1;
+                        stats.problems.failed("failed", &error);
+                    }
+                    Outcome::Cancelled {} => {
+                        stats.failed += 1;
+                        stats.problems.failed("cancelled", &result.id.to_string());
+                    }
+                }
+            }
+            ServerMessage::Error(error) => {
+                stats.problems.server_error(&code_name(error.code));
+                let Some(sent) =
+                    parse_tag(error.tag.as_deref()).and_then(|t| flight.by_tag.remove(&t))
+                else {
+                    return stats.problems.unexpected("error for no pending submit", text);
+                };
+                if error.code == ErrorCode::Busy {
+                    let wait = error
+                        .retry_after_ms
+                        .map_or(DEFAULT_RETRY, Duration::from_millis);
+                    flight.retries.push(Reverse((now + wait, sent.seq)));
+                    stats.busy_retries += 1;
+                } else {
+                    self.bar.inc(1);
+                    stats.failed += 1;
+                }
+            }
+            ServerMessage::Status { .. } => {
+                stats.problems.unexpected("status (this tool never resumes)", text);
+            }
+        }
+    }
+}
+
+/// The wire name of an error code (`busy`, `too_large`, …).
+pub fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{code:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_by_wire_name() {
+        assert_eq!(code_name(ErrorCode::Busy), "busy");
+        assert_eq!(code_name(ErrorCode::TooLarge), "too_large");
+    }
+
+    #[test]
+    fn retries_come_before_new_jobs_once_due() {
+        let pool = JobPool::new(2, 0);
+        let mut flight = Flight::default();
+        let now = Instant::now();
+        flight
+            .retries
+            .push(Reverse((now + Duration::from_secs(1), 7)));
+        assert_eq!(flight.next_job(&pool, now), Some((0, true)));
+        assert_eq!(
+            flight.next_job(&pool, now + Duration::from_secs(1)),
+            Some((7, false))
+        );
+        assert_eq!(flight.next_job(&pool, now), Some((1, true)));
+        assert_eq!(flight.next_job(&pool, now), None);
+        assert!(flight.exhausted);
+    }
+}

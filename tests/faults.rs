@@ -1,0 +1,300 @@
+//! Faults: workers killed mid-job, jobs that keep failing, time limits, redeliveries, and RabbitMQ or
+//! Redis going away under a running server or worker. Nothing accepted is lost.
+
+use herald_protocol::{ErrorCode, Outcome, ServerMessage};
+
+use crate::helpers::{eventually, Proxy, TestEnv, AMQP_URL};
+
+const LONG_N: u64 = 1_000_000;
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_it_to_another_worker() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let mut doomed = env.start_worker_process(&["--concurrency", "1"]);
+    let mut client = server.client().await;
+    let id = client.submit(LONG_N).await;
+    env.until_field(&id, "status", "running").await;
+    doomed.kill().await;
+
+    let _survivor = env.start_worker_process(&["--concurrency", "1"]);
+    match client.result_of(id).await {
+        Outcome::Done { digits, .. } => assert_eq!(digits, 5_565_709),
+        other => panic!("expected done, got {other:?}"),
+    }
+    assert_eq!(
+        env.record_field(&id, "attempts").await.as_deref(),
+        Some("2")
+    );
+    client.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_killing_its_worker_fails_and_is_dead_lettered() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let mut client = server.client().await;
+    let id = client.submit(LONG_N).await;
+    for attempt in 1..=2 {
+        let mut worker = env.start_worker_process(&["--concurrency", "1", "--max-attempts", "2"]);
+        env.until_field(&id, "attempts", &attempt.to_string()).await;
+        worker.kill().await;
+    }
+    let _last = env.start_worker_process(&["--concurrency", "1", "--max-attempts", "2"]);
+    match client.result_of(id).await {
+        Outcome::Failed { error } => assert!(error.contains("gave up after 2 attempts"), "{error}"),
+        other => panic!("expected failed, got {other:?}"),
+    }
+    eventually("the job in the dead-letter queue", || async {
+        env.dead_letters().await == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn messages_that_are_not_jobs_go_straight_to_the_dead_letter_queue() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let _worker = env.spawn_worker(1).await;
+    env.publish_raw(b"not json at all").await;
+    env.publish_raw(br#"{"n": 5}"#).await;
+    env.publish_raw(b"\xff\xfe\x00").await;
+    eventually("three dead letters", || async {
+        env.dead_letters().await == 3
+    })
+    .await;
+    // The worker is unharmed and the bad messages do not come back.
+    let mut client = server.client().await;
+    let id = client.submit(4).await;
+    assert_eq!(client.output_of(id).await, "24");
+    assert_eq!(env.dead_letters().await, 3);
+}
+
+#[tokio::test]
+async fn a_job_past_its_time_limit_fails_and_frees_the_worker() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let mut settings = env.worker_settings(1);
+    settings.job_time_limit_secs = 1;
+    let _worker = env.spawn_worker_with(settings).await;
+    let mut client = server.client().await;
+    let id = client.submit(LONG_N).await;
+    match client.result_of(id).await {
+        Outcome::Failed { error } => assert_eq!(error, "time limit exceeded (1 s)"),
+        other => panic!("expected failed, got {other:?}"),
+    }
+    let id = client.submit(8).await;
+    assert_eq!(client.output_of(id).await, "40320");
+}
+
+#[tokio::test]
+async fn heartbeats_and_acks_keep_working_while_workers_compute() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    // A one-second heartbeat: a runtime thread blocked by computing would lose the connection, and the
+    // job would be redelivered (a second attempt).
+    let mut settings = env.worker_settings(2);
+    settings.backend.amqp_url = format!("{AMQP_URL}?heartbeat=1");
+    let _worker = env.spawn_worker_with(settings).await;
+    let mut client = server.client().await;
+    let first = client.submit(LONG_N).await;
+    let second = client.submit(LONG_N - 1).await;
+    let mut done = 0;
+    while done < 2 {
+        match client.recv().await {
+            ServerMessage::Result(r) => {
+                assert!(matches!(r.outcome, Outcome::Done { .. }));
+                done += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for id in [first, second] {
+        assert_eq!(
+            env.record_field(&id, "attempts").await.as_deref(),
+            Some("1")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_result_stored_twice_or_published_twice_reaches_each_socket_once() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let mut client = server.client().await;
+    let id = client.submit(12).await;
+
+    // A worker stored the result, then two completions went out (a worker presumed dead finished too).
+    let store =
+        herald_worker::Store::new(crate::helpers::REDIS_URL, env.backend.keys(), 2).unwrap();
+    let mut record = store.get(&id).await.unwrap().unwrap();
+    record.status = herald_protocol::JobStatus::Done;
+    record.digits = Some(9);
+    record.output = Some("479001600".into());
+    let herald_worker::store::Finish::Applied { watchers } =
+        store.finish(&id, &record).await.unwrap()
+    else {
+        panic!("the result is stored once");
+    };
+    assert_eq!(watchers, vec![server.instance.clone()]);
+    assert_eq!(
+        store.finish(&id, &record).await.unwrap(),
+        herald_worker::store::Finish::AlreadyFinal,
+        "a second store of a final job changes nothing"
+    );
+    let completion = herald_protocol::Completion::new(id, record).encode();
+    let (connection, channel) = env.amqp_channel().await;
+    for _ in 0..2 {
+        channel
+            .basic_publish(
+                env.backend.reply_exchange.as_str().into(),
+                server.instance.as_str().into(),
+                Default::default(),
+                &completion,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let _ = connection.close(200, "".into()).await;
+    assert_eq!(client.output_of(id).await, "479001600");
+    eventually("both completions to arrive", || async {
+        server.completions_received() == 2
+    })
+    .await;
+    client.expect_nothing_pending().await;
+
+    // The job message is still queued, as after a crash: a worker takes it, sees the stored result and
+    // does not compute it again (no attempt counted).
+    let _worker = env.spawn_worker(1).await;
+    let queue = env.backend.queue.clone();
+    eventually("the job message to be consumed", || async {
+        let (connection, channel) = env.amqp_channel().await;
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "".into()).await;
+        declared.message_count() == 0
+    })
+    .await;
+    assert_eq!(
+        env.record_field(&id, "attempts").await.as_deref(),
+        Some("0")
+    );
+    client.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn the_server_rides_out_a_rabbitmq_outage() {
+    let env = TestEnv::new();
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut settings = env.server_settings();
+    settings.backend.amqp_url = proxy.amqp_url();
+    let server = env.spawn_server_with(settings).await;
+    let _worker = env.spawn_worker(1).await;
+    let mut client = server.client().await;
+    assert_eq!(server.readyz().await, 200);
+
+    // A long job whose completion is published while this server's reply queue is gone.
+    let id = client.submit(LONG_N).await;
+    env.until_field(&id, "status", "running").await;
+    proxy.cut();
+    eventually("readyz to say not ready", || async {
+        server.readyz().await == 503
+    })
+    .await;
+    client.send_text("5").await;
+    match client.recv().await {
+        ServerMessage::Error(e) => assert_eq!(e.code, ErrorCode::Unavailable),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    env.until_field(&id, "status", "done").await;
+
+    proxy.restore();
+    // After reconnecting, the server re-reads the jobs its sockets wait for.
+    match client.result_of(id).await {
+        Outcome::Done { digits, .. } => assert_eq!(digits, 5_565_709),
+        other => panic!("expected done, got {other:?}"),
+    }
+    eventually("readyz to say ready", || async {
+        server.readyz().await == 200
+    })
+    .await;
+    let id = client.submit(6).await;
+    assert_eq!(client.output_of(id).await, "720");
+}
+
+#[tokio::test]
+async fn the_server_rides_out_a_redis_outage() {
+    let env = TestEnv::new();
+    let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let mut settings = env.server_settings();
+    settings.backend.redis_url = proxy.redis_url();
+    let server = env.spawn_server_with(settings).await;
+    let _worker = env.spawn_worker(1).await;
+    let mut client = server.client().await;
+
+    proxy.cut();
+    eventually("readyz to say not ready", || async {
+        server.readyz().await == 503
+    })
+    .await;
+    client.send_text("5").await;
+    match client.recv().await {
+        ServerMessage::Error(e) => assert_eq!(e.code, ErrorCode::Unavailable),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    let status = reqwest::get(server.http_url("/factorial?no=5"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 503);
+
+    proxy.restore();
+    eventually("readyz to say ready", || async {
+        server.readyz().await == 200
+    })
+    .await;
+    let id = client.submit(7).await;
+    assert_eq!(client.output_of(id).await, "5040");
+}
+
+#[tokio::test]
+async fn a_worker_rides_out_rabbitmq_and_redis_outages() {
+    let env = TestEnv::new();
+    let amqp = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let redis = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let server = env.spawn_server().await;
+    let mut settings = env.worker_settings(1);
+    settings.backend.amqp_url = amqp.amqp_url();
+    settings.backend.redis_url = redis.redis_url();
+    let _worker = env.spawn_worker_with(settings).await;
+    let mut client = server.client().await;
+    let id = client.submit(9).await;
+    assert_eq!(client.output_of(id).await, "362880");
+
+    // RabbitMQ away: jobs wait in the queue, and the worker takes them after reconnecting.
+    amqp.cut();
+    let id = client.submit(10).await;
+    amqp.restore();
+    assert_eq!(client.output_of(id).await, "3628800");
+
+    // Redis away: the worker holds the job and retries until Redis is back.
+    redis.cut();
+    let id = client.submit(11).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    redis.restore();
+    assert_eq!(client.output_of(id).await, "39916800");
+    assert_eq!(
+        env.record_field(&id, "attempts").await.as_deref(),
+        Some("1")
+    );
+}
