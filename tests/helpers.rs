@@ -280,6 +280,11 @@ impl Client {
         Self { ws }
     }
 
+    /// Wraps an already connected stream.
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self { ws }
+    }
+
     /// Sends one text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("frame sent");
@@ -399,7 +404,7 @@ fn binary(name: &str) -> std::path::PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "--bin", "herald-worker", "--bin", "herald-server"])
+            .args(["build", "-p", "herald-worker", "-p", "herald-server"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");

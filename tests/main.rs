@@ -5,5 +5,8 @@ mod helpers;
 mod errors;
 mod faults;
 mod flow;
+mod hostile;
 mod http_api;
 mod instances;
+mod overload;
+mod shutdown;

@@ -43,11 +43,6 @@ impl Latencies {
         }
     }
 
-    /// Samples recorded.
-    pub fn len(&self) -> u64 {
-        self.0.len()
-    }
-
     /// Percentiles, or `None` without samples.
     pub fn summary(&self) -> Option<Summary> {
         summarize(&self.0)

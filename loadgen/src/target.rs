@@ -206,7 +206,10 @@ mod tests {
         );
         assert_eq!(
             ok("http://LOCALHOST:18181/herald/?x=1"),
-            pair("http://localhost:18181/herald/", "ws://localhost:18181/herald/ws")
+            pair(
+                "http://localhost:18181/herald/",
+                "ws://localhost:18181/herald/ws"
+            )
         );
         assert_eq!(ok("http://[::1]:8080").1, "ws://[::1]:8080/ws");
         let e = Endpoints::parse("http://127.8.9.10").unwrap();

@@ -82,9 +82,10 @@ pub async fn connect_with(
             .map_err(ConnectError::Tcp)?;
         // Frames are small and latency is what is measured: do not let Nagle hold them back.
         stream.set_nodelay(true).map_err(ConnectError::Tcp)?;
-        let (socket, _) = tokio_tungstenite::client_async_with_config(target.ws_url().as_str(), stream, config)
-            .await
-            .map_err(ConnectError::Handshake)?;
+        let (socket, _) =
+            tokio_tungstenite::client_async_with_config(target.ws_url().as_str(), stream, config)
+                .await
+                .map_err(ConnectError::Handshake)?;
         Ok(socket)
     };
     tokio::time::timeout(limit, open)
@@ -162,7 +163,8 @@ mod tests {
 
     #[test]
     fn frames_are_sorted() {
-        let busy = r#"{"type":"error","code":"busy","message":"m","ref":"7","retry_after_ms":1000}"#;
+        let busy =
+            r#"{"type":"error","code":"busy","message":"m","ref":"7","retry_after_ms":1000}"#;
         match classify(Message::text(busy)) {
             Incoming::Message(ServerMessage::Error(e), _) => {
                 assert_eq!(e.code, ErrorCode::Busy);

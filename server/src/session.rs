@@ -49,7 +49,7 @@ pub enum SessionEvent {
 const EVENT_QUEUE: usize = 1024;
 
 /// How long a closing session waits for its Close frame to be written before dropping the connection.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Close codes (RFC 6455).
 const GOING_AWAY: u16 = 1001;

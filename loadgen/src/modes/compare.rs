@@ -58,7 +58,11 @@ pub fn ratios(push: Option<Summary>, poll: Option<Summary>) -> (Option<f64>, Opt
 }
 
 /// Runs the push half, then the polling half, within one deadline.
-pub async fn run(target: &Target, args: &CompareArgs, ctx: &Ctx) -> Result<CompareReport, RunError> {
+pub async fn run(
+    target: &Target,
+    args: &CompareArgs,
+    ctx: &Ctx,
+) -> Result<CompareReport, RunError> {
     let latency = args.latency();
     let plan = Plan {
         n: latency.n,

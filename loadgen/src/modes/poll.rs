@@ -96,15 +96,17 @@ pub async fn run(target: &Target, args: &PollArgs, ctx: &Ctx) -> Result<PollRepo
     for task in tasks {
         match task.await {
             Ok(stats) => total.merge(stats),
-            Err(e) => total.problems.transport("poll task panicked", &e.to_string()),
+            Err(e) => total
+                .problems
+                .transport("poll task panicked", &e.to_string()),
         }
     }
     bar.finish_and_clear();
     let finished = total.done + total.failed;
     let unclaimed = pool.total().saturating_sub(total.claimed);
-    let elapsed = total
-        .last_answer
-        .map_or(Duration::ZERO, |last| last.saturating_duration_since(started));
+    let elapsed = total.last_answer.map_or(Duration::ZERO, |last| {
+        last.saturating_duration_since(started)
+    });
     Ok(PollReport {
         url: target.endpoints.http.to_string(),
         n: args.n,
@@ -236,7 +238,9 @@ impl Poller {
         let id = match self.fetch(stats, self.client.get(url).send()).await {
             None => return End::TimedOut,
             Some(Err(e)) => {
-                stats.problems.transport(http_error_kind(&e), &e.to_string());
+                stats
+                    .problems
+                    .transport(http_error_kind(&e), &e.to_string());
                 return End::Failed(0);
             }
             Some(Ok((status, body))) if status == reqwest::StatusCode::OK => {
@@ -275,7 +279,9 @@ impl Poller {
                 None => return End::TimedOut,
                 Some(Err(e)) => {
                     // A lost poll is retried at the next interval, as a polling client would.
-                    stats.problems.transport(http_error_kind(&e), &e.to_string());
+                    stats
+                        .problems
+                        .transport(http_error_kind(&e), &e.to_string());
                     continue;
                 }
                 Some(Ok(answer)) => answer,
@@ -285,7 +291,9 @@ impl Poller {
                 // Unavailable is passing trouble: poll again, as a classic client does.
                 503 => {
                     let body = String::from_utf8_lossy(&body);
-                    stats.problems.transport("GET /factorial/result: HTTP 503", &body);
+                    stats
+                        .problems
+                        .transport("GET /factorial/result: HTTP 503", &body);
                     continue;
                 }
                 code => {

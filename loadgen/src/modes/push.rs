@@ -417,16 +417,22 @@ impl Driver {
             ServerMessage::Accepted { id, n, tag } => {
                 let Some(sent) = parse_tag(tag.as_deref()).and_then(|t| flight.by_tag.remove(&t))
                 else {
-                    return stats.problems.unexpected("accepted for no pending submit", text);
+                    return stats
+                        .problems
+                        .unexpected("accepted for no pending submit", text);
                 };
                 if n != self.n {
-                    stats.problems.wrong(&format!("accepted n={n} for n={}", self.n));
+                    stats
+                        .problems
+                        .wrong(&format!("accepted n={n} for n={}", self.n));
                 }
                 if self.pool.measured(sent.seq) {
                     stats.accepted.record(now - sent.at);
                 }
                 if flight.by_id.insert(id, sent).is_some() {
-                    stats.problems.unexpected("accepted with a duplicate id", text);
+                    stats
+                        .problems
+                        .unexpected("accepted with a duplicate id", text);
                 }
             }
             ServerMessage::Result(result) => {
@@ -476,7 +482,9 @@ impl Driver {
                 let Some(sent) =
                     parse_tag(error.tag.as_deref()).and_then(|t| flight.by_tag.remove(&t))
                 else {
-                    return stats.problems.unexpected("error for no pending submit", text);
+                    return stats
+                        .problems
+                        .unexpected("error for no pending submit", text);
                 };
                 if error.code == ErrorCode::Busy {
                     let wait = error
@@ -490,7 +498,9 @@ impl Driver {
                 }
             }
             ServerMessage::Status { .. } => {
-                stats.problems.unexpected("status (this tool never resumes)", text);
+                stats
+                    .problems
+                    .unexpected("status (this tool never resumes)", text);
             }
         }
     }

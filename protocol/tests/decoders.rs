@@ -1,0 +1,90 @@
+//! Property tests: every decoder of outside input takes arbitrary bytes without panicking, and what it
+//! accepts is what it claims to accept.
+
+use std::collections::HashMap;
+
+use herald_protocol::{
+    parse_client_frame, ClientMessage, Completion, ErrorCode, JobMessage, JobRecord, ServerMessage,
+};
+use proptest::prelude::*;
+
+/// Strings that look like client frames more often than uniform noise would.
+fn frame_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[0-9]{0,30}",
+        r#"\{"type":"(submit|resume|x)","(n|id|ref)":[-0-9.e"a-f]{0,40}\}"#,
+        proptest::collection::vec(
+            prop_oneof![
+                Just("{".to_owned()),
+                Just("}".to_owned()),
+                Just("\"type\":\"submit\"".to_owned()),
+                Just("\"n\":".to_owned()),
+                Just(",".to_owned()),
+                "[-0-9.e+]{1,12}",
+                any::<String>(),
+            ],
+            0..12
+        )
+        .prop_map(|parts| parts.concat()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn client_frames_never_panic_and_errors_explain_themselves(frame in frame_like()) {
+        match parse_client_frame(&frame) {
+            Ok(ClientMessage::Submit { tag, .. }) => {
+                prop_assert!(tag.is_none_or(|t| t.chars().count() <= 64));
+            }
+            Ok(ClientMessage::Resume { .. }) => {}
+            Err(error) => {
+                prop_assert!(!error.message.is_empty());
+                prop_assert!(matches!(error.code, ErrorCode::BadRequest | ErrorCode::TooLarge));
+                // The error is itself a valid message to send back.
+                let json = ServerMessage::Error(error).to_json();
+                prop_assert!(serde_json::from_str::<ServerMessage>(&json).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn bare_whole_numbers_are_always_submits(n in any::<u64>(), pad in "[ \t\n]{0,3}") {
+        prop_assert_eq!(
+            parse_client_frame(&format!("{pad}{n}{pad}")),
+            Ok(ClientMessage::Submit { n, tag: None })
+        );
+    }
+
+    #[test]
+    fn amqp_payloads_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = JobMessage::decode(&body);
+        let _ = Completion::decode(&body);
+    }
+
+    #[test]
+    fn job_messages_round_trip(id in any::<u128>(), n in any::<u64>()) {
+        let job = JobMessage { id: uuid::Uuid::from_u128(id), n };
+        prop_assert_eq!(JobMessage::decode(&job.encode()).unwrap(), job);
+    }
+
+    #[test]
+    fn stored_records_never_panic(
+        fields in proptest::collection::hash_map(
+            prop_oneof![
+                Just("n".to_owned()), Just("status".to_owned()), Just("submitted_ms".to_owned()),
+                Just("digits".to_owned()), Just("output".to_owned()), Just("error".to_owned()),
+                Just("attempts".to_owned()), any::<String>(),
+            ],
+            prop_oneof![any::<String>(), "[0-9]{1,5}", "(queued|running|done|failed|cancelled)"],
+            0..10,
+        )
+    ) {
+        let fields: HashMap<String, String> = fields;
+        if let Ok(record) = JobRecord::from_fields(fields) {
+            prop_assert!(record.validate(false).is_ok());
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Overload: a full job queue, too many jobs on one socket, and a client that stops reading.
+
+use herald_protocol::{ErrorCode, ServerMessage};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{eventually, TestEnv};
+
+#[tokio::test]
+async fn a_full_queue_answers_busy_and_stores_nothing() {
+    let mut env = TestEnv::new();
+    env.backend.max_queue_length = 2;
+    let server = env.spawn_server().await;
+    let mut client = server.client().await;
+    // A quorum queue starts refusing once its length has passed the cap, so one or two more may get in.
+    let mut accepted = Vec::new();
+    let busy = loop {
+        client
+            .send_json(serde_json::json!({"type":"submit","n":5,"ref":"r"}))
+            .await;
+        match client.recv().await {
+            ServerMessage::Accepted { id, .. } => accepted.push(id),
+            ServerMessage::Error(e) => break e,
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(accepted.len() <= 4, "the cap of 2 was not enforced");
+    };
+    assert!(accepted.len() >= 2);
+    assert_eq!(busy.code, ErrorCode::Busy);
+    assert_eq!(busy.tag.as_deref(), Some("r"));
+    assert!(busy.retry_after_ms.unwrap() > 0);
+    let response = reqwest::get(server.http_url("/factorial?no=8"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+
+    // Only the accepted jobs have records: the refused ones left nothing behind.
+    let mut redis = env.redis().await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}job:*", env.backend.redis_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut expected: Vec<String> = accepted
+        .iter()
+        .map(|id| env.backend.keys().job(id))
+        .collect();
+    keys.sort();
+    expected.sort();
+    assert_eq!(keys, expected);
+
+    // Once a worker drains the queue, submits are taken again.
+    let _worker = env.spawn_worker(1).await;
+    for id in accepted {
+        assert_eq!(client.output_of(id).await, "120");
+    }
+    let id = client.submit(9).await;
+    assert_eq!(client.output_of(id).await, "362880");
+}
+
+#[tokio::test]
+async fn one_socket_may_hold_only_so_many_jobs_in_flight() {
+    let env = TestEnv::new();
+    let mut settings = env.server_settings();
+    settings.max_in_flight = 3;
+    let server = env.spawn_server_with(settings).await;
+    let mut client = server.client().await;
+    let ids = [
+        client.submit(1).await,
+        client.submit(2).await,
+        client.submit(3).await,
+    ];
+    client.send_text("4").await;
+    match client.recv().await {
+        ServerMessage::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Busy);
+            assert!(e.retry_after_ms.is_some());
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+    // Another socket has its own allowance.
+    let mut other = server.client().await;
+    other.submit(4).await;
+
+    let _worker = env.spawn_worker(1).await;
+    for id in ids {
+        client.output_of(id).await;
+    }
+    let id = client.submit(4).await;
+    assert_eq!(client.output_of(id).await, "24");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_and_its_jobs_stay_resumable() {
+    let env = TestEnv::new();
+    let mut settings = env.server_settings();
+    settings.socket_buffer_bytes = 64 * 1024;
+    let server = env.spawn_server_with(settings).await;
+    let mut slow = server.client().await;
+    // 60 results of 456,574 digits: far more than the socket buffer and the kernel's buffers hold.
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        ids.push(slow.submit(100_000).await);
+    }
+    let _worker = env.spawn_worker(2).await;
+    eventually("the server to give up on the slow socket", || async {
+        server
+            .stats
+            .sockets_closed_slow
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    // Reading now drains what was in flight, then the Close frame.
+    let close = loop {
+        match slow.next_message().await {
+            Some(Message::Text(_)) => continue,
+            Some(Message::Close(frame)) => break frame,
+            other => panic!("expected frames then a close, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(close.reason.contains("too slow"), "{}", close.reason);
+
+    // Every job is still there to resume.
+    let mut again = server.client().await;
+    for id in ids {
+        again.resume(id).await;
+        loop {
+            match again.recv().await {
+                ServerMessage::Status { .. } => continue,
+                ServerMessage::Result(r) if r.id == id => {
+                    assert!(matches!(
+                        r.outcome,
+                        herald_protocol::Outcome::Done {
+                            digits: 456_574,
+                            ..
+                        }
+                    ));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
