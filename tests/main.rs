@@ -10,3 +10,4 @@ mod http_api;
 mod instances;
 mod overload;
 mod shutdown;
+mod soak;
