@@ -6,7 +6,15 @@ use clap::{Args, Parser, Subcommand};
 
 /// Drives load at a Herald server on this machine and reports what it measured.
 #[derive(Debug, Parser)]
-#[command(name = "herald-loadgen", version, about, long_about = None)]
+#[command(
+    name = "herald-loadgen",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 when every job is done and correct with nothing unexpected; 1 when \
+                  something failed, was wrong or malformed, or the server could not be reached; 2 when \
+                  --timeout cut the run short (what was measured is still printed)."
+)]
 pub struct Cli {
     /// Options every mode takes.
     #[command(flatten)]

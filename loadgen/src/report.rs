@@ -204,8 +204,12 @@ fn push_summary(r: &PushReport) -> String {
         String::new()
     };
     let mut text = format!(
-        "{} measured{warmup}: {} done, {} failed, {} unfinished",
-        r.jobs, r.done, r.failed, r.unfinished
+        "{} measured{warmup}; of all {}: {} done, {} failed, {} unfinished",
+        r.jobs,
+        r.jobs + r.warmup,
+        r.done,
+        r.failed,
+        r.unfinished
     );
     if r.busy_retries > 0 {
         let _ = write!(text, "; {} busy retries", r.busy_retries);
@@ -235,6 +239,17 @@ fn push_table(mode: &str, r: &PushReport) -> String {
             ),
         ),
     ];
+    if r.awaiting_result > 0 {
+        let ids: Vec<_> = r.awaiting_ids.iter().map(|id| id.to_string()).collect();
+        rows.push((
+            "no result".to_owned(),
+            format!(
+                "{} accepted jobs had no result when the run stopped, e.g. {}",
+                r.awaiting_result,
+                ids.join(" ")
+            ),
+        ));
+    }
     if let Some(t) = r.server_timings {
         rows.push((
             "server says".to_owned(),

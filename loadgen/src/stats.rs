@@ -148,7 +148,10 @@ impl Problems {
             if chars.next().is_some() {
                 kept.push('…');
             }
-            self.samples.push(kept);
+            // The same failure a thousand times is one example.
+            if !self.samples.contains(&kept) {
+                self.samples.push(kept);
+            }
         }
     }
 
@@ -165,8 +168,11 @@ impl Problems {
         add(&mut self.transport, other.transport);
         self.wrong_results += other.wrong_results;
         self.malformed += other.malformed;
-        let room = MAX_SAMPLES.saturating_sub(self.samples.len());
-        self.samples.extend(other.samples.into_iter().take(room));
+        for sample in other.samples {
+            if self.samples.len() < MAX_SAMPLES && !self.samples.contains(&sample) {
+                self.samples.push(sample);
+            }
+        }
     }
 
     /// No problem at all, except `busy` answers (a client is expected to retry those, and this one does).
@@ -230,9 +236,10 @@ mod tests {
         let mut q = Problems::default();
         q.server_error("busy");
         q.malformed(&"x".repeat(500), "not JSON");
+        q.malformed(&"x".repeat(500), "not JSON");
         p.merge(q);
         assert_eq!(p.server_errors["busy"], 2);
-        assert_eq!(p.malformed, 1);
+        assert_eq!(p.malformed, 2);
         assert!(!p.is_clean());
         assert_eq!(p.samples.len(), 1);
         assert!(p.samples[0].chars().count() <= SAMPLE_CHARS + 1);

@@ -9,15 +9,14 @@ use rlimit::Resource;
 pub enum SysError {
     /// getrlimit/setrlimit failed.
     #[error("cannot {0} the open-file limit: {1}")]
-    Limit(&'static str, #[source] io::Error),
+    Limit(&'static str, io::Error),
     /// A /proc file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Proc {
         /// The file.
         path: String,
         /// Why.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// A /proc file lacks the line looked for.
     #[error("{path} has no {what} line")]
@@ -58,9 +57,9 @@ pub fn raise_fd_limit() -> Result<FdLimit, SysError> {
 
 fn read_proc(pid: u32, file: &str) -> Result<(String, String), SysError> {
     let path = format!("/proc/{pid}/{file}");
-    let text = std::fs::read_to_string(&path).map_err(|source| SysError::Proc {
+    let text = std::fs::read_to_string(&path).map_err(|error| SysError::Proc {
         path: path.clone(),
-        source,
+        error,
     })?;
     Ok((path, text))
 }

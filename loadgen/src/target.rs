@@ -34,12 +34,12 @@ pub enum TargetError {
         ip: IpAddr,
     },
     /// The host name does not resolve.
-    #[error("cannot resolve --url host {host:?}: {source}")]
+    #[error("cannot resolve --url host {host:?}: {error}")]
     Resolve {
         /// The name given.
         host: String,
         /// What the resolver said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -114,9 +114,9 @@ impl Endpoints {
         let host = self.host.clone();
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), self.port))
             .await
-            .map_err(|source| TargetError::Resolve {
+            .map_err(|error| TargetError::Resolve {
                 host: host.clone(),
-                source,
+                error,
             })?
             .collect();
         let addr = pick_loopback(&host, &addrs)?;
@@ -144,7 +144,7 @@ fn pick_loopback(host: &str, addrs: &[SocketAddr]) -> Result<SocketAddr, TargetE
         .copied()
         .ok_or_else(|| TargetError::Resolve {
             host: host.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
         })
 }
 

@@ -19,10 +19,10 @@ pub type Socket = WebSocketStream<TcpStream>;
 pub enum ConnectError {
     /// The TCP connection failed.
     #[error("TCP connect failed: {0}")]
-    Tcp(#[source] io::Error),
+    Tcp(io::Error),
     /// TCP worked; the WebSocket handshake did not.
     #[error("WebSocket handshake failed: {0}")]
-    Handshake(#[source] tungstenite::Error),
+    Handshake(tungstenite::Error),
     /// Neither finished in time.
     #[error("no WebSocket after {0:?}")]
     Timeout(Duration),

@@ -139,53 +139,13 @@ pub async fn run(
     args: &ConnectionsArgs,
     ctx: &Ctx,
 ) -> Result<ConnectionsReport, RunError> {
-    let mut notes = Vec::new();
-    let needed = args.sockets + FD_MARGIN;
-    let fd_limit = match sys::raise_fd_limit() {
-        Ok(limit) => {
-            if limit.soft < needed {
-                notes.push(format!(
-                    "this process may open {} files (hard limit {}): {} sockets cannot all be opened; \
-                     at most about {} can. Raise the hard limit (as root: `ulimit -Hn {needed}`) to reach it",
-                    limit.soft,
-                    limit.hard,
-                    args.sockets,
-                    limit.soft.saturating_sub(FD_MARGIN)
-                ));
-            }
-            Some(limit)
-        }
-        Err(e) => {
-            notes.push(format!("{e}: the run keeps the limit it has"));
-            None
-        }
-    };
-    if let Some(ports) = sys::local_ports() {
-        if args.sockets > ports {
-            notes.push(format!(
-                "only {ports} local ports (net.ipv4.ip_local_port_range) for connections to one server \
-                 address: at most that many sockets can be open"
-            ));
-        }
-    }
-    let mut server_fd_limit = None;
-    let mut rss_before = None;
-    if let Some(pid) = args.server_pid {
-        match sys::max_open_files(pid) {
-            Ok(limit) => {
-                server_fd_limit = Some(limit);
-                if limit < needed {
-                    notes.push(format!(
-                        "the server (pid {pid}) may open {limit} files: it cannot take {} sockets. \
-                         Start it from a shell with a higher limit (`ulimit -n 65536`)",
-                        args.sockets
-                    ));
-                }
-            }
-            Err(e) => notes.push(e.to_string()),
-        }
-        rss_before = Some(sys::rss_kib(pid)?);
-    }
+    let Preflight {
+        mut notes,
+        needed,
+        fd_limit,
+        server_fd_limit,
+        rss_before,
+    } = preflight(args)?;
     for note in &notes {
         ctx.note(note);
     }
@@ -320,6 +280,16 @@ pub async fn run(
             tally.failed, needed
         ));
     }
+    if let (Some(before), Some(held), Some(after)) = (rss_before, rss_held, rss_after_close) {
+        if held > before && after > before + (held - before) / 2 {
+            notes.push(
+                "the server kept most of that memory after the sockets closed (its allocator holds on to \
+                 freed pages): another run against this same server process reuses it and under-reports \
+                 the cost per socket; measure against a freshly started server"
+                    .into(),
+            );
+        }
+    }
     let per_socket = match (rss_before, rss_held) {
         (Some(before), Some(held)) if tally.opened > 0 => {
             Some((held as f64 - before as f64) / tally.opened as f64)
@@ -352,6 +322,76 @@ pub async fn run(
         problems: tally.problems,
         timed_out,
         notes,
+    })
+}
+
+/// Limits checked, and the server's memory read, before any socket opens.
+struct Preflight {
+    notes: Vec<String>,
+    /// File descriptors the run needs on each side.
+    needed: u64,
+    fd_limit: Option<FdLimit>,
+    server_fd_limit: Option<u64>,
+    rss_before: Option<u64>,
+}
+
+/// Raises this process's open-file limit and checks both sides' limits against `--sockets`, saying
+/// clearly when the count cannot be reached.
+fn preflight(args: &ConnectionsArgs) -> Result<Preflight, RunError> {
+    let mut notes = Vec::new();
+    let needed = args.sockets + FD_MARGIN;
+    let fd_limit = match sys::raise_fd_limit() {
+        Ok(limit) => {
+            if limit.soft < needed {
+                notes.push(format!(
+                    "this process may open {} files (hard limit {}): {} sockets cannot all be opened; \
+                     at most about {} can. Raise the hard limit (as root: `ulimit -Hn {needed}`) to reach it",
+                    limit.soft,
+                    limit.hard,
+                    args.sockets,
+                    limit.soft.saturating_sub(FD_MARGIN)
+                ));
+            }
+            Some(limit)
+        }
+        Err(e) => {
+            notes.push(format!("{e}: the run keeps the limit it has"));
+            None
+        }
+    };
+    if let Some(ports) = sys::local_ports() {
+        if args.sockets > ports {
+            notes.push(format!(
+                "only {ports} local ports (net.ipv4.ip_local_port_range) for connections to one server \
+                 address: at most that many sockets can be open"
+            ));
+        }
+    }
+    let mut server_fd_limit = None;
+    let mut rss_before = None;
+    if let Some(pid) = args.server_pid {
+        match sys::max_open_files(pid) {
+            Ok(limit) => {
+                server_fd_limit = Some(limit);
+                if limit < needed {
+                    notes.push(format!(
+                        "the server (pid {pid}) may open {limit} files: it cannot take {} sockets. \
+                         Start it from a shell with a higher limit (`ulimit -n 65536`)",
+                        args.sockets
+                    ));
+                }
+            }
+            Err(e) => notes.push(e.to_string()),
+        }
+        rss_before = Some(sys::rss_kib(pid)?);
+    }
+
+    Ok(Preflight {
+        notes,
+        needed,
+        fd_limit,
+        server_fd_limit,
+        rss_before,
     })
 }
 

@@ -43,16 +43,15 @@ impl Ctx {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// Not one WebSocket could be opened.
-    #[error("cannot open a WebSocket to {url}: {source}")]
+    #[error("cannot open a WebSocket to {url}: {error}")]
     Connect {
         /// The WebSocket URL.
         url: String,
-        /// Why.
-        #[source]
-        source: ConnectError,
+        /// Why (in the message: connection errors print their own cause).
+        error: ConnectError,
     },
     /// The HTTP client could not be built.
-    #[error("cannot set up the HTTP client: {0}")]
+    #[error("cannot set up the HTTP client")]
     Http(#[from] reqwest::Error),
     /// A system limit or /proc reading that the run needs.
     #[error(transparent)]

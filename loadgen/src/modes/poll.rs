@@ -111,7 +111,7 @@ pub async fn run(target: &Target, args: &PollArgs, ctx: &Ctx) -> Result<PollRepo
         url: target.endpoints.http.to_string(),
         n: args.n,
         jobs: args.jobs,
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.min(args.jobs),
         interval_s: args.interval.as_secs_f64(),
         done: total.done,
         failed: total.failed,
@@ -173,8 +173,26 @@ enum End {
     TimedOut,
 }
 
-/// An HTTP answer: status and body.
-type Answer = (reqwest::StatusCode, Vec<u8>);
+/// An HTTP answer: status (with the Retry-After it came with) and body.
+type Answer = (Status, Vec<u8>);
+
+/// An HTTP status and the server's Retry-After, in whole seconds, if it sent one.
+#[derive(Debug, Clone, Copy)]
+struct Status {
+    code: reqwest::StatusCode,
+    retry_after: Option<u64>,
+}
+
+impl Status {
+    fn as_u16(&self) -> u16 {
+        self.code.as_u16()
+    }
+
+    /// When to try again after a 429 or 503: the server's Retry-After, else a second.
+    fn retry_after(&self) -> Duration {
+        Duration::from_secs(self.retry_after.unwrap_or(1).clamp(1, 60))
+    }
+}
 
 struct Poller {
     client: reqwest::Client,
@@ -219,7 +237,14 @@ impl Poller {
         stats.requests += 1;
         let exchange = async {
             let response = request.await?;
-            let status = response.status();
+            let status = Status {
+                code: response.status(),
+                retry_after: response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok()),
+            };
             Ok((status, response.bytes().await?.to_vec()))
         };
         let answer = tokio::select! {
@@ -235,33 +260,53 @@ impl Poller {
         let mut url = self.submit_url.clone();
         url.query_pairs_mut().append_pair("no", &self.n.to_string());
         let start = Instant::now();
-        let id = match self.fetch(stats, self.client.get(url).send()).await {
-            None => return End::TimedOut,
-            Some(Err(e)) => {
-                stats
-                    .problems
-                    .transport(http_error_kind(&e), &e.to_string());
-                return End::Failed(0);
-            }
-            Some(Ok((status, body))) if status == reqwest::StatusCode::OK => {
-                let text = String::from_utf8_lossy(&body);
-                match JobId::try_parse(text.trim()) {
-                    Ok(id) => id,
+        let id = loop {
+            let sent = Instant::now();
+            let (status, body) = match self.fetch(stats, self.client.get(url.clone()).send()).await
+            {
+                None => return End::TimedOut,
+                Some(Err(e)) => {
+                    stats
+                        .problems
+                        .transport(http_error_kind(&e), &e.to_string());
+                    return End::Failed(0);
+                }
+                Some(Ok(answer)) => answer,
+            };
+            let text = String::from_utf8_lossy(&body);
+            match status.as_u16() {
+                200 => match JobId::try_parse(text.trim()) {
+                    Ok(id) => {
+                        stats.submit.record(sent.elapsed());
+                        break id;
+                    }
                     Err(_) => {
                         stats.problems.malformed(&text, "not a request ID");
                         return End::Failed(0);
                     }
+                },
+                // Queue full or backend away: the server says when to come back (Retry-After).
+                code @ (429 | 503) => {
+                    if code == 429 {
+                        stats.problems.server_error("busy");
+                    } else {
+                        stats.problems.transport("GET /factorial: HTTP 503", &text);
+                    }
+                    let resume = Instant::now() + status.retry_after();
+                    if resume >= self.deadline {
+                        sleep_until(self.deadline).await;
+                        return End::TimedOut;
+                    }
+                    sleep_until(resume).await;
+                }
+                code => {
+                    stats
+                        .problems
+                        .transport(&format!("GET /factorial: HTTP {code}"), &text);
+                    return End::Failed(0);
                 }
             }
-            Some(Ok((status, body))) => {
-                stats.problems.transport(
-                    &format!("GET /factorial: HTTP {}", status.as_u16()),
-                    &String::from_utf8_lossy(&body),
-                );
-                return End::Failed(0);
-            }
         };
-        stats.submit.record(start.elapsed());
         let mut url = self.result_url.clone();
         url.query_pairs_mut().append_pair("id", &id.to_string());
         let mut polls = 0;

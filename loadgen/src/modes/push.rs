@@ -25,6 +25,9 @@ const PARALLEL_CONNECTS: usize = 32;
 /// How long a finished socket waits for its Close to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Accepted jobs left without a result that a report names, for looking them up afterwards.
+const MAX_AWAITING_IDS: usize = 10;
+
 /// Wait before retrying a `busy` submit when the server gives no `retry_after_ms`.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 
@@ -78,6 +81,10 @@ pub struct PushReport {
     pub failed: u64,
     /// Jobs with no end: submitted when the run stopped or a socket closed, or never submitted.
     pub unfinished: u64,
+    /// Of the unfinished jobs, those accepted whose result never came.
+    pub awaiting_result: u64,
+    /// Some of them, to look up (resume, or read their Redis record).
+    pub awaiting_ids: Vec<JobId>,
     /// Submits answered `busy` and sent again after `retry_after_ms`.
     pub busy_retries: u64,
     /// Seconds from the first measured submit to the last measured result.
@@ -131,8 +138,8 @@ pub async fn run(
         }
     }
     if sockets.is_empty() {
-        let source = first_error.expect("at least one socket was attempted");
-        return Err(RunError::Connect { url, source });
+        let error = first_error.expect("at least one socket was attempted");
+        return Err(RunError::Connect { url, error });
     }
 
     let pool = Arc::new(JobPool::new(plan.jobs, plan.warmup));
@@ -197,6 +204,8 @@ pub async fn run(
         done: total.done,
         failed: total.failed,
         unfinished: total.unfinished + unclaimed,
+        awaiting_result: total.awaiting_result,
+        awaiting_ids: total.awaiting_ids,
         busy_retries: total.busy_retries,
         elapsed_s: elapsed.as_secs_f64(),
         jobs_per_s,
@@ -241,6 +250,8 @@ struct SocketStats {
     measured_done: u64,
     failed: u64,
     unfinished: u64,
+    awaiting_result: u64,
+    awaiting_ids: Vec<JobId>,
     busy_retries: u64,
     first_submit: Option<Instant>,
     last_result: Option<Instant>,
@@ -261,6 +272,10 @@ impl SocketStats {
         self.measured_done += other.measured_done;
         self.failed += other.failed;
         self.unfinished += other.unfinished;
+        self.awaiting_result += other.awaiting_result;
+        let room = MAX_AWAITING_IDS.saturating_sub(self.awaiting_ids.len());
+        self.awaiting_ids
+            .extend(other.awaiting_ids.into_iter().take(room));
         self.busy_retries += other.busy_retries;
         self.first_submit = earliest(self.first_submit, other.first_submit);
         self.last_result = self.last_result.max(other.last_result);
@@ -364,14 +379,19 @@ impl Driver {
             if flight.pending() == 0 && flight.exhausted {
                 break true;
             }
-            let next_retry = flight.retries.peek().map(|Reverse((due, _))| *due);
+            // A due retry matters only with room in the window; armed without room, the timer would fire
+            // at once, again and again, and the socket would never be read.
+            let next_retry = flight
+                .retries
+                .peek()
+                .map(|Reverse((due, _))| *due)
+                .filter(|_| flight.in_flight() < self.window);
             tokio::select! {
                 biased;
                 () = sleep_until(self.deadline) => {
                     stats.timed_out = true;
                     break true;
                 }
-                () = sleep_until(next_retry.unwrap_or(self.deadline)), if next_retry.is_some() => {}
                 frame = socket.next() => match frame {
                     None => {
                         stats.problems.transport("socket closed", "the server closed the connection");
@@ -396,9 +416,17 @@ impl Driver {
                         }
                     },
                 },
+                () = sleep_until(next_retry.unwrap_or(self.deadline)), if next_retry.is_some() => {}
             }
         };
         stats.unfinished += flight.pending() as u64;
+        stats.awaiting_result = flight.by_id.len() as u64;
+        stats.awaiting_ids = flight
+            .by_id
+            .keys()
+            .take(MAX_AWAITING_IDS)
+            .copied()
+            .collect();
         if healthy {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
         }
