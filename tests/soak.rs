@@ -23,6 +23,8 @@ const MAX_N: u64 = 3000;
 /// What the clients saw, summed.
 #[derive(Default)]
 struct Tally {
+    /// Jobs some client still waits for, with the client's number (for diagnosing a stall).
+    waiting: Mutex<HashMap<JobId, usize>>,
     accepted: AtomicUsize,
     results: AtomicUsize,
     refused: AtomicUsize,
@@ -55,6 +57,7 @@ fn reference(n: u64, cache: &Mutex<HashMap<u64, Arc<str>>>) -> Arc<str> {
 /// One client: keeps up to WINDOW jobs in flight, reconnects (to either server) when its socket drops
 /// or is dropped, resumes what it still waits for, and checks every result.
 async fn client(
+    client_no: usize,
     seed: u64,
     urls: Arc<Vec<String>>,
     budget: Arc<AtomicUsize>,
@@ -116,6 +119,7 @@ async fn client(
                     assert_eq!(tag, Some(n.to_string()));
                     submits_in_flight -= 1;
                     pending.insert(id, n);
+                    tally.waiting.lock().unwrap().insert(id, client_no);
                     tally.accepted.fetch_add(1, Ordering::Relaxed);
                 }
                 ServerMessage::Error(e) if e.tag.is_some() => {
@@ -148,6 +152,7 @@ async fn client(
                         other => panic!("job {} ended {other:?}", result.id),
                     }
                     finished.insert(result.id, n);
+                    tally.waiting.lock().unwrap().remove(&result.id);
                     tally.results.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -175,7 +180,7 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
     }
     let urls = Arc::new(servers.iter().map(|s| s.ws_url()).collect::<Vec<_>>());
     let worker_args = ["--concurrency", "2"];
-    let mut workers = vec![
+    let mut workers = [
         env.start_worker_process(&worker_args),
         env.start_worker_process(&worker_args),
     ];
@@ -187,6 +192,7 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
     let mut clients = tokio::task::JoinSet::new();
     for (i, drop_now) in drops.iter().enumerate() {
         clients.spawn(client(
+            i,
             0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
             urls.clone(),
             budget.clone(),
@@ -212,7 +218,40 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
                 clients.len()
             );
         }
-        assert!(Instant::now() < deadline, "the soak did not finish in time");
+        if Instant::now() >= deadline {
+            let waiting: Vec<(JobId, usize)> = tally
+                .waiting
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .take(10)
+                .collect();
+            for (id, client_no) in &waiting {
+                eprintln!(
+                    "stalled: client {client_no} waits for {id}: status {:?}, attempts {:?}, watchers {:?}",
+                    env.record_field(id, "status").await,
+                    env.record_field(id, "attempts").await,
+                    {
+                        let mut redis = env.redis().await;
+                        let w: Vec<String> = redis::cmd("SMEMBERS")
+                            .arg(env.backend.keys().watchers(id))
+                            .query_async(&mut redis)
+                            .await
+                            .unwrap();
+                        w
+                    }
+                );
+            }
+            eprintln!(
+                "servers: {:?}",
+                servers
+                    .iter()
+                    .map(|s| s.instance.clone())
+                    .collect::<Vec<_>>()
+            );
+            panic!("the soak did not finish in time");
+        }
         tokio::select! {
             joined = clients.join_next() => {
                 joined.unwrap().expect("a client found a fault");

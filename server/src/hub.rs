@@ -46,17 +46,12 @@ impl Hub {
         }
     }
 
-    /// Removes `session` from the watchers of `id`; true when no session of this instance waits for it any
-    /// more (so the instance can leave the job's watcher set in Redis).
-    pub fn unwatch(&self, id: &JobId, session: SessionId) -> bool {
-        let emptied = self
-            .watchers
-            .remove_if_mut(id, |_, sessions| {
-                sessions.retain(|s| s.id != session);
-                sessions.is_empty()
-            })
-            .is_some();
-        emptied || !self.watchers.contains_key(id)
+    /// Removes `session` from the watchers of `id`.
+    pub fn unwatch(&self, id: &JobId, session: SessionId) {
+        self.watchers.remove_if_mut(id, |_, sessions| {
+            sessions.retain(|s| s.id != session);
+            sessions.is_empty()
+        });
     }
 
     /// Hands a finished job to every session waiting for it, and forgets the job. Returns how many

@@ -21,7 +21,7 @@ use herald_protocol::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::hub::SessionHandle;
 use crate::jobs::unavailable;
@@ -63,8 +63,9 @@ enum Watch {
     Submitting(Option<Arc<JobRecord>>),
     /// Registered by a resume whose answer has not come yet.
     Resuming,
-    /// The client knows the job is pending; the next thing it gets is the result.
-    Pending,
+    /// The client knows the job is pending; the next thing it gets is the result. `registrations`: how
+    /// many times this session counted itself among the job's watchers in Redis (released when it goes).
+    Pending { registrations: u32 },
 }
 
 /// Runs a session on an upgraded socket until the client leaves, the server stops, or the client is too
@@ -87,7 +88,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         watches: HashMap::new(),
     };
     let span = tracing::debug_span!("session", id = session.handle.id);
-    let _enter = span.enter();
+    async move {
     debug!("session opened");
     let close = loop {
         tokio::select! {
@@ -111,8 +112,10 @@ pub async fn run(socket: WebSocket, state: AppState) {
             },
         }
     };
-    drop(_enter);
     session.close(close, writer).await;
+    }
+    .instrument(span)
+    .await;
 }
 
 /// The close code and reason for a frame the socket could not read.
@@ -179,14 +182,17 @@ impl Session {
         tokio::spawn(async move {
             // Runs to the end even if the session goes away, so a record is never left half-submitted.
             let outcome = jobs.submit(id, n, true).await.map_err(|r| r.to_error());
-            let _ = events
-                .send(SessionEvent::Submitted {
-                    id,
-                    n,
-                    tag,
-                    outcome,
-                })
-                .await;
+            let registered = outcome.is_ok();
+            let event = SessionEvent::Submitted {
+                id,
+                n,
+                tag,
+                outcome,
+            };
+            if events.send(event).await.is_err() && registered {
+                // The session left while this ran: release the registration it can no longer release.
+                release(&jobs.store, &jobs.instance, id, 1).await;
+            }
         });
     }
 
@@ -207,7 +213,15 @@ impl Session {
                 warn!(%id, error = %e, "could not read a job for a resume");
                 unavailable().with_id(id)
             });
-            let _ = events.send(SessionEvent::Resumed { id, outcome }).await;
+            let registered = matches!(&outcome, Ok(Some(r)) if !r.status.is_final());
+            if events
+                .send(SessionEvent::Resumed { id, outcome })
+                .await
+                .is_err()
+                && registered
+            {
+                release(&store, &instance, id, 1).await;
+            }
         });
     }
 
@@ -228,9 +242,8 @@ impl Session {
                 Ok(()) => {
                     self.send(&ServerMessage::Accepted { id, n, tag });
                     info!(%id, n, "job accepted");
-                    if let Some(Watch::Submitting(Some(early))) =
-                        self.watches.insert(id, Watch::Pending)
-                    {
+                    let pending = Watch::Pending { registrations: 1 };
+                    if let Some(Watch::Submitting(Some(early))) = self.watches.insert(id, pending) {
                         self.deliver(id, &early);
                     }
                 }
@@ -248,8 +261,10 @@ impl Session {
                 match outcome {
                     Ok(Some(record)) if record.status.is_final() => self.deliver(id, &record),
                     Ok(Some(record)) => {
-                        if fresh {
-                            *watch = Watch::Pending;
+                        // The script counted this session among the watchers once more.
+                        match watch {
+                            Watch::Pending { registrations } => *registrations += 1,
+                            _ => *watch = Watch::Pending { registrations: 1 },
                         }
                         self.send(&ServerMessage::from_record(id, &record, unix_ms()));
                     }
@@ -274,23 +289,26 @@ impl Session {
         }
     }
 
-    /// Sends a job's final result and stops watching it.
+    /// Sends a job's final result and stops watching it. (Its registrations need no release: the job
+    /// is final, and its watcher counts expire with it.)
     fn deliver(&mut self, id: JobId, record: &JobRecord) {
         self.send(&ServerMessage::from_record(id, record, unix_ms()));
-        self.forget(id);
+        if self.watches.remove(&id).is_some() {
+            self.state.hub.unwatch(&id, self.handle.id);
+        }
     }
 
-    /// Stops watching a job here, and on this instance if this was its last local watcher.
+    /// Stops watching a job that is still pending, releasing this session's registrations in Redis so
+    /// that its completion is not sent to an instance nobody waits on.
     fn forget(&mut self, id: JobId) {
-        if self.watches.remove(&id).is_some() && self.state.hub.unwatch(&id, self.handle.id) {
+        let Some(watch) = self.watches.remove(&id) else {
+            return;
+        };
+        self.state.hub.unwatch(&id, self.handle.id);
+        if let Watch::Pending { registrations } = watch {
             let store = self.state.jobs.store.clone();
             let instance = self.state.jobs.instance.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.unwatch(&id, &instance).await {
-                    // Harmless: the instance gets one completion it drops.
-                    debug!(%id, error = %e, "could not leave a job's watcher set");
-                }
-            });
+            tokio::spawn(async move { release(&store, &instance, id, registrations).await });
         }
     }
 
@@ -308,6 +326,14 @@ impl Session {
             writer.abort();
         }
         debug!(session = self.handle.id, "session closed");
+    }
+}
+
+/// Releases `registrations` of this instance among a job's watchers in Redis.
+async fn release(store: &herald_worker::Store, instance: &str, id: JobId, registrations: u32) {
+    if let Err(e) = store.unwatch(&id, instance, registrations).await {
+        // Harmless: the instance gets one completion it drops, and the count expires with the job.
+        debug!(%id, error = %e, "could not release a watcher registration");
     }
 }
 

@@ -89,7 +89,7 @@ return {status, 0, submitted}
 });
 
 // KEYS[1] job, KEYS[2] watchers, ARGV field/value pairs. Returns {-1} missing, {0} already final,
-// {1, watcher...} applied. The watcher set is kept (it expires with the job) so that a worker that stored
+// {1, watcher...} applied. The watcher hash is kept (it expires with the job) so that a worker that stored
 // the result but died before publishing can publish again after redelivery.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -98,8 +98,11 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1} end
 if status ~= 'queued' and status ~= 'running' then return {0} end
 redis.call('HSET', KEYS[1], unpack(ARGV))
-local reply = redis.call('SMEMBERS', KEYS[2])
-table.insert(reply, 1, 1)
+local reply = {1}
+local counts = redis.call('HGETALL', KEYS[2])
+for i = 1, #counts, 2 do
+  if tonumber(counts[i + 1]) > 0 then table.insert(reply, counts[i]) end
+end
 return reply
 ",
     )
@@ -107,12 +110,23 @@ return reply
 
 // KEYS[1] job, KEYS[2] watchers, ARGV[1] watcher. Registers the watcher only while the job is pending, in
 // the same step as the read, then returns the whole record (empty when missing).
+// KEYS[1] watchers, ARGV[1] watcher, ARGV[2] registrations to release.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2])) <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+",
+    )
+});
+
 static RESUME: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'running' then
-  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
@@ -176,6 +190,10 @@ impl Store {
 
     /// Writes a new job's record, expiring after `ttl`, and registers `watcher` (a server instance with a
     /// socket waiting for it), in one transaction.
+    ///
+    /// Watchers are counted per instance (one registration per waiting socket) rather than kept in a set:
+    /// a socket that leaves and one that arrives on the same instance then update the count in either
+    /// order with the same result, where a set's remove could overtake the add and lose the watcher.
     pub async fn create(
         &self,
         id: &JobId,
@@ -194,7 +212,7 @@ impl Store {
                 .pexpire(&job, ttl_ms)
                 .ignore();
             if let Some(watcher) = watcher {
-                pipe.sadd(&watchers, watcher)
+                pipe.hincr(&watchers, watcher, 1)
                     .ignore()
                     .pexpire(&watchers, ttl_ms)
                     .ignore();
@@ -233,7 +251,8 @@ impl Store {
         .await
     }
 
-    /// Registers `watcher` for a pending job and reads its record, atomically; `None` when there is none.
+    /// Registers `watcher` for a pending job (one more registration) and reads its record, atomically;
+    /// `None` when there is none. A final or missing job registers nothing.
     pub async fn resume(&self, id: &JobId, watcher: &str) -> Result<Option<JobRecord>, StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
@@ -249,14 +268,20 @@ impl Store {
         .await
     }
 
-    /// Removes `watcher` from a job's watchers (its last socket waiting for the job went away).
-    pub async fn unwatch(&self, id: &JobId, watcher: &str) -> Result<(), StoreError> {
+    /// Releases `registrations` of `watcher` for a job (its sockets that waited went away).
+    pub async fn unwatch(
+        &self,
+        id: &JobId,
+        watcher: &str,
+        registrations: u32,
+    ) -> Result<(), StoreError> {
         let watchers = self.keys.watchers(id);
         self.run(|mut conn| async move {
-            redis::cmd("SREM")
-                .arg(&watchers)
+            RELEASE
+                .key(&watchers)
                 .arg(watcher)
-                .query_async::<()>(&mut conn)
+                .arg(registrations)
+                .invoke_async::<()>(&mut conn)
                 .await?;
             Ok(())
         })
@@ -267,10 +292,15 @@ impl Store {
     pub async fn watchers(&self, id: &JobId) -> Result<Vec<String>, StoreError> {
         let watchers = self.keys.watchers(id);
         self.run(|mut conn| async move {
-            Ok(redis::cmd("SMEMBERS")
+            let counts: HashMap<String, i64> = redis::cmd("HGETALL")
                 .arg(&watchers)
                 .query_async(&mut conn)
-                .await?)
+                .await?;
+            Ok(counts
+                .into_iter()
+                .filter(|(_, count)| *count > 0)
+                .map(|(watcher, _)| watcher)
+                .collect())
         })
         .await
     }
