@@ -159,3 +159,57 @@ async fn stopping_the_server_sends_every_socket_a_close_frame() {
     }
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn identical_inputs_are_computed_once_and_each_job_gets_its_own_result() {
+    use std::sync::atomic::Ordering;
+
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let worker = env.spawn_worker(2).await;
+    let mut client = server.client().await;
+    // Four jobs for one n (in flight together, or answered from the stored result), one for another.
+    let mut ids = Vec::new();
+    for n in [60_000, 60_000, 60_000, 60_000, 61_000] {
+        client
+            .send_json(serde_json::json!({"type":"submit","n":n}))
+            .await;
+        ids.push(n);
+    }
+    let mut accepted = std::collections::HashMap::new();
+    let mut done = std::collections::HashMap::new();
+    while done.len() < ids.len() {
+        match client.recv().await {
+            ServerMessage::Accepted { id, n, .. } => {
+                accepted.insert(id, n);
+            }
+            ServerMessage::Result(result) => {
+                let Outcome::Done { output, .. } = result.outcome else {
+                    panic!("expected done");
+                };
+                done.insert(result.id, output);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), 5, "each job has its own ID");
+    let by_n = |n: u64| {
+        accepted
+            .iter()
+            .filter(move |(_, &m)| m == n)
+            .map(|(id, _)| done[id].clone())
+            .collect::<Vec<_>>()
+    };
+    let same = by_n(60_000);
+    assert_eq!(same.len(), 4);
+    assert!(same.iter().all(|o| *o == same[0]));
+    assert_eq!(same[0].len(), 260_635, "digits of 60000!");
+    assert_ne!(by_n(61_000)[0], same[0]);
+    assert_eq!(worker.stats.computations.load(Ordering::Relaxed), 2);
+    assert_eq!(worker.stats.reused.load(Ordering::Relaxed), 3);
+
+    // Later, the stored result answers a new job for the same n without computing.
+    let id = client.submit(60_000).await;
+    assert_eq!(client.output_of(id).await, *same[0]);
+    assert_eq!(worker.stats.computations.load(Ordering::Relaxed), 2);
+}

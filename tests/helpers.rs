@@ -72,6 +72,14 @@ impl TestEnv {
             job_ttl_secs: 600,
             max_in_flight: 100,
             socket_buffer_bytes: 16 * 1024 * 1024,
+            // Authentication off, and no limits per client: every test client is 127.0.0.1.
+            auth_tokens: None,
+            auth_tokens_file: None,
+            jwt_secret: None,
+            allowed_origins: Vec::new(),
+            submit_rate: 0,
+            submit_burst: 1,
+            max_sockets_per_client: 0,
         }
     }
 
@@ -104,6 +112,7 @@ impl TestEnv {
         herald_worker::Settings {
             backend: self.backend.clone(),
             concurrency: std::num::NonZeroUsize::new(concurrency),
+            prefetch: None,
             max_attempts: 3,
             job_time_limit_secs: 300,
             shutdown_grace_secs: 30,
@@ -119,9 +128,11 @@ impl TestEnv {
     /// Starts an in-process worker with `settings`.
     pub async fn spawn_worker_with(&self, settings: herald_worker::Settings) -> TestWorker {
         let worker = Worker::connect(settings).await.expect("worker starts");
+        let stats = worker.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker.run(shutdown.clone()));
         TestWorker {
+            stats,
             shutdown,
             task: Some(task),
         }
@@ -246,6 +257,8 @@ impl Drop for TestServer {
 
 /// A running in-process worker; stopped when dropped.
 pub struct TestWorker {
+    /// What it computed and reused.
+    pub stats: Arc<herald_worker::cache::ComputeStats>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_worker::WorkerError>>>,
 }
@@ -649,5 +662,78 @@ impl TestServer {
             .await
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
+    }
+}
+
+impl TestEnv {
+    /// Server settings with authentication on, by static tokens: (identity, token) pairs.
+    pub fn server_settings_with_tokens(&self, tokens: &[(&str, &str)]) -> herald_server::Settings {
+        let list = tokens
+            .iter()
+            .map(|(identity, token)| format!("{identity}:{token}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        herald_server::Settings {
+            auth_tokens: Some(list.into()),
+            ..self.server_settings()
+        }
+    }
+}
+
+/// Opens a WebSocket to `url` with extra request headers. On success: the client and the value of the
+/// `Sec-WebSocket-Protocol` the server chose; on a refused upgrade: its HTTP status.
+pub async fn try_connect(url: &str, headers: &[(&str, &str)]) -> Result<(Client, Option<String>), u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut request = url.into_client_request().expect("a valid ws:// URL");
+    for (name, value) in headers {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, response)) => {
+            let protocol = response
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap().to_owned());
+            Ok((Client::from_stream(ws), protocol))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("the handshake failed without an HTTP answer: {e}"),
+    }
+}
+
+impl Process {
+    /// Starts binary `name` with `args` and extra environment variables (besides `RUST_LOG=info`, which
+    /// `env` may override).
+    pub fn start_with_env(name: &str, args: &[String], env: &[(&str, &str)]) -> Self {
+        let (file, log) = log_file(name);
+        let child = tokio::process::Command::new(binary(name))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("process starts");
+        Self { child, log }
+    }
+
+    /// Waits for the address a server process logs when it is ready.
+    pub async fn server_addr(&self) -> String {
+        let mut addr = None;
+        eventually("the server to log its address", || {
+            addr = self
+                .log_text()
+                .lines()
+                .find_map(|l| l.split("listening on http://").nth(1).map(|a| a.trim().to_owned()));
+            std::future::ready(addr.is_some())
+        })
+        .await;
+        addr.unwrap()
     }
 }

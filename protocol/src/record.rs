@@ -126,6 +126,10 @@ pub struct JobRecord {
     /// How many times a worker has started it.
     #[serde(default)]
     pub attempts: u32,
+    /// The identity that submitted it, when the server authenticates clients: only that identity may
+    /// read it. Absent in records written without authentication (and by older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl JobRecord {
@@ -142,7 +146,14 @@ impl JobRecord {
             output: None,
             error: None,
             attempts: 0,
+            owner: None,
         }
+    }
+
+    /// The same record, belonging to `owner` (see [`JobRecord::owner`]).
+    pub fn owned_by(mut self, owner: Option<&str>) -> Self {
+        self.owner = owner.map(str::to_owned);
+        self
     }
 
     /// The Redis hash fields of this record, for `HSET`.
@@ -170,6 +181,9 @@ impl JobRecord {
         if let Some(error) = &self.error {
             fields.push(("error", error.clone()));
         }
+        if let Some(owner) = &self.owner {
+            fields.push(("owner", owner.clone()));
+        }
         fields
     }
 
@@ -189,6 +203,7 @@ impl JobRecord {
             output: fields.remove("output").map(Arc::from),
             error: fields.remove("error"),
             attempts: optional(&mut fields, "attempts")?.unwrap_or(0),
+            owner: fields.remove("owner"),
         };
         record.validate(false)?;
         Ok(record)
@@ -291,6 +306,7 @@ mod tests {
         record.digits = Some(19);
         record.output = Some(Arc::from("2432902008176640000"));
         record.attempts = 1;
+        record.owner = Some("alice".into());
         let fields = record
             .to_fields()
             .into_iter()
@@ -341,6 +357,20 @@ mod tests {
                 "{extra:?}"
             );
         }
+    }
+
+    #[test]
+    fn records_without_an_owner_still_read() {
+        // Written by a server without authentication, or before owners existed.
+        let fields = hash(&[("n", "5"), ("status", "queued"), ("submitted_ms", "1")]);
+        let record = JobRecord::from_fields(fields).unwrap();
+        assert_eq!(record.owner, None);
+        assert!(!record.to_fields().iter().any(|(name, _)| *name == "owner"));
+        let json = r#"{"n":5,"status":"queued","submitted_ms":1}"#;
+        let parsed: JobRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(parsed, JobRecord::queued(5, 1));
+        let owned = JobRecord::queued(5, 1).owned_by(Some("bob"));
+        assert!(owned.to_fields().contains(&("owner", "bob".to_owned())));
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub enum PublishError {
 /// What the broker connects with.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// RabbitMQ URL.
-    pub url: String,
+    /// RabbitMQ URL (it may hold a password, so its `Debug` shows nothing).
+    pub url: crate::settings::Secret,
     /// Job queue.
     pub queue: String,
     /// Job queue length cap.
@@ -73,7 +73,7 @@ impl Connected {
     /// exchange with the instance ID as its routing key.
     pub async fn open(config: &BrokerConfig) -> lapin::Result<Self> {
         let connection = Connection::connect(
-            &config.url,
+            config.url.expose(),
             ConnectionProperties::default()
                 .with_connection_name(format!("herald-server-{}", config.instance).into()),
         )

@@ -1,18 +1,27 @@
 //! HTTP routes: the page, the WebSocket upgrade, the classic polling API and the health check.
+//!
+//! `/`, `/healthz` and `/readyz` are open to all. The others check, in this order: the page's origin
+//! (`/ws` only, 403), the caller's token when authentication is on (401, before any upgrade), the input
+//! (400), and the caller's limits (`busy`, or 429 over HTTP).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{header, StatusCode};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, Request, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use herald_protocol::{JobId, JobStatus, MAX_FRAME_BYTES};
+use herald_protocol::{ErrorCode, ErrorMessage, JobId, JobStatus, MAX_FRAME_BYTES};
 use serde::Serialize;
 use tracing::warn;
 
+use crate::auth::{self, AuthError};
 use crate::jobs::Refusal;
+use crate::limits::{self, SOCKET_RETRY_AFTER};
 use crate::AppState;
 
 /// The browser page, built into the binary so it is served wherever the server runs.
@@ -28,7 +37,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(state)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The span of one request: method and path only. The query may hold a token (`/ws?token=`), and
+/// headers hold them too, so neither is recorded.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
 }
 
 /// `GET /readyz`: 200 when RabbitMQ is connected (reply queue consuming) and Redis answers, else 503.
@@ -46,13 +61,57 @@ async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
 }
 
-async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+/// `GET /ws`: checks the origin (403) and the token (401) before upgrading, then runs a session; a
+/// client already holding as many sockets as it may gets `busy` and a Close frame instead.
+async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if !state.origins.allows(&headers, &uri) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this page's origin may not open a socket here",
+        )
+            .into_response();
+    }
+    // Browsers cannot set headers on a WebSocket: the token may also come as a subprotocol or in the query.
+    let query = auth::query_token(&uri);
+    let token = auth::bearer_header(&headers)
+        .or_else(|| auth::bearer_protocol(&headers))
+        .or(query.as_deref());
+    let caller = match state.caller(token, peer.ip()) {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
     // tungstenite's default 128 KiB read buffer is zero-filled on the first read: at 8 KiB an idle
     // socket costs a fraction of that, and frames above it are still read, in more steps.
-    ws.read_buffer_size(8 * 1024)
+    let ws = ws
+        .protocols([auth::WS_PROTOCOL])
+        .read_buffer_size(8 * 1024)
         .max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| crate::session::run(socket, state))
+        .max_frame_size(MAX_FRAME_BYTES);
+    match state.limits.open_socket(caller.key.clone()) {
+        Some(slot) => ws.on_upgrade(move |socket| crate::session::run(socket, state, caller, slot)),
+        None => {
+            // Told over the socket rather than with a 429: a browser never shows a script the status
+            // of a refused upgrade.
+            let busy = ErrorMessage {
+                retry_after_ms: Some(limits::retry_after_ms(SOCKET_RETRY_AFTER)),
+                ..ErrorMessage::new(
+                    ErrorCode::Busy,
+                    "too many sockets open for this client; close one or try again later",
+                )
+            };
+            ws.on_upgrade(move |socket| crate::session::refuse(socket, busy))
+        }
+    }
 }
 
 /// An HTTP API error. The body is a plain sentence for the client; internal details stay in the logs.
@@ -70,6 +129,12 @@ pub enum ApiError {
     /// The job queue is full.
     #[error("the job queue is full; try again shortly")]
     Busy,
+    /// The caller has used up its submits for now.
+    #[error("too many submits from this client; try again in {} s", limits::retry_after_secs(*.0))]
+    RateLimited(Duration),
+    /// Authentication is on and the request did not prove an identity.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl IntoResponse for ApiError {
@@ -78,13 +143,19 @@ impl IntoResponse for ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Busy => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Auth(e) => return e.into_response(),
+        };
+        let retry_after = match self {
+            Self::Busy | Self::Unavailable => Some(1),
+            Self::RateLimited(wait) => Some(limits::retry_after_secs(wait)),
+            _ => None,
         };
         let mut response = (status, self.to_string()).into_response();
-        if matches!(self, Self::Busy | Self::Unavailable) {
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         response
     }
@@ -103,7 +174,13 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
 }
 
 /// `GET /factorial?no=N`: queue a job; the body is its request ID.
-async fn submit(State(state): State<AppState>, params: Params) -> Result<Response, ApiError> {
+async fn submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
     let raw = param(&params, "no")?.trim();
     let max_n = state.settings.backend.max_n;
     let n: u64 = match raw.parse() {
@@ -124,10 +201,14 @@ async fn submit(State(state): State<AppState>, params: Params) -> Result<Respons
             ))
         }
     };
+    state
+        .limits
+        .submit(&caller.key)
+        .map_err(ApiError::RateLimited)?;
     let id = JobId::new_v4();
     state
         .jobs
-        .submit(id, n, false)
+        .submit(id, n, false, caller.identity.as_deref())
         .await
         .map_err(|refusal| match refusal {
             Refusal::Busy => ApiError::Busy,
@@ -150,17 +231,21 @@ struct ClassicResult {
     error: Option<String>,
 }
 
-/// `GET /factorial/result?id=ID`: where a job stands, in the classic polling shape.
+/// `GET /factorial/result?id=ID`: where a job stands, in the classic polling shape. With
+/// authentication, another identity's job is answered exactly like an unknown one.
 async fn result(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     params: Params,
 ) -> Result<Json<ClassicResult>, ApiError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
     let raw = param(&params, "id")?;
     let id = JobId::try_parse(raw.trim())
         .map_err(|_| ApiError::BadRequest("malformed `id`: expected a request ID".into()))?;
     let record = match state.jobs.store.get(&id).await {
-        Ok(Some(record)) => record,
-        Ok(None) => return Err(ApiError::NotFound),
+        Ok(Some(record)) if caller.may_read(&record) => record,
+        Ok(_) => return Err(ApiError::NotFound),
         Err(e) => {
             warn!(%id, error = %e, "could not read a job for polling");
             return Err(ApiError::Unavailable);

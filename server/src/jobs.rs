@@ -57,14 +57,20 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// Stores the record of job `id` (status `queued`), registering this instance as a watcher if
-    /// `watched`, then publishes the job and waits for the broker's confirm.
+    /// Stores the record of job `id` (status `queued`, belonging to `owner`), registering this instance
+    /// as a watcher if `watched`, then publishes the job and waits for the broker's confirm.
     ///
     /// If the publish fails, the record is deleted again: the client never got the ID, and nothing is
     /// left half-stored. (Should the broker have taken the message after all, its worker finds no record
     /// and drops it.)
-    pub async fn submit(&self, id: JobId, n: u64, watched: bool) -> Result<(), Refusal> {
-        let record = JobRecord::queued(n, unix_ms());
+    pub async fn submit(
+        &self,
+        id: JobId,
+        n: u64,
+        watched: bool,
+        owner: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let record = JobRecord::queued(n, unix_ms()).owned_by(owner);
         let watcher = watched.then_some(self.instance.as_str());
         if let Err(e) = self.store.create(&id, &record, watcher, self.ttl).await {
             warn!(%id, error = %e, "could not store a new job");

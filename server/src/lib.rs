@@ -1,10 +1,13 @@
 //! Herald's server: takes jobs over WebSocket (and the classic HTTP API), queues them in RabbitMQ, and
 //! pushes each result to the sockets that wait for it, on whichever instance they are connected to.
 
+pub mod auth;
 pub mod broker;
 pub mod http;
 pub mod hub;
 pub mod jobs;
+pub mod limits;
+pub mod origin;
 pub mod session;
 pub mod settings;
 
@@ -16,7 +19,7 @@ use axum::serve::ListenerExt;
 use herald_worker::{SettingsError, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use settings::Settings;
 
@@ -61,7 +64,40 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Checks tokens; `None` when authentication is off.
+    pub auth: Option<Arc<auth::Authenticator>>,
+    /// Which pages may open a WebSocket.
+    pub origins: Arc<origin::OriginPolicy>,
+    /// Abuse limits per client.
+    pub limits: Arc<limits::Limits>,
 }
+
+impl AppState {
+    /// Who sent a request with `token` from `peer`: its identity (with authentication on), and the key
+    /// its limits count against.
+    pub fn caller(
+        &self,
+        token: Option<&str>,
+        peer: std::net::IpAddr,
+    ) -> Result<auth::Caller, auth::AuthError> {
+        Ok(match &self.auth {
+            None => auth::Caller {
+                identity: None,
+                key: auth::ClientKey::for_address(peer),
+            },
+            Some(authenticator) => {
+                let identity = authenticator.verify(token)?;
+                auth::Caller {
+                    key: auth::ClientKey::Identity(identity.clone()),
+                    identity: Some(identity),
+                }
+            }
+        })
+    }
+}
+
+/// How often idle clients are dropped from the rate limiter's table.
+const FORGET_IDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A server bound to its port and connected to its backends, ready to [`run`](Application::run).
 pub struct Application {
@@ -74,12 +110,34 @@ impl Application {
     /// Validates the settings, connects to Redis and RabbitMQ, and binds the listening socket.
     pub async fn build(settings: Settings) -> Result<Self, ServerError> {
         settings.validate()?;
+        let auth = if settings.auth_enabled() {
+            let authenticator =
+                auth::Authenticator::new(settings.static_tokens()?, settings.jwt_secret.as_ref());
+            info!(
+                static_tokens = authenticator.static_tokens(),
+                jwt = authenticator.accepts_jwt(),
+                "authentication is on: jobs belong to the identity that submitted them"
+            );
+            Some(Arc::new(authenticator))
+        } else {
+            warn!(
+                "authentication is OFF: anyone who can reach this server may submit jobs and read any \
+                 job by its ID; set --auth-tokens, --auth-tokens-file or --jwt-secret before exposing it"
+            );
+            None
+        };
+        let origins = origin::OriginPolicy::new(settings.origins()?);
+        let limits = limits::Limits::new(
+            settings.submit_rate,
+            settings.submit_burst,
+            settings.max_sockets_per_client,
+        );
         let backend = &settings.backend;
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let store = Store::new(&backend.redis_url, backend.keys(), 64)?;
         store.ping().await?;
         let config = broker::BrokerConfig {
-            url: backend.amqp_url.clone(),
+            url: backend.amqp_url.as_str().into(),
             queue: backend.queue.clone(),
             max_queue_length: backend.max_queue_length,
             reply_exchange: backend.reply_exchange.clone(),
@@ -99,6 +157,9 @@ impl Application {
             hub: Arc::default(),
             shutdown: CancellationToken::new(),
             stats: Arc::default(),
+            auth,
+            origins: Arc::new(origins),
+            limits: Arc::new(limits),
         };
         Ok(Self {
             listener,
@@ -140,6 +201,17 @@ impl Application {
             state.stats.clone(),
             shutdown.clone(),
         ));
+        let limits = state.limits.clone();
+        let stopped = shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(FORGET_IDLE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    _ = every.tick() => limits.forget_idle(),
+                }
+            }
+        });
         info!("listening on http://{}", listener.local_addr()?);
         // Small frames (accepted, status, results of small jobs) must not wait for Nagle's algorithm.
         let listener = listener.tap_io(|tcp| {
@@ -147,7 +219,9 @@ impl Application {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
         });
-        axum::serve(listener, http::router(state))
+        // The peer's address is what limits count against when there is no identity.
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         let _ = replies.await;

@@ -23,8 +23,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::auth::Caller;
 use crate::hub::SessionHandle;
 use crate::jobs::unavailable;
+use crate::limits::{retry_after_ms, SocketSlot};
 use crate::AppState;
 
 /// Events that reach a session besides its client's frames.
@@ -56,21 +58,46 @@ const GOING_AWAY: u16 = 1001;
 const POLICY: u16 = 1008;
 const INVALID_DATA: u16 = 1007;
 const TOO_BIG: u16 = 1009;
+const TRY_AGAIN_LATER: u16 = 1013;
 
 /// A job this session waits for.
 enum Watch {
     /// Submitted, not yet confirmed: a result arriving now is held until `accepted` is sent.
     Submitting(Option<Arc<JobRecord>>),
-    /// Registered by a resume whose answer has not come yet.
-    Resuming,
+    /// Registered by a resume whose answer has not come yet. A result arriving now is held: only that
+    /// answer tells whether this client may see the job at all.
+    Resuming(Option<Arc<JobRecord>>),
     /// The client knows the job is pending; the next thing it gets is the result. `registrations`: how
     /// many times this session counted itself among the job's watchers in Redis (released when it goes).
     Pending { registrations: u32 },
 }
 
-/// Runs a session on an upgraded socket until the client leaves, the server stops, or the client is too
-/// slow.
-pub async fn run(socket: WebSocket, state: AppState) {
+/// Tells a client it may not open this socket (`error`, then Close 1013 "try again later"), and drops it.
+pub async fn refuse(mut socket: WebSocket, error: ErrorMessage) {
+    let close = CloseFrame {
+        code: TRY_AGAIN_LATER,
+        reason: "too many sockets".into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        socket
+            .send(Message::Text(ServerMessage::Error(error).to_json().into()))
+            .await?;
+        socket.send(Message::Close(Some(close))).await?;
+        // Wait for the client's Close, so the refusal is read before the connection drops.
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    })
+    .await;
+}
+
+/// Runs a session on an upgraded socket for `caller` until the client leaves, the server stops, or the
+/// client is too slow. `slot` counts the socket against the caller's limit while it is open.
+pub async fn run(socket: WebSocket, state: AppState, caller: Caller, slot: SocketSlot) {
+    let _slot = slot;
     let (sink, mut stream) = socket.split();
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let overloaded = CancellationToken::new();
@@ -83,6 +110,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         Outbox::start(sink, state.settings.socket_buffer_bytes, overloaded.clone());
     let mut session = Session {
         state: state.clone(),
+        caller,
         handle,
         outbox,
         watches: HashMap::new(),
@@ -132,6 +160,7 @@ fn close_for(error: axum::Error) -> (u16, &'static str) {
 
 struct Session {
     state: AppState,
+    caller: Caller,
     handle: SessionHandle,
     outbox: Outbox,
     watches: HashMap<JobId, Watch>,
@@ -173,15 +202,29 @@ impl Session {
         if let Some(busy) = self.busy() {
             return self.send(&ServerMessage::Error(busy.with_tag(tag)));
         }
+        if let Err(wait) = self.state.limits.submit(&self.caller.key) {
+            let busy = ErrorMessage {
+                retry_after_ms: Some(retry_after_ms(wait)),
+                ..ErrorMessage::new(
+                    ErrorCode::Busy,
+                    "too many submits from this client; slow down",
+                )
+            };
+            return self.send(&ServerMessage::Error(busy.with_tag(tag)));
+        }
         let id = JobId::new_v4();
         // Watch before publishing: the job may finish before the publish is even confirmed.
         self.state.hub.watch(id, &self.handle);
         self.watches.insert(id, Watch::Submitting(None));
         let jobs = self.state.jobs.clone();
         let events = self.handle.events.clone();
+        let owner = self.caller.identity.clone();
         tokio::spawn(async move {
             // Runs to the end even if the session goes away, so a record is never left half-submitted.
-            let outcome = jobs.submit(id, n, true).await.map_err(|r| r.to_error());
+            let outcome = jobs
+                .submit(id, n, true, owner.as_deref())
+                .await
+                .map_err(|r| r.to_error());
             let registered = outcome.is_ok();
             let event = SessionEvent::Submitted {
                 id,
@@ -203,16 +246,22 @@ impl Session {
             }
             // Register first, then read: a completion that lands between the two is not missed.
             self.state.hub.watch(id, &self.handle);
-            self.watches.insert(id, Watch::Resuming);
+            self.watches.insert(id, Watch::Resuming(None));
         }
         let store = self.state.jobs.store.clone();
         let instance = self.state.jobs.instance.clone();
         let events = self.handle.events.clone();
+        let identity = self.caller.identity.clone();
         tokio::spawn(async move {
-            let outcome = store.resume(&id, &instance).await.map_err(|e| {
-                warn!(%id, error = %e, "could not read a job for a resume");
-                unavailable().with_id(id)
-            });
+            // The owner check is in the store's script, with the registration: a stranger is not
+            // registered as a watcher, and gets `not_found` as for an unknown ID.
+            let outcome = store
+                .resume(&id, &instance, identity.as_deref())
+                .await
+                .map_err(|e| {
+                    warn!(%id, error = %e, "could not read a job for a resume");
+                    unavailable().with_id(id)
+                });
             let registered = matches!(&outcome, Ok(Some(r)) if !r.status.is_final());
             if events
                 .send(SessionEvent::Resumed { id, outcome })
@@ -228,8 +277,8 @@ impl Session {
     fn on_event(&mut self, event: SessionEvent) {
         match event {
             SessionEvent::Finished(id, record) => match self.watches.get_mut(&id) {
-                Some(Watch::Submitting(early)) => *early = Some(record),
-                Some(_) => self.deliver(id, &record),
+                Some(Watch::Submitting(early) | Watch::Resuming(early)) => *early = Some(record),
+                Some(Watch::Pending { .. }) => self.deliver(id, &record),
                 // Already answered: a duplicate completion.
                 None => {}
             },
@@ -257,10 +306,17 @@ impl Session {
                     // The result was pushed while the resume read was in flight: already answered.
                     return;
                 };
-                let fresh = matches!(watch, Watch::Resuming);
+                let (fresh, early) = match watch {
+                    Watch::Resuming(early) => (true, early.take()),
+                    _ => (false, None),
+                };
                 match outcome {
                     Ok(Some(record)) if record.status.is_final() => self.deliver(id, &record),
                     Ok(Some(record)) => {
+                        if let Some(early) = early {
+                            // It finished after the read: the result held back is the answer.
+                            return self.deliver(id, &early);
+                        }
                         // The script counted this session among the watchers once more.
                         match watch {
                             Watch::Pending { registrations } => *registrations += 1,

@@ -1,13 +1,47 @@
 //! Command-line settings of the server.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use herald_worker::{BackendArgs, SettingsError};
 
+use crate::auth;
+use crate::origin::Origin;
+
+/// A setting that must never be shown: its `Debug` prints a placeholder, so the settings can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// Settings of `herald-server`.
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(
     name = "herald-server",
     version,
@@ -29,10 +63,42 @@ pub struct Settings {
     /// Bytes queued for one socket that does not read; past this it is closed (its jobs stay resumable).
     #[arg(long, env = "HERALD_SOCKET_BUFFER_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub socket_buffer_bytes: usize,
+    /// Static bearer tokens, comma-separated `identity:token` pairs (tokens: at least 16 of A-Z a-z 0-9 . _ ~ -).
+    /// Turns authentication on. Prefer the environment or --auth-tokens-file: other users of the machine
+    /// can read a command line.
+    #[arg(long, env = "HERALD_AUTH_TOKENS", hide_env_values = true)]
+    pub auth_tokens: Option<Secret>,
+    /// File of static bearer tokens: one `identity:token` per line; blank lines and `#` comments are
+    /// skipped. Turns authentication on.
+    #[arg(long, env = "HERALD_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Key of HS256 JSON Web Tokens (at least 32 bytes): a token's `sub` is the identity, and its `exp`
+    /// is required and checked. Turns authentication on.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// Origins (`scheme://host[:port]`, comma-separated) whose pages may open a WebSocket; default: only
+    /// pages of the host the request was sent to. Requests without an Origin header are not browsers and
+    /// pass.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Submits per second one client (identity, or IP address without authentication) may make on
+    /// average; more are answered `busy` (HTTP 429). 0: no limit.
+    #[arg(long, env = "HERALD_SUBMIT_RATE", default_value_t = 20)]
+    pub submit_rate: u32,
+    /// Submits one client may make in a burst before --submit-rate applies.
+    #[arg(long, env = "HERALD_SUBMIT_BURST", default_value_t = 100)]
+    pub submit_burst: u32,
+    /// WebSockets one client (identity, or IP address without authentication) may hold open at once;
+    /// more are answered `busy` and closed. 0: no limit.
+    #[arg(long, env = "HERALD_MAX_SOCKETS_PER_CLIENT", default_value_t = 32)]
+    pub max_sockets_per_client: u32,
 }
 
+/// Upper bound of the rate settings: beyond it a limit is no limit, and a typo should not pass.
+const MAX_RATE: u32 = 1_000_000;
+
 impl Settings {
-    /// Checks every value before anything connects.
+    /// Checks every value before anything connects (and reads --auth-tokens-file).
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.backend.validate()?;
         if self.job_ttl_secs == 0 || self.job_ttl_secs > 365 * 86_400 {
@@ -50,11 +116,284 @@ impl Settings {
                 "must be at least 65536",
             ));
         }
+        self.static_tokens()?;
+        if let Some(secret) = &self.jwt_secret {
+            // HS256 is only as strong as its key; a short one can be found by trying.
+            if secret.expose().len() < 32 {
+                return Err(SettingsError::new(
+                    "jwt-secret",
+                    "must be at least 32 bytes",
+                ));
+            }
+        }
+        self.origins()?;
+        if self.submit_rate > MAX_RATE {
+            return Err(SettingsError::new(
+                "submit-rate",
+                format!("must be at most {MAX_RATE} (0 for no limit)"),
+            ));
+        }
+        if self.submit_burst == 0 || self.submit_burst > MAX_RATE {
+            return Err(SettingsError::new(
+                "submit-burst",
+                format!("must be from 1 to {MAX_RATE}"),
+            ));
+        }
         Ok(())
     }
 
     /// How long records live.
     pub fn job_ttl(&self) -> Duration {
         Duration::from_secs(self.job_ttl_secs)
+    }
+
+    /// Whether any way of authenticating is configured.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_tokens.is_some() || self.auth_tokens_file.is_some() || self.jwt_secret.is_some()
+    }
+
+    /// The static tokens of --auth-tokens and --auth-tokens-file, as (identity, token) pairs.
+    ///
+    /// Errors name the flag and the entry's position, never its content: the content is a secret.
+    pub fn static_tokens(&self) -> Result<Vec<(String, Secret)>, SettingsError> {
+        let mut tokens = Vec::new();
+        if let Some(list) = &self.auth_tokens {
+            for (i, entry) in list.expose().split(',').enumerate() {
+                let pair = auth::parse_token_entry(entry.trim()).map_err(|reason| {
+                    SettingsError::new("auth-tokens", format!("entry {}: {reason}", i + 1))
+                })?;
+                tokens.push(pair);
+            }
+        }
+        if let Some(path) = &self.auth_tokens_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                SettingsError::new("auth-tokens-file", format!("cannot read it: {e}"))
+            })?;
+            let before = tokens.len();
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let pair = auth::parse_token_entry(line).map_err(|reason| {
+                    SettingsError::new("auth-tokens-file", format!("line {}: {reason}", i + 1))
+                })?;
+                tokens.push(pair);
+            }
+            if tokens.len() == before {
+                return Err(SettingsError::new(
+                    "auth-tokens-file",
+                    "holds no `identity:token` line",
+                ));
+            }
+        }
+        for (i, (_, token)) in tokens.iter().enumerate() {
+            // One token for two identities would make a job's owner depend on the order of the list.
+            if tokens[..i].iter().any(|(_, other)| other == token) {
+                return Err(SettingsError::new(
+                    "auth-tokens",
+                    "two entries share one token; every token must be unique",
+                ));
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// The origins of --allowed-origins (empty: only the request's own host).
+    pub fn origins(&self) -> Result<Vec<Origin>, SettingsError> {
+        self.allowed_origins
+            .iter()
+            .map(|text| text.trim())
+            .filter(|text| !text.is_empty())
+            .map(|text| {
+                Origin::parse(text.trim_end_matches('/')).ok_or_else(|| {
+                    SettingsError::new(
+                        "allowed-origins",
+                        format!("{text:?} is not an origin such as https://example.com:8443"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// `amqp://user:password@host/…` as `amqp://***@host/…`: the part before the last `@` can hold a
+/// password, and a password may itself hold any character, so all of it goes.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Hand-written so that passwords in the backend URLs and every secret stay out of logs and panics.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.backend;
+        f.debug_struct("Settings")
+            .field("amqp_url", &redact_url(&b.amqp_url))
+            .field("redis_url", &redact_url(&b.redis_url))
+            .field("queue", &b.queue)
+            .field("reply_exchange", &b.reply_exchange)
+            .field("redis_prefix", &b.redis_prefix)
+            .field("max_n", &b.max_n)
+            .field("max_queue_length", &b.max_queue_length)
+            .field("listen", &self.listen)
+            .field("job_ttl_secs", &self.job_ttl_secs)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("socket_buffer_bytes", &self.socket_buffer_bytes)
+            .field("auth_tokens", &self.auth_tokens)
+            .field("auth_tokens_file", &self.auth_tokens_file)
+            .field("jwt_secret", &self.jwt_secret)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("submit_rate", &self.submit_rate)
+            .field("submit_burst", &self.submit_burst)
+            .field("max_sockets_per_client", &self.max_sockets_per_client)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Settings {
+        Settings::try_parse_from(std::iter::once("herald-server").chain(args.iter().copied()))
+            .expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_are_valid_and_leave_authentication_off() {
+        let settings = parse(&[]);
+        settings.validate().unwrap();
+        assert!(!settings.auth_enabled());
+        assert!(settings.origins().unwrap().is_empty());
+        assert_eq!(
+            (settings.submit_rate, settings.submit_burst),
+            (20, 100),
+            "limits are on by default"
+        );
+        assert_eq!(settings.max_sockets_per_client, 32);
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let settings = parse(&[
+            "--amqp-url",
+            "amqp://herald:amqp-pa55word@rabbit:5672/%2f",
+            "--redis-url",
+            "redis://:redis-pa55word@redis:6379",
+            "--auth-tokens",
+            "alice:alice-token-0123456789",
+            "--jwt-secret",
+            "jwt-secret-0123456789-0123456789-xyz",
+        ]);
+        settings.validate().unwrap();
+        let shown = format!("{settings:?} {settings:#?}");
+        for secret in [
+            "amqp-pa55word",
+            "redis-pa55word",
+            "alice-token-0123456789",
+            "jwt-secret-0123456789",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains("amqp://***@rabbit:5672/%2f"), "{shown}");
+    }
+
+    #[test]
+    fn token_lists_are_checked_without_echoing_them() {
+        for (list, reason) in [
+            ("alice", "entry 1"),
+            ("alice:short", "entry 1"),
+            (
+                "alice:good-token-0123456789,:other-token-0123456789",
+                "entry 2",
+            ),
+            ("alice:bad token 0123456789", "entry 1"),
+            (
+                "alice:same-token-0123456789,bob:same-token-0123456789",
+                "share one token",
+            ),
+        ] {
+            let error = parse(&["--auth-tokens", list]).validate().unwrap_err();
+            assert_eq!(error.flag, "auth-tokens");
+            let shown = error.to_string();
+            assert!(shown.contains(reason), "{list}: {shown}");
+            assert!(!shown.contains("0123456789"), "{list}: {shown}");
+        }
+        let settings = parse(&[
+            "--auth-tokens",
+            "alice:a-token-0123456789, bob:b-token-0123456789",
+        ]);
+        let identities: Vec<String> = settings
+            .static_tokens()
+            .unwrap()
+            .into_iter()
+            .map(|(identity, _)| identity)
+            .collect();
+        assert_eq!(identities, ["alice", "bob"]);
+    }
+
+    #[test]
+    fn a_token_file_is_read_line_by_line() {
+        let path = std::env::temp_dir().join(format!("herald-tokens-{}", uuid::Uuid::new_v4()));
+        std::fs::write(
+            &path,
+            "# ops\n\nalice:a-token-0123456789\nbob:b-token-0123456789\n",
+        )
+        .unwrap();
+        let settings = parse(&["--auth-tokens-file", path.to_str().unwrap()]);
+        settings.validate().unwrap();
+        assert!(settings.auth_enabled());
+        assert_eq!(settings.static_tokens().unwrap().len(), 2);
+        std::fs::write(&path, "alice:a-token-0123456789\nnonsense-0123456789\n").unwrap();
+        let error = settings.validate().unwrap_err();
+        assert!(error.to_string().contains("line 2"), "{error}");
+        assert!(!error.to_string().contains("0123456789"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(settings.validate().unwrap_err().flag, "auth-tokens-file");
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["--jwt-secret", "too-short"][..], "jwt-secret"),
+            (&["--allowed-origins", "example.com"], "allowed-origins"),
+            (
+                &["--allowed-origins", "https://example.com/path"],
+                "allowed-origins",
+            ),
+            (&["--allowed-origins", "null"], "allowed-origins"),
+            (&["--submit-burst", "0"], "submit-burst"),
+            (&["--submit-rate", "2000000"], "submit-rate"),
+        ] {
+            let error = parse(args).validate().unwrap_err();
+            assert_eq!(error.flag, flag, "{args:?}");
+            if flag == "jwt-secret" {
+                assert!(!error.to_string().contains("too-short"));
+            }
+        }
+        let settings = parse(&[
+            "--allowed-origins",
+            "https://app.example.com,http://localhost:3000/",
+        ]);
+        settings.validate().unwrap();
+        assert_eq!(settings.origins().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("amqp://guest:p@ss@host:5672/%2f"),
+            "amqp://***@host:5672/%2f"
+        );
+        assert_eq!(redact_url("redis://:pw@h:6379"), "redis://***@h:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

@@ -55,7 +55,27 @@ pub fn factorial(n: u64) -> BigUint {
 /// conversion), and the function returns Err(Interrupted) soon after `checkpoint` returns false.
 /// The fraction reflects real work through both phases (the product, then the decimal
 /// conversion), weighted by their expected cost, not a timer.
+///
+/// The backend is chosen at build time: [`factorial_decimal_builtin`] by default, and
+/// [`factorial_decimal_malachite`] with the cargo feature `malachite` (see its limitation).
 pub fn factorial_decimal(
+    n: u64,
+    checkpoint: &mut dyn FnMut(f64) -> bool,
+) -> Result<String, Interrupted> {
+    #[cfg(feature = "malachite")]
+    {
+        factorial_decimal_malachite(n, checkpoint)
+    }
+    #[cfg(not(feature = "malachite"))]
+    {
+        factorial_decimal_builtin(n, checkpoint)
+    }
+}
+
+/// [`factorial_decimal`] with the built-in kernel (num-bigint, NTT multiplication, Barrett
+/// decimal conversion): the default backend, compiled in every build so that the optional one can
+/// be tested and benchmarked against it.
+pub fn factorial_decimal_builtin(
     n: u64,
     checkpoint: &mut dyn FnMut(f64) -> bool,
 ) -> Result<String, Interrupted> {
@@ -1485,6 +1505,308 @@ fn power_of_beta(s: usize) -> Vec<u64> {
     v
 }
 
+// ---------------------------------------------------------------------------------------------
+// Optional backend: malachite
+
+/// [`factorial_decimal`] computed with malachite (cargo feature `malachite`, LGPL-3.0-only): the
+/// backend that `factorial_decimal` uses when the feature is on.
+///
+/// The product is the built-in kernel's (the same prime factors, product trees and
+/// square-and-multiply) with malachite's multiplication. The decimal conversion is a divide and
+/// conquer over powers of ten built here from malachite's division with a precomputed inverse;
+/// pieces of at most a few thousand digits go to malachite's own `to_string`.
+///
+/// Limitation: malachite has no progress hook or cancellation inside its operations, so the
+/// checkpoint can only run between two of them. Every multiplication, squaring, division and
+/// piece conversion is such a step, and the longest is one operation on numbers about half the
+/// size of n!: the top division of the conversion, the inverse of the top power of ten, or the
+/// last squaring of the product (each about 20–80 ms for n = 1_000_000 on the 2-core reference
+/// machine). A stop therefore comes that much later than with the built-in kernel, whose longest
+/// step is one transform pass. Malachite's own `to_string` would convert the whole number in one
+/// call, slightly faster but with no checkpoint at all for about half a second at
+/// n = 1_000_000, which is why it only converts the small pieces.
+#[cfg(feature = "malachite")]
+pub fn factorial_decimal_malachite(
+    n: u64,
+    checkpoint: &mut dyn FnMut(f64) -> bool,
+) -> Result<String, Interrupted> {
+    fast::factorial_decimal(n, checkpoint)
+}
+
+#[cfg(feature = "malachite")]
+mod fast {
+    use malachite::base::num::arithmetic::traits::{DivModPrecomputed, ModPowerOf2, Pow, Square};
+    use malachite::base::num::basic::traits::{One, Zero};
+    use malachite::base::num::logic::traits::SignificantBits;
+    use malachite::Natural;
+
+    use super::{sieve_cost, Factors, Interrupted, Meter, Metered, SMALL_TREE_LEAVES};
+
+    pub(super) fn factorial_decimal(
+        n: u64,
+        checkpoint: &mut dyn FnMut(f64) -> bool,
+    ) -> Result<String, Interrupted> {
+        let mut meter = Metered::new(checkpoint);
+        meter.report()?;
+        let factors = Factors::new(n);
+        meter.total = product_cost(&factors) + conversion_cost(result_bits(&factors));
+        meter.work(sieve_cost(n))?;
+        let odd = odd_factorial(&factors, &mut meter)?;
+        let limbs = odd.limb_count();
+        let x = odd << factors.twos;
+        meter.work(linear_cost(limbs))?;
+        let decimal = decimal(x, &mut meter)?;
+        meter.finish()?;
+        Ok(decimal)
+    }
+
+    // Cost model (estimated nanoseconds on the reference machine, fitted to malachite 0.14 there),
+    // in the units of the built-in kernel's meter: it decides when the checkpoint is called and
+    // what fraction it is told. Sizes are in 64-bit limbs.
+
+    fn log2(x: f64) -> f64 {
+        x.max(2.0).log2()
+    }
+
+    /// Multiplication of `s` by `l` limbs (s ≤ l).
+    fn mul_cost(s: u64, l: u64) -> f64 {
+        8.0 * l as f64 * log2(s as f64) + 50.0
+    }
+
+    fn square_cost(l: u64) -> f64 {
+        5.0 * l as f64 * log2(l as f64) + 50.0
+    }
+
+    /// Division of at most twice `l` limbs by `l` limbs, with the divisor's inverse precomputed.
+    fn division_cost(l: u64) -> f64 {
+        20.0 * l as f64 * log2(l as f64) + 100.0
+    }
+
+    /// The precomputed inverse of an `l`-limb divisor.
+    fn inverse_cost(l: u64) -> f64 {
+        19.0 * l as f64 * log2(l as f64) + 100.0
+    }
+
+    /// malachite's `to_string` of `l` limbs.
+    fn to_string_cost(l: u64) -> f64 {
+        let lg = log2(l as f64);
+        4.5 * l as f64 * lg * lg + 200.0
+    }
+
+    fn linear_cost(l: u64) -> f64 {
+        l as f64
+    }
+
+    fn limbs(bits: f64) -> u64 {
+        (bits / 64.0).ceil() as u64 + 1
+    }
+
+    // ---- The product
+
+    /// Estimated bits of n!.
+    fn result_bits(factors: &Factors) -> u64 {
+        let odd_limbs = factors.odd_limbs().first().copied().unwrap_or(1) as u64;
+        odd_limbs * 64 + factors.twos
+    }
+
+    /// (limbs of the product, estimated cost of `product`) for these leaves.
+    fn tree_cost(leaves: &[u64]) -> (u64, f64) {
+        if leaves.len() <= SMALL_TREE_LEAVES {
+            let n = leaves.len() as f64;
+            return (leaves.len().max(1) as u64, 2.0 * n * n + 20.0);
+        }
+        let (left, right) = leaves.split_at(leaves.len() / 2);
+        let (a, ca) = tree_cost(left);
+        let (b, cb) = tree_cost(right);
+        (a + b, ca + cb + mul_cost(a.min(b), a.max(b)))
+    }
+
+    /// Estimated cost of `odd_factorial`.
+    fn product_cost(factors: &Factors) -> f64 {
+        let acc = factors.odd_limbs();
+        let mut cost = 0.0;
+        for (k, layer) in factors.layers.iter().enumerate() {
+            let (pk, tree) = tree_cost(layer);
+            cost += tree;
+            if let Some(&prev) = acc.get(k + 1) {
+                let prev = prev as u64;
+                cost += square_cost(prev) + mul_cost(pk.min(2 * prev), pk.max(2 * prev));
+            }
+        }
+        cost
+    }
+
+    /// The odd part of n!, as `Kernel::odd_factorial` computes it.
+    fn odd_factorial(factors: &Factors, meter: &mut Metered) -> Result<Natural, Interrupted> {
+        let mut acc = Natural::ONE;
+        for layer in factors.layers.iter().rev() {
+            let pk = product(layer, meter)?;
+            acc = if acc == 1u32 {
+                pk
+            } else {
+                let square = (&acc).square();
+                meter.work(square_cost(acc.limb_count()))?;
+                drop(acc);
+                mul(square, pk, meter)?
+            };
+        }
+        Ok(acc)
+    }
+
+    /// Product of the leaves by a balanced tree.
+    fn product(leaves: &[u64], meter: &mut Metered) -> Result<Natural, Interrupted> {
+        if leaves.len() <= SMALL_TREE_LEAVES {
+            let mut p = Natural::ONE;
+            for &w in leaves {
+                p *= Natural::from(w);
+            }
+            let n = leaves.len() as f64;
+            meter.work(2.0 * n * n + 20.0)?;
+            return Ok(p);
+        }
+        let (left, right) = leaves.split_at(leaves.len() / 2);
+        let a = product(left, meter)?;
+        let b = product(right, meter)?;
+        mul(a, b, meter)
+    }
+
+    fn mul(a: Natural, b: Natural, meter: &mut Metered) -> Result<Natural, Interrupted> {
+        let (s, l) = (a.limb_count(), b.limb_count());
+        let p = a * b;
+        meter.work(mul_cost(s.min(l), s.max(l)))?;
+        Ok(p)
+    }
+
+    // ---- The decimal conversion
+    //
+    // A number below 10^(d·2^K) is split by 10^(d·2^(K-1)) into two halves, each split again,
+    // down to pieces of d digits (K and d chosen so that d ≤ LEAF_DIGITS), which malachite's
+    // `to_string` converts; every piece but the leading one is padded with zeros to its width.
+    // Since 10^m = 2^m·5^m, x = q·10^m + r is computed as (q, s) = divmod(x >> m, 5^m) and
+    // r = s·2^m + (x mod 2^m): the divisor is 30% shorter than 10^m, as in GMP's `mpn_get_str`.
+    // Each 5^m is divided by many times, so its inverse is computed once (malachite's
+    // `DivModPrecomputed`).
+
+    /// Widest piece handed to malachite's `to_string` whole. Its own conversion rebuilds its table
+    /// of powers on every call, so shared powers and small pieces are slightly faster, and keep
+    /// the steps between checkpoints short.
+    const LEAF_DIGITS: u64 = 2_400;
+
+    /// log10(2).
+    const DIGITS_PER_BIT: f64 = std::f64::consts::LOG10_2;
+
+    /// log2(5).
+    const FIVE_BITS_PER_DIGIT: f64 = 2.321_928_094_887_362;
+
+    /// (K, d): the levels of the split and the width in digits of the smallest pieces, for a
+    /// number of `bits` bits.
+    fn plan(bits: u64) -> (u32, u64) {
+        // An upper bound of the number of digits.
+        let digits = (bits as f64 * DIGITS_PER_BIT) as u64 + 1;
+        let mut levels = 0;
+        while digits.div_ceil(1 << levels) > LEAF_DIGITS {
+            levels += 1;
+        }
+        (levels, digits.div_ceil(1 << levels))
+    }
+
+    /// Estimated cost of `decimal` for a number of `bits` bits.
+    fn conversion_cost(bits: u64) -> f64 {
+        let (levels, leaf) = plan(bits);
+        let leaf_limbs = limbs(leaf as f64 / DIGITS_PER_BIT);
+        let mut cost = (1u64 << levels) as f64 * (to_string_cost(leaf_limbs) + leaf as f64);
+        for k in 0..levels {
+            let five = limbs((leaf << k) as f64 * FIVE_BITS_PER_DIGIT);
+            let splits = (1u64 << (levels - 1 - k)) as f64;
+            cost += square_cost(five / 2) + inverse_cost(five);
+            cost += splits * (division_cost(five) + linear_cost(4 * five));
+        }
+        cost
+    }
+
+    /// The powers of ten that split the pieces: level k divides pieces of `width << (k + 1)`
+    /// digits into two of `width << k`.
+    struct Tower {
+        width: u64,
+        fives: Vec<Natural>,
+        inverses: Vec<<Natural as DivModPrecomputed>::Data>,
+    }
+
+    fn decimal(x: Natural, meter: &mut Metered) -> Result<String, Interrupted> {
+        let (levels, width) = plan(x.significant_bits());
+        let mut tower = Tower {
+            width,
+            fives: Vec::new(),
+            inverses: Vec::new(),
+        };
+        let mut five = Natural::from(5u32).pow(width);
+        meter.work(square_cost(five.limb_count()))?;
+        for k in 0..levels {
+            if k > 0 {
+                let l = five.limb_count();
+                five = (&five).square();
+                meter.work(square_cost(l))?;
+            }
+            let inverse = <Natural as DivModPrecomputed>::precompute_div_mod_data(&five);
+            meter.work(inverse_cost(five.limb_count()))?;
+            tower.fives.push(five.clone());
+            tower.inverses.push(inverse);
+        }
+        drop(five);
+        let digits = (x.significant_bits() as f64 * DIGITS_PER_BIT) as usize + 1;
+        let mut out = String::with_capacity(digits);
+        tower.emit(x, levels as usize, false, &mut out, meter)?;
+        Ok(out)
+    }
+
+    impl Tower {
+        /// Appends `x` (below 10^(width·2^level)) to `out`, padded with zeros to exactly
+        /// width·2^level digits if `padded`, else without leading zeros.
+        fn emit(
+            &self,
+            x: Natural,
+            level: usize,
+            padded: bool,
+            out: &mut String,
+            meter: &mut Metered,
+        ) -> Result<(), Interrupted> {
+            if level == 0 {
+                let l = x.limb_count();
+                let s = x.to_string();
+                if padded {
+                    let width = usize::try_from(self.width).unwrap_or(usize::MAX);
+                    out.extend(std::iter::repeat_n('0', width.saturating_sub(s.len())));
+                }
+                out.push_str(&s);
+                meter.work(to_string_cost(l) + s.len() as f64)?;
+                return Ok(());
+            }
+            let k = level - 1;
+            let m = self.width << k;
+            let l = x.limb_count();
+            let hi = &x >> m;
+            let low = x.mod_power_of_2(m);
+            let (q, s) = hi.div_mod_precomputed(&self.fives[k], &self.inverses[k]);
+            let r = (s << m) + low;
+            meter.work(division_cost(self.fives[k].limb_count()) + linear_cost(4 * l))?;
+            if !padded && q == Natural::ZERO {
+                // The leading piece is shorter than this level: no zeros before it.
+                return self.emit(r, k, false, out, meter);
+            }
+            self.emit(q, k, padded, out, meter)?;
+            self.emit(r, k, true, out, meter)
+        }
+    }
+
+    /// The conversion alone, for tests of its boundaries.
+    #[cfg(test)]
+    pub(super) fn decimal_of(limbs: Vec<u64>) -> String {
+        let mut checkpoint = |_| true;
+        let mut meter = Metered::new(&mut checkpoint);
+        decimal(Natural::from_owned_limbs_asc(limbs), &mut meter).expect("never interrupted")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1616,6 +1938,43 @@ mod tests {
             let want = to_biguint(&x).to_string();
             let Ok(got) = kernel.decimal(normalized(x));
             assert_eq!(got, want);
+        }
+    }
+
+    #[cfg(feature = "malachite")]
+    #[test]
+    fn malachite_backend_matches_the_builtin() {
+        for n in [0, 1, 2, 20, 25, 1000, 5000, 30000, 100_000] {
+            let builtin = factorial_decimal_builtin(n, &mut |_| true).expect("never interrupted");
+            let malachite = factorial_decimal_malachite(n, &mut |_| true).expect("never interrupted");
+            assert_eq!(malachite, builtin, "n = {n}");
+        }
+    }
+
+    #[cfg(feature = "malachite")]
+    #[test]
+    fn malachite_conversion_of_awkward_numbers() {
+        let ten = BigUint::from(10u32);
+        let mut seed = 4242;
+        let mut cases = vec![
+            random_limbs(5000, &mut seed),
+            random_limbs(777, &mut seed),
+            vec![u64::MAX; 4100],
+        ];
+        // Powers of ten and their neighbours, across the widths where the split gains a level
+        // (the leaves are at most 2_400 digits wide) and where the leading piece is empty.
+        for digits in [
+            1, 19, 20, 2_399, 2_400, 2_401, 4_799, 4_800, 4_801, 9_600, 12_345, 38_400, 80_000,
+        ] {
+            let power = ten.pow(digits);
+            cases.push((&power - 1u32).to_u64_digits());
+            cases.push(power.to_u64_digits());
+            cases.push((&power + 1u32).to_u64_digits());
+            cases.push((&power * 7u32 + 123_456u32).to_u64_digits());
+        }
+        for x in cases {
+            let want = to_biguint(&x).to_string();
+            assert_eq!(fast::decimal_of(x), want);
         }
     }
 }

@@ -5,11 +5,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_protocol::{unix_ms, Completion, JobMessage, JobRecord, JobStatus};
+use futures::FutureExt;
+use herald_protocol::{unix_ms, Completion, JobId, JobMessage, JobRecord, JobStatus};
+use std::sync::atomic::Ordering;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::cache::{Cache, Computed};
 use crate::compute;
 use crate::store::{Finish, Start, Store, StoreError};
 
@@ -36,6 +39,8 @@ pub struct JobContext {
     pub slots: Arc<Semaphore>,
     /// Cancelled when running jobs must stop at once and go back to the queue (end of the shutdown grace).
     pub stop: CancellationToken,
+    /// Computations in flight and stored results, so identical inputs are computed once.
+    pub cache: Cache,
 }
 
 /// What is left to do once a job has been processed.
@@ -46,7 +51,7 @@ pub enum Processed {
     /// Publish `completion` once to each of `watchers` (server instances' routing keys). Then, if
     /// `dead_letter`, reject the message to the dead-letter queue instead of acknowledging it.
     Publish {
-        completion: Completion,
+        completion: Box<Completion>,
         watchers: Vec<String>,
         dead_letter: bool,
     },
@@ -141,12 +146,13 @@ impl JobContext {
             ));
         } else {
             info!(n = job.n, attempts, "job started");
-            match self.compute(job.n).await {
-                Computed::Done { output, elapsed } => {
+            let clock = Instant::now();
+            match self.obtain(job.id, job.n).await {
+                Computed::Done(output) => {
                     record.status = JobStatus::Done;
-                    record.compute_ms = Some(elapsed.as_millis() as u64);
+                    record.compute_ms = Some(clock.elapsed().as_millis() as u64);
                     record.digits = Some(output.len() as u64);
-                    record.output = Some(Arc::from(output));
+                    record.output = Some(output);
                 }
                 Computed::Failed(error) => {
                     record.status = JobStatus::Failed;
@@ -166,7 +172,7 @@ impl JobContext {
             Finish::Applied { watchers } => {
                 info!(status = %record.status, compute_ms = record.compute_ms, "job finished");
                 Ok(Processed::Publish {
-                    completion: Completion::new(job.id, record),
+                    completion: Box::new(Completion::new(job.id, record)),
                     watchers,
                     dead_letter,
                 })
@@ -179,10 +185,35 @@ impl JobContext {
         }
     }
 
+    /// The output for n: reused from a computation in flight or a stored result, or computed here.
+    async fn obtain(&self, id: JobId, n: u64) -> Computed {
+        if let Some(output) = self.cache.lookup(&self.store, n).await {
+            info!("answered from a stored result of the same n");
+            return Computed::Done(output);
+        }
+        let context = self.clone();
+        self.cache
+            .get_or_compute(n, move || {
+                async move {
+                    let computed = context.compute(n).await;
+                    if let Computed::Done(output) = &computed {
+                        context.cache.remember(&context.store, &id, n, output).await;
+                    }
+                    computed
+                }
+                .boxed()
+            })
+            .await
+    }
+
     async fn compute(&self, n: u64) -> Computed {
         let Ok(_slot) = self.slots.clone().acquire_owned().await else {
             return Computed::Stopped;
         };
+        self.cache
+            .stats
+            .computations
+            .fetch_add(1, Ordering::Relaxed);
         let stop = self.stop.clone();
         let time_limit = self.limits.time_limit;
         let computed = tokio::task::spawn_blocking(move || {
@@ -194,15 +225,16 @@ impl JobContext {
                 }
                 !timed_out && !stop.is_cancelled()
             });
-            (output, timed_out, clock.elapsed())
+            (output, timed_out)
         })
         .await;
         match computed {
-            Ok((Ok(output), _, elapsed)) => Computed::Done { output, elapsed },
-            Ok((Err(_), true, _)) => {
-                Computed::Failed(format!("time limit exceeded ({} s)", time_limit.as_secs()))
-            }
-            Ok((Err(_), false, _)) => Computed::Stopped,
+            Ok((Ok(output), _)) => Computed::Done(Arc::from(output)),
+            Ok((Err(_), true)) => Computed::Failed(format!(
+                "time limit exceeded ({} s)",
+                time_limit.as_secs()
+            )),
+            Ok((Err(_), false)) => Computed::Stopped,
             Err(panic) => {
                 error!(error = %panic, "computation panicked");
                 Computed::Failed("internal error while computing".into())
@@ -228,15 +260,10 @@ impl JobContext {
         };
         info!(status = %record.status, "job already final; publishing its completion again");
         Ok(Processed::Publish {
-            completion: Completion::new(job.id, record),
+            completion: Box::new(Completion::new(job.id, record)),
             watchers,
             dead_letter: false,
         })
     }
 }
 
-enum Computed {
-    Done { output: String, elapsed: Duration },
-    Failed(String),
-    Stopped,
-}

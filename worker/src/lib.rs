@@ -4,6 +4,7 @@
 //! The library also holds what the server shares with the worker: the backend settings, the RabbitMQ
 //! topology and the Redis store.
 
+pub mod cache;
 pub mod compute;
 pub mod jobs;
 pub mod settings;
@@ -73,9 +74,8 @@ impl Amqp {
             .await?;
         topology::declare_job_queue(&consume, &backend.queue, backend.max_queue_length).await?;
         topology::declare_reply_exchange(&consume, &backend.reply_exchange).await?;
-        let prefetch = u16::try_from(settings.concurrency()).unwrap_or(u16::MAX);
         consume
-            .basic_qos(prefetch, BasicQosOptions::default())
+            .basic_qos(settings.prefetch(), BasicQosOptions::default())
             .await?;
         Ok(Self {
             connection,
@@ -90,6 +90,7 @@ pub struct Worker {
     settings: Settings,
     amqp: Amqp,
     store: Store,
+    cache: cache::Cache,
 }
 
 impl Worker {
@@ -100,7 +101,7 @@ impl Worker {
         let store = Store::new(
             &backend.redis_url,
             backend.keys(),
-            settings.concurrency() * 2 + 2,
+            usize::from(settings.prefetch()).clamp(4, 64),
         )?;
         store.ping().await?;
         let amqp = Amqp::open(&settings).await?;
@@ -108,7 +109,13 @@ impl Worker {
             settings,
             amqp,
             store,
+            cache: cache::Cache::default(),
         })
+    }
+
+    /// How much work this worker computed and reused.
+    pub fn stats(&self) -> Arc<cache::ComputeStats> {
+        self.cache.stats.clone()
     }
 
     /// Consumes jobs until `shutdown` is cancelled, reconnecting (with backoff) whenever RabbitMQ goes
@@ -119,6 +126,7 @@ impl Worker {
             settings,
             amqp,
             store,
+            cache,
         } = self;
         let context = JobContext {
             store,
@@ -129,6 +137,7 @@ impl Worker {
             },
             slots: Arc::new(Semaphore::new(settings.concurrency())),
             stop: CancellationToken::new(),
+            cache,
         };
         let mut running = JoinSet::new();
         let mut connected = Some(amqp);

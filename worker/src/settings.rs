@@ -111,9 +111,14 @@ pub struct Settings {
     /// RabbitMQ, Redis and the names in them.
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// Jobs computed at once (and the prefetch count); default: the number of cores.
+    /// Jobs computed at once; default: the number of cores.
     #[arg(long, env = "HERALD_CONCURRENCY")]
     pub concurrency: Option<NonZeroUsize>,
+    /// Jobs taken from the queue ahead of the computation (the AMQP prefetch count). Small jobs spend
+    /// most of their time in round trips to Redis and RabbitMQ, so more of them must be in hand than
+    /// there are cores; default: 32 per concurrent computation.
+    #[arg(long, env = "HERALD_PREFETCH")]
+    pub prefetch: Option<NonZeroUsize>,
     /// Starts of one job before it is failed and dead-lettered (a job that keeps killing its worker).
     #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -149,6 +154,14 @@ impl Settings {
     /// Longest computation of one job.
     pub fn job_time_limit(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.job_time_limit_secs)
+    }
+
+    /// The AMQP prefetch count.
+    pub fn prefetch(&self) -> u16 {
+        let prefetch = self
+            .prefetch
+            .map_or(self.concurrency() * 32, NonZeroUsize::get);
+        u16::try_from(prefetch).unwrap_or(u16::MAX)
     }
 
     /// Jobs computed at once.

@@ -108,8 +108,6 @@ return reply
     )
 });
 
-// KEYS[1] job, KEYS[2] watchers, ARGV[1] watcher. Registers the watcher only while the job is pending, in
-// the same step as the read, then returns the whole record (empty when missing).
 // KEYS[1] watchers, ARGV[1] watcher, ARGV[2] registrations to release.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -121,9 +119,15 @@ end
     )
 });
 
+// KEYS[1] job, KEYS[2] watchers, ARGV[1] watcher, ARGV[2] (optional) the identity asking. Registers the
+// watcher only while the job is pending, in the same step as the read, then returns the whole record
+// (empty when missing). With an identity, a job owned by anyone else is answered like a missing one and
+// registers nothing: the owner check and the registration are one atomic step, so a stranger can neither
+// probe an ID nor be told of its completion.
 static RESUME: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if ARGV[2] and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return {} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'running' then
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
@@ -164,7 +168,7 @@ impl Store {
         &self.keys
     }
 
-    async fn run<T, F>(
+    pub(crate) async fn run<T, F>(
         &self,
         f: impl FnOnce(deadpool_redis::Connection) -> F,
     ) -> Result<T, StoreError>
@@ -188,8 +192,8 @@ impl Store {
         .await
     }
 
-    /// Writes a new job's record, expiring after `ttl`, and registers `watcher` (a server instance with a
-    /// socket waiting for it), in one transaction.
+    /// Writes a new job's record (with its [`owner`](JobRecord::owner), if any), expiring after `ttl`,
+    /// and registers `watcher` (a server instance with a socket waiting for it), in one transaction.
     ///
     /// Watchers are counted per instance (one registration per waiting socket) rather than kept in a set:
     /// a socket that leaves and one that arrives on the same instance then update the count in either
@@ -253,16 +257,24 @@ impl Store {
 
     /// Registers `watcher` for a pending job (one more registration) and reads its record, atomically;
     /// `None` when there is none. A final or missing job registers nothing.
-    pub async fn resume(&self, id: &JobId, watcher: &str) -> Result<Option<JobRecord>, StoreError> {
+    ///
+    /// With `identity`, only a job whose record names it as owner is seen: any other job (including one
+    /// stored without an owner) is `None` and registers nothing, exactly like a missing one.
+    pub async fn resume(
+        &self,
+        id: &JobId,
+        watcher: &str,
+        identity: Option<&str>,
+    ) -> Result<Option<JobRecord>, StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
         self.run(|mut conn| async move {
-            let fields: HashMap<String, String> = RESUME
-                .key(&job)
-                .key(&watchers)
-                .arg(watcher)
-                .invoke_async(&mut conn)
-                .await?;
+            let mut invocation = RESUME.key(&job);
+            invocation.key(&watchers).arg(watcher);
+            if let Some(identity) = identity {
+                invocation.arg(identity);
+            }
+            let fields: HashMap<String, String> = invocation.invoke_async(&mut conn).await?;
             record_from(fields)
         })
         .await
