@@ -89,7 +89,11 @@ async fn without_a_valid_token_only_the_open_routes_answer() {
                 None => response,
             };
             let response = response.send().await.unwrap();
-            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path} {token:?}");
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} {token:?}"
+            );
             let challenge = response.headers()["www-authenticate"].to_str().unwrap();
             assert!(challenge.starts_with("Bearer"), "{challenge}");
             assert_eq!(challenge.contains("invalid_token"), token.is_some());
@@ -178,7 +182,12 @@ async fn jwts_name_the_identity_and_expired_ones_are_refused() {
     let carol = sign_jwt(secret, "carol", now_secs() + 600).unwrap();
     let dave = sign_jwt(secret, "dave", now_secs() + 600).unwrap();
     let expired = sign_jwt(secret, "carol", now_secs() - 3600).unwrap();
-    let forged = sign_jwt(b"some-other-secret-0123456789abcdef", "carol", now_secs() + 600).unwrap();
+    let forged = sign_jwt(
+        b"some-other-secret-0123456789abcdef",
+        "carol",
+        now_secs() + 600,
+    )
+    .unwrap();
 
     for bad in [&expired, &forged] {
         let (name, value) = bearer(bad);
@@ -241,7 +250,13 @@ async fn another_identitys_job_reads_as_unknown_and_is_not_watched() {
         let missing = expect_error(bob).await;
         // Exactly the answer to an unknown ID, so IDs cannot be probed.
         assert_eq!(refused.code, ErrorCode::NotFound);
-        assert_eq!(refused, ErrorMessage { id: Some(id), ..missing });
+        assert_eq!(
+            refused,
+            ErrorMessage {
+                id: Some(id),
+                ..missing
+            }
+        );
     }
     // Only alice's instance watches the job, once: bob's resumes registered nothing in Redis.
     let mut redis = env.redis().await;
@@ -258,7 +273,10 @@ async fn another_identitys_job_reads_as_unknown_and_is_not_watched() {
     assert_eq!(stranger.0, StatusCode::NOT_FOUND);
     assert_eq!(stranger, missing);
     let (status, body) = get(&b, &format!("/factorial/result?id={id}"), Some(ALICE)).await;
-    assert_eq!((status, body.contains("processing")), (StatusCode::OK, true));
+    assert_eq!(
+        (status, body.contains("processing")),
+        (StatusCode::OK, true)
+    );
 
     // The job finishes: alice hears of it, bob's sockets hear nothing, and a finished job stays hidden.
     let _worker = env.spawn_worker(1).await;
@@ -322,7 +340,10 @@ async fn pages_from_other_origins_are_refused() {
     // Default: only pages of the host the request went to.
     let own = format!("http://{}", server.addr);
     assert!(try_connect(&url, &[("Origin", &own)]).await.is_ok());
-    assert!(try_connect(&url, &[]).await.is_ok(), "no Origin: not a browser");
+    assert!(
+        try_connect(&url, &[]).await.is_ok(),
+        "no Origin: not a browser"
+    );
     for evil in [
         "http://evil.example",
         "http://127.0.0.1:1",
@@ -426,7 +447,9 @@ async fn a_flood_of_submits_gets_busy_then_429_per_client() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = get(&open, "/factorial?no=5", None).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    client.send_json(serde_json::json!({"type":"submit","n":5})).await;
+    client
+        .send_json(serde_json::json!({"type":"submit","n":5}))
+        .await;
     assert_eq!(expect_error(&mut client).await.code, ErrorCode::Busy);
 }
 
@@ -559,7 +582,7 @@ async fn passwords_and_tokens_stay_out_of_logs_errors_and_help() {
     let secrets = [
         ("HERALD_AUTH_TOKENS", tokens.as_str()),
         ("HERALD_JWT_SECRET", JWT_SECRET),
-        ("RUST_LOG", "debug"),
+        ("RUST_LOG", "trace"),
     ];
     let mut args = env.backend_flags(AMQP_URL, REDIS_URL);
     args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
@@ -571,7 +594,10 @@ async fn passwords_and_tokens_stay_out_of_logs_errors_and_help() {
         let offered = format!("herald, bearer.{token}");
         for (url, headers) in [
             (format!("{url}?token={token}"), vec![]),
-            (url.clone(), vec![("Sec-WebSocket-Protocol", offered.as_str())]),
+            (
+                url.clone(),
+                vec![("Sec-WebSocket-Protocol", offered.as_str())],
+            ),
             (url.clone(), vec![(name, value.as_str())]),
         ] {
             let (mut client, _) = try_connect(&url, &headers).await.unwrap();
@@ -591,7 +617,10 @@ async fn passwords_and_tokens_stay_out_of_logs_errors_and_help() {
     server.terminate();
     server.wait().await;
     let log = server.log_text();
-    assert!(log.contains("request"), "requests are logged at debug:\n{log}");
+    assert!(
+        log.contains("request"),
+        "requests are logged at debug:\n{log}"
+    );
     for secret in [ALICE, JWT_SECRET, &jwt, "guest:guest"] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }

@@ -377,6 +377,24 @@ impl Client {
         }
     }
 
+    /// The outputs of done results for all of `ids`, in whatever order they come (a worker with
+    /// prefetch finishes jobs out of order).
+    pub async fn outputs_of(&mut self, ids: &[JobId]) -> std::collections::HashMap<JobId, String> {
+        let mut outputs = std::collections::HashMap::new();
+        while outputs.len() < ids.len() {
+            match self.recv().await {
+                ServerMessage::Result(result) if ids.contains(&result.id) => match result.outcome {
+                    Outcome::Done { output, .. } => {
+                        assert!(outputs.insert(result.id, output.to_string()).is_none());
+                    }
+                    other => panic!("expected done, got {other:?}"),
+                },
+                other => panic!("expected a result of {ids:?}, got {other:?}"),
+            }
+        }
+        outputs
+    }
+
     /// Proves that nothing else is waiting on this socket: sends a resume of an unknown ID and checks
     /// that its `not_found` is the very next message.
     pub async fn expect_nothing_pending(&mut self) {
@@ -682,7 +700,10 @@ impl TestEnv {
 
 /// Opens a WebSocket to `url` with extra request headers. On success: the client and the value of the
 /// `Sec-WebSocket-Protocol` the server chose; on a refused upgrade: its HTTP status.
-pub async fn try_connect(url: &str, headers: &[(&str, &str)]) -> Result<(Client, Option<String>), u16> {
+pub async fn try_connect(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Client, Option<String>), u16> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
     let mut request = url.into_client_request().expect("a valid ws:// URL");
@@ -700,7 +721,9 @@ pub async fn try_connect(url: &str, headers: &[(&str, &str)]) -> Result<(Client,
                 .map(|v| v.to_str().unwrap().to_owned());
             Ok((Client::from_stream(ws), protocol))
         }
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
         Err(e) => panic!("the handshake failed without an HTTP answer: {e}"),
     }
 }
@@ -727,10 +750,11 @@ impl Process {
     pub async fn server_addr(&self) -> String {
         let mut addr = None;
         eventually("the server to log its address", || {
-            addr = self
-                .log_text()
-                .lines()
-                .find_map(|l| l.split("listening on http://").nth(1).map(|a| a.trim().to_owned()));
+            addr = self.log_text().lines().find_map(|l| {
+                l.split("listening on http://")
+                    .nth(1)
+                    .map(|a| a.trim().to_owned())
+            });
             std::future::ready(addr.is_some())
         })
         .await;

@@ -52,9 +52,8 @@ async fn a_full_queue_answers_busy_and_stores_nothing() {
 
     // Once a worker drains the queue, submits are taken again.
     let _worker = env.spawn_worker(1).await;
-    for id in accepted {
-        assert_eq!(client.output_of(id).await, "120");
-    }
+    let outputs = client.outputs_of(&accepted).await;
+    assert!(outputs.values().all(|o| o == "120"));
     let id = client.submit(9).await;
     assert_eq!(client.output_of(id).await, "362880");
 }
@@ -84,9 +83,7 @@ async fn one_socket_may_hold_only_so_many_jobs_in_flight() {
     other.submit(4).await;
 
     let _worker = env.spawn_worker(1).await;
-    for id in ids {
-        client.output_of(id).await;
-    }
+    client.outputs_of(&ids).await;
     let id = client.submit(4).await;
     assert_eq!(client.output_of(id).await, "24");
 }

@@ -342,7 +342,10 @@ mod tests {
         assert_eq!(bearer_header(&headers), None);
         let uri: Uri = "/ws?a=1&token=ghi".parse().unwrap();
         assert_eq!(query_token(&uri).as_deref(), Some("ghi"));
-        assert_eq!(query_token(&"/ws?token=a%2Eb".parse().unwrap()).as_deref(), Some("a.b"));
+        assert_eq!(
+            query_token(&"/ws?token=a%2Eb".parse().unwrap()).as_deref(),
+            Some("a.b")
+        );
         assert_eq!(query_token(&"/ws?tokens=x".parse().unwrap()), None);
     }
 

@@ -63,9 +63,9 @@ pub struct Settings {
     /// Bytes queued for one socket that does not read; past this it is closed (its jobs stay resumable).
     #[arg(long, env = "HERALD_SOCKET_BUFFER_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub socket_buffer_bytes: usize,
-    /// Static bearer tokens, comma-separated `identity:token` pairs (tokens: at least 16 of A-Z a-z 0-9 . _ ~ -).
-    /// Turns authentication on. Prefer the environment or --auth-tokens-file: other users of the machine
-    /// can read a command line.
+    /// Static bearer tokens, comma-separated `identity:token` pairs (a token: at least 16 of
+    /// A-Z a-z 0-9 . _ ~ -). Turns authentication on. Prefer the environment or --auth-tokens-file:
+    /// other users of the machine can read a command line.
     #[arg(long, env = "HERALD_AUTH_TOKENS", hide_env_values = true)]
     pub auth_tokens: Option<Secret>,
     /// File of static bearer tokens: one `identity:token` per line; blank lines and `#` comments are
@@ -76,7 +76,7 @@ pub struct Settings {
     /// is required and checked. Turns authentication on.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
-    /// Origins (`scheme://host[:port]`, comma-separated) whose pages may open a WebSocket; default: only
+    /// Origins (`http(s)://host[:port]`, comma-separated) whose pages may open a WebSocket; default: only
     /// pages of the host the request was sent to. Requests without an Origin header are not browsers and
     /// pass.
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]

@@ -83,9 +83,11 @@ fn factorial_decimal(c: &mut Criterion) {
                 b.iter(|| plain_loop(black_box(n)))
             });
         }
-        group.bench_with_input(BenchmarkId::new("num-bigint product tree", n), &n, |b, &n| {
-            b.iter(|| product_tree(black_box(n)))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("num-bigint product tree", n),
+            &n,
+            |b, &n| b.iter(|| product_tree(black_box(n))),
+        );
         #[cfg(feature = "malachite")]
         group.bench_with_input(BenchmarkId::new("malachite", n), &n, |b, &n| {
             b.iter(|| malachite(black_box(n)))

@@ -95,11 +95,12 @@ impl Cache {
             return None;
         }
         let key = result_key(store, n);
-        let found: Result<Option<String>, StoreError> = store
-            .run(|mut conn| async move {
-                Ok(redis::cmd("GET").arg(&key).query_async(&mut conn).await?)
-            })
-            .await;
+        let found: Result<Option<String>, StoreError> =
+            store
+                .run(|mut conn| async move {
+                    Ok(redis::cmd("GET").arg(&key).query_async(&mut conn).await?)
+                })
+                .await;
         let output = found.ok().flatten()?;
         // A damaged entry is ignored rather than served.
         (!output.is_empty() && output.bytes().all(|b| b.is_ascii_digit())).then(|| {

@@ -1946,7 +1946,8 @@ mod tests {
     fn malachite_backend_matches_the_builtin() {
         for n in [0, 1, 2, 20, 25, 1000, 5000, 30000, 100_000] {
             let builtin = factorial_decimal_builtin(n, &mut |_| true).expect("never interrupted");
-            let malachite = factorial_decimal_malachite(n, &mut |_| true).expect("never interrupted");
+            let malachite =
+                factorial_decimal_malachite(n, &mut |_| true).expect("never interrupted");
             assert_eq!(malachite, builtin, "n = {n}");
         }
     }

@@ -230,10 +230,9 @@ impl JobContext {
         .await;
         match computed {
             Ok((Ok(output), _)) => Computed::Done(Arc::from(output)),
-            Ok((Err(_), true)) => Computed::Failed(format!(
-                "time limit exceeded ({} s)",
-                time_limit.as_secs()
-            )),
+            Ok((Err(_), true)) => {
+                Computed::Failed(format!("time limit exceeded ({} s)", time_limit.as_secs()))
+            }
             Ok((Err(_), false)) => Computed::Stopped,
             Err(panic) => {
                 error!(error = %panic, "computation panicked");
@@ -266,4 +265,3 @@ impl JobContext {
         })
     }
 }
-
