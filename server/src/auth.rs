@@ -243,13 +243,9 @@ fn kind_name(error: &jsonwebtoken::errors::Error) -> &'static str {
     }
 }
 
-/// Equality whose running time depends only on the lengths.
+/// Equality whose running time does not depend on where the inputs differ (only on their lengths).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// The token of `Authorization: Bearer <token>`, if there is one.

@@ -90,11 +90,11 @@ async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    // tungstenite's default 128 KiB read buffer is zero-filled on the first read: at 8 KiB an idle
+    // tungstenite's default 128 KiB read buffer is zero-filled on the first read: at 4 KiB an idle
     // socket costs a fraction of that, and frames above it are still read, in more steps.
     let ws = ws
         .protocols([auth::WS_PROTOCOL])
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES);
     match state.limits.open_socket(caller.key.clone()) {

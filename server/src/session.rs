@@ -30,6 +30,9 @@ use crate::limits::{retry_after_ms, SocketSlot};
 use crate::AppState;
 
 /// Events that reach a session besides its client's frames.
+///
+/// Kept small (large payloads boxed): every session's event queue allocates its first block of slots
+/// up front, and that is memory an idle socket pays for.
 pub enum SessionEvent {
     /// A watched job finished (from the hub).
     Finished(JobId, Arc<JobRecord>),
@@ -38,12 +41,12 @@ pub enum SessionEvent {
         id: JobId,
         n: u64,
         tag: Option<String>,
-        outcome: Result<(), ErrorMessage>,
+        outcome: Result<(), Box<ErrorMessage>>,
     },
     /// The answer to a resume: the record, `None` when there is none, or why it could not be read.
     Resumed {
         id: JobId,
-        outcome: Result<Option<JobRecord>, ErrorMessage>,
+        outcome: Box<Result<Option<JobRecord>, ErrorMessage>>,
     },
 }
 
@@ -224,7 +227,7 @@ impl Session {
             let outcome = jobs
                 .submit(id, n, true, owner.as_deref())
                 .await
-                .map_err(|r| r.to_error());
+                .map_err(|r| Box::new(r.to_error()));
             let registered = outcome.is_ok();
             let event = SessionEvent::Submitted {
                 id,
@@ -264,7 +267,10 @@ impl Session {
                 });
             let registered = matches!(&outcome, Ok(Some(r)) if !r.status.is_final());
             if events
-                .send(SessionEvent::Resumed { id, outcome })
+                .send(SessionEvent::Resumed {
+                    id,
+                    outcome: Box::new(outcome),
+                })
                 .await
                 .is_err()
                 && registered
@@ -302,6 +308,7 @@ impl Session {
                 }
             },
             SessionEvent::Resumed { id, outcome } => {
+                let outcome = *outcome;
                 let Some(watch) = self.watches.get_mut(&id) else {
                     // The result was pushed while the resume read was in flight: already answered.
                     return;
