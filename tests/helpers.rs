@@ -470,17 +470,7 @@ pub struct Process {
 impl Process {
     /// Starts binary `name` with `args`.
     pub fn start(name: &str, args: &[String]) -> Self {
-        let (file, log) = log_file(name);
-        let child = tokio::process::Command::new(binary(name))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("process starts");
-        Self { child, log }
+        Self::start_with_env(name, args, &[])
     }
 
     /// Sends SIGKILL and reaps the process.

@@ -5,7 +5,7 @@ use herald_protocol::Outcome;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{eventually, Client, Process, TestEnv, AMQP_URL, REDIS_URL};
+use crate::helpers::{Client, Process, TestEnv, AMQP_URL, REDIS_URL};
 
 const LONG_N: u64 = 1_000_000;
 
@@ -15,16 +15,7 @@ async fn sigterm_to_the_server_closes_every_socket_with_1001_and_exits() {
     let mut args = env.backend_flags(AMQP_URL, REDIS_URL);
     args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
     let mut server = Process::start("herald-server", &args);
-    let mut addr = None;
-    eventually("the server to log its address", || {
-        addr = server
-            .log_text()
-            .lines()
-            .find_map(|l| l.split("listening on http://").nth(1).map(str::to_owned));
-        std::future::ready(addr.is_some())
-    })
-    .await;
-    let url = format!("ws://{}/ws", addr.unwrap().trim());
+    let url = format!("ws://{}/ws", server.server_addr().await);
     let mut clients = vec![Client::connect(&url).await, Client::connect(&url).await];
     for client in &mut clients {
         client.expect_nothing_pending().await;
