@@ -430,7 +430,7 @@ where
 
 /// Builds the workspace's binaries once per test run (same profile as the tests), so that tests can run
 /// real processes and kill them.
-fn binary(name: &str) -> std::path::PathBuf {
+pub(crate) fn binary(name: &str) -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod auth;
+mod compose;
 mod errors;
 mod faults;
 mod flow;

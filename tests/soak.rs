@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{Proxy, TestEnv, PATIENCE};
 
-const JOBS: usize = 4000;
+const JOBS: usize = 10_000;
 const CLIENTS: usize = 8;
 const WINDOW: usize = 16;
 const MAX_N: u64 = 3000;
@@ -257,7 +257,7 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
                 joined.unwrap().expect("a client found a fault");
                 continue;
             }
-            _ = tokio::time::sleep(Duration::from_millis(300 + rng.below(500))) => {}
+            _ = tokio::time::sleep(Duration::from_millis(150 + rng.below(300))) => {}
         }
         if budget.load(Ordering::Relaxed) == 0 {
             continue; // no more chaos while the last results drain
