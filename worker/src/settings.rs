@@ -6,7 +6,9 @@ use clap::{Args, Parser};
 
 /// Where RabbitMQ and Redis are, and the names Herald uses in them. Server and worker must agree on all of
 /// these, so both binaries take the same flags.
-#[derive(Debug, Clone, Args)]
+///
+/// `Debug` is written by hand: the URLs can hold passwords, and it shows them redacted.
+#[derive(Clone, Args)]
 pub struct BackendArgs {
     /// RabbitMQ URL (amqp://user:password@host:port/vhost).
     #[arg(
@@ -40,6 +42,31 @@ pub struct BackendArgs {
     /// it are answered `busy`.
     #[arg(long, env = "HERALD_MAX_QUEUE_LENGTH", default_value_t = 100_000)]
     pub max_queue_length: u32,
+}
+
+impl std::fmt::Debug for BackendArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendArgs")
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("queue", &self.queue)
+            .field("reply_exchange", &self.reply_exchange)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("max_n", &self.max_n)
+            .field("max_queue_length", &self.max_queue_length)
+            .finish()
+    }
+}
+
+/// `amqp://user:password@host/…` as `amqp://***@host/…`: the part before the last `@` can hold a
+/// password, and a password may itself hold any character, so all of it goes.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// A setting that cannot work; the binaries refuse to start with it.
@@ -169,5 +196,37 @@ impl Settings {
         self.concurrency
             .or_else(|| std::thread::available_parallelism().ok())
             .map_or(1, NonZeroUsize::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("amqp://guest:p@ss@host:5672/%2f"),
+            "amqp://***@host:5672/%2f"
+        );
+        assert_eq!(redact_url("redis://:pw@h:6379"), "redis://***@h:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn debug_output_keeps_passwords_out() {
+        let settings = Settings::parse_from([
+            "herald-worker",
+            "--amqp-url",
+            "amqp://herald:s3cret-amqp@broker:5672/%2f",
+            "--redis-url",
+            "redis://:s3cret-redis@cache:6379",
+        ]);
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("amqp://***@broker:5672/%2f"), "{shown}");
     }
 }
