@@ -6,21 +6,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::TestEnv;
 
-/// Expects an `error` with `code`, and returns it.
-async fn expect_error(
-    client: &mut crate::helpers::Client,
-    code: ErrorCode,
-) -> herald_protocol::ErrorMessage {
-    match client.recv().await {
-        ServerMessage::Error(error) => {
-            assert_eq!(error.code, code, "{error:?}");
-            assert!(!error.message.is_empty());
-            error
-        }
-        other => panic!("expected an error {code:?}, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn every_bad_input_gets_its_error_and_the_socket_stays_usable() {
     let env = TestEnv::new();
@@ -48,32 +33,32 @@ async fn every_bad_input_gets_its_error_and_the_socket_stays_usable() {
     ];
     for frame in bad_requests {
         client.send_text(frame).await;
-        expect_error(&mut client, ErrorCode::BadRequest).await;
+        client.expect_error(ErrorCode::BadRequest).await;
     }
 
     client
         .send_json(serde_json::json!({"type":"submit","n":-1,"ref":"neg"}))
         .await;
-    let error = expect_error(&mut client, ErrorCode::BadRequest).await;
+    let error = client.expect_error(ErrorCode::BadRequest).await;
     assert_eq!(error.tag.as_deref(), Some("neg"), "ref echoed in errors");
 
     client
         .send_json(serde_json::json!({"type":"submit","n":5001,"ref":"big"}))
         .await;
-    let error = expect_error(&mut client, ErrorCode::TooLarge).await;
+    let error = client.expect_error(ErrorCode::TooLarge).await;
     assert_eq!(error.tag.as_deref(), Some("big"));
     client.send_text("99999999999999999999999999").await;
-    expect_error(&mut client, ErrorCode::TooLarge).await;
+    client.expect_error(ErrorCode::TooLarge).await;
 
     let unknown = uuid::Uuid::new_v4();
     client.resume(unknown).await;
-    let error = expect_error(&mut client, ErrorCode::NotFound).await;
+    let error = client.expect_error(ErrorCode::NotFound).await;
     assert_eq!(error.id, Some(unknown));
 
     client
         .send_message(Message::Binary(vec![1, 2, 3].into()))
         .await;
-    expect_error(&mut client, ErrorCode::BadRequest).await;
+    client.expect_error(ErrorCode::BadRequest).await;
 
     // After all of that, the same socket still works end to end.
     let id = client.submit(6).await;

@@ -18,14 +18,8 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_worker() {
     doomed.kill().await;
 
     let _survivor = env.start_worker_process(&["--concurrency", "1"]);
-    match client.result_of(id).await {
-        Outcome::Done { digits, .. } => assert_eq!(digits, 5_565_709),
-        other => panic!("expected done, got {other:?}"),
-    }
-    assert_eq!(
-        env.record_field(&id, "attempts").await.as_deref(),
-        Some("2")
-    );
+    assert_eq!(client.digits_of(id).await, 5_565_709);
+    assert_eq!(env.attempts(&id).await, 2);
     client.expect_nothing_pending().await;
 }
 
@@ -110,10 +104,7 @@ async fn heartbeats_and_acks_keep_working_while_workers_compute() {
         }
     }
     for id in [first, second] {
-        assert_eq!(
-            env.record_field(&id, "attempts").await.as_deref(),
-            Some("1")
-        );
+        assert_eq!(env.attempts(&id).await, 1);
     }
 }
 
@@ -185,10 +176,7 @@ async fn a_result_stored_twice_or_published_twice_reaches_each_socket_once() {
         declared.message_count() == 0
     })
     .await;
-    assert_eq!(
-        env.record_field(&id, "attempts").await.as_deref(),
-        Some("0")
-    );
+    assert_eq!(env.attempts(&id).await, 0);
     client.expect_nothing_pending().await;
 }
 
@@ -207,27 +195,15 @@ async fn the_server_rides_out_a_rabbitmq_outage() {
     let id = client.submit(LONG_N).await;
     env.until_field(&id, "status", "running").await;
     proxy.cut();
-    eventually("readyz to say not ready", || async {
-        server.readyz().await == 503
-    })
-    .await;
+    server.until_readyz(503).await;
     client.send_text("5").await;
-    match client.recv().await {
-        ServerMessage::Error(e) => assert_eq!(e.code, ErrorCode::Unavailable),
-        other => panic!("expected unavailable, got {other:?}"),
-    }
+    client.expect_error(ErrorCode::Unavailable).await;
     env.until_field(&id, "status", "done").await;
 
     proxy.restore();
     // After reconnecting, the server re-reads the jobs its sockets wait for.
-    match client.result_of(id).await {
-        Outcome::Done { digits, .. } => assert_eq!(digits, 5_565_709),
-        other => panic!("expected done, got {other:?}"),
-    }
-    eventually("readyz to say ready", || async {
-        server.readyz().await == 200
-    })
-    .await;
+    assert_eq!(client.digits_of(id).await, 5_565_709);
+    server.until_readyz(200).await;
     let id = client.submit(6).await;
     assert_eq!(client.output_of(id).await, "720");
 }
@@ -243,15 +219,9 @@ async fn the_server_rides_out_a_redis_outage() {
     let mut client = server.client().await;
 
     proxy.cut();
-    eventually("readyz to say not ready", || async {
-        server.readyz().await == 503
-    })
-    .await;
+    server.until_readyz(503).await;
     client.send_text("5").await;
-    match client.recv().await {
-        ServerMessage::Error(e) => assert_eq!(e.code, ErrorCode::Unavailable),
-        other => panic!("expected unavailable, got {other:?}"),
-    }
+    client.expect_error(ErrorCode::Unavailable).await;
     let status = reqwest::get(server.http_url("/factorial?no=5"))
         .await
         .unwrap()
@@ -259,10 +229,7 @@ async fn the_server_rides_out_a_redis_outage() {
     assert_eq!(status, 503);
 
     proxy.restore();
-    eventually("readyz to say ready", || async {
-        server.readyz().await == 200
-    })
-    .await;
+    server.until_readyz(200).await;
     let id = client.submit(7).await;
     assert_eq!(client.output_of(id).await, "5040");
 }
@@ -293,8 +260,5 @@ async fn a_worker_rides_out_rabbitmq_and_redis_outages() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     redis.restore();
     assert_eq!(client.output_of(id).await, "39916800");
-    assert_eq!(
-        env.record_field(&id, "attempts").await.as_deref(),
-        Some("1")
-    );
+    assert_eq!(env.attempts(&id).await, 1);
 }

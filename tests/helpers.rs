@@ -395,6 +395,29 @@ impl Client {
         outputs
     }
 
+    /// Expects the next message to be an `error` with `code` and a message, and returns it.
+    pub async fn expect_error(
+        &mut self,
+        code: herald_protocol::ErrorCode,
+    ) -> herald_protocol::ErrorMessage {
+        match self.recv().await {
+            ServerMessage::Error(error) => {
+                assert_eq!(error.code, code, "{error:?}");
+                assert!(!error.message.is_empty());
+                error
+            }
+            other => panic!("expected an error {code:?}, got {other:?}"),
+        }
+    }
+
+    /// Expects the next message to be a done result of `id`, and returns its digit count.
+    pub async fn digits_of(&mut self, id: JobId) -> u64 {
+        match self.result_of(id).await {
+            Outcome::Done { digits, .. } => digits,
+            other => panic!("expected done, got {other:?}"),
+        }
+    }
+
     /// Proves that nothing else is waiting on this socket: sends a resume of an unknown ID and checks
     /// that its `not_found` is the very next message.
     pub async fn expect_nothing_pending(&mut self) {
@@ -609,6 +632,15 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// How many times workers started a job, from its record.
+    pub async fn attempts(&self, id: &uuid::Uuid) -> u32 {
+        self.record_field(id, "attempts")
+            .await
+            .expect("the record counts attempts")
+            .parse()
+            .expect("attempts is a number")
+    }
+
     /// Waits until a job's record has `field` = `value`.
     pub async fn until_field(&self, id: &uuid::Uuid, field: &str, value: &str) {
         eventually(&format!("{field} = {value}"), || async {
@@ -664,6 +696,14 @@ impl TestEnv {
 }
 
 impl TestServer {
+    /// Waits until `GET /readyz` answers `status`.
+    pub async fn until_readyz(&self, status: u16) {
+        eventually(&format!("readyz to answer {status}"), || async {
+            self.readyz().await == status
+        })
+        .await;
+    }
+
     /// The status code of `GET /readyz`.
     pub async fn readyz(&self) -> u16 {
         reqwest::get(self.http_url("/readyz"))

@@ -1,7 +1,6 @@
 //! Graceful shutdown of real processes: SIGTERM to a server closes its sockets with 1001; SIGTERM to a
 //! worker finishes or returns its running jobs. No job is lost either way.
 
-use herald_protocol::Outcome;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -44,15 +43,9 @@ async fn sigterm_to_a_worker_lets_its_running_job_finish() {
     let id = client.submit(LONG_N).await;
     env.until_field(&id, "status", "running").await;
     worker.terminate();
-    match client.result_of(id).await {
-        Outcome::Done { digits, .. } => assert_eq!(digits, 5_565_709),
-        other => panic!("expected done, got {other:?}"),
-    }
+    assert_eq!(client.digits_of(id).await, 5_565_709);
     assert!(worker.wait().await.success(), "{}", worker.log_text());
-    assert_eq!(
-        env.record_field(&id, "attempts").await.as_deref(),
-        Some("1")
-    );
+    assert_eq!(env.attempts(&id).await, 1);
 }
 
 #[tokio::test]
@@ -71,12 +64,6 @@ async fn sigterm_past_the_grace_period_returns_the_job_to_the_queue() {
         .contains("returning unfinished jobs to the queue"));
 
     let _next = env.spawn_worker(1).await;
-    match client.result_of(id).await {
-        Outcome::Done { digits, .. } => assert_eq!(digits, 5_565_709),
-        other => panic!("expected done, got {other:?}"),
-    }
-    assert_eq!(
-        env.record_field(&id, "attempts").await.as_deref(),
-        Some("2")
-    );
+    assert_eq!(client.digits_of(id).await, 5_565_709);
+    assert_eq!(env.attempts(&id).await, 2);
 }
