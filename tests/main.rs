@@ -13,3 +13,4 @@ mod instances;
 mod overload;
 mod shutdown;
 mod soak;
+mod websocat;

@@ -1,0 +1,234 @@
+//! The terminal session of docs/terminal.md, driven through the real `websocat` binary: numbers typed as
+//! lines, JSON lines back, a bad line that leaves the session usable, and a resume by ID after a
+//! reconnect.
+//!
+//! websocat is not a Rust dependency but a separate tool (scripts/install-websocat.sh builds it). A
+//! machine without it fails this test instead of skipping it, so a green run always means the documented
+//! session really works.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+use crate::helpers::{TestEnv, PATIENCE};
+
+/// The websocat binary: on PATH, or where `cargo install` puts it (often not on PATH in CI shells).
+fn websocat_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    on_path
+        .into_iter()
+        .chain(cargo_home.map(|home| home.join("bin")))
+        .map(|dir| dir.join("websocat"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "websocat is not installed (not on PATH, not in ~/.cargo/bin): \
+                 run scripts/install-websocat.sh, which scripts/test.sh also runs"
+            )
+        })
+}
+
+/// One `websocat ws://…` process, as a user runs it in a terminal: we type into its stdin and read its
+/// stdout line by line. Killed when dropped.
+struct Websocat {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    log: PathBuf,
+}
+
+impl Websocat {
+    fn connect(url: &str) -> Self {
+        let dir = std::env::temp_dir().join("herald-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("websocat-{}.log", uuid::Uuid::new_v4().simple()));
+        let mut child = tokio::process::Command::new(websocat_binary())
+            // The command of docs/terminal.md. Line mode (a line typed is one message, a message
+            // received is one line) is websocat's default between stdio and a WebSocket.
+            // `--text`: lines go out as text frames, as the protocol wants (binary frames get
+            // bad_request); 1.x sends text already, but the session should not hang on a default.
+            // `-B 8000000`: websocat's buffer (64 KiB by default) is also its largest message, and it
+            // splits a longer one into several lines, so results above about n = 17,000 would not
+            // parse; 8 MB holds the largest result (n = 1,000,000: 5,565,709 digits).
+            // No `--no-close` or `-E`: at the end of input (Ctrl-D; stdin closed here) websocat should
+            // send Close and exit, as a user expects and as the reconnect below relies on.
+            .args(["--text", "-B", "8000000"])
+            .arg(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("websocat starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            stdout,
+            log,
+        }
+    }
+
+    /// Types `lines`, Enter after each, in one write (as a paste would).
+    async fn type_lines(&mut self, lines: &[&str]) {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(text.as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// The next JSON line on the screen, skipping `progress` lines (which only long jobs get, and
+    /// whose number depends on the machine's speed).
+    async fn read_json(&mut self) -> Value {
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.stdout.next_line())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no line from websocat; its log: {}", self.log.display())
+                })
+                .expect("reading websocat's stdout")
+                .unwrap_or_else(|| {
+                    panic!(
+                        "websocat closed its stdout; its log: {}\n{}",
+                        self.log.display(),
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    )
+                });
+            let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                // A message split over several lines (see `-B`) is not JSON; its start is enough.
+                let start: String = line.chars().take(200).collect();
+                panic!("websocat printed a line that is not JSON ({e}): {start}…")
+            });
+            if value["type"] != "progress" {
+                return value;
+            }
+        }
+    }
+
+    /// Ends the input (Ctrl-D) and waits for websocat to close the socket and exit by itself.
+    async fn end_input(mut self) {
+        drop(self.stdin.take());
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("websocat did not exit at the end of its input"))
+            .unwrap();
+        assert!(
+            status.success(),
+            "websocat exited with {status}; its log: {}",
+            self.log.display()
+        );
+    }
+}
+
+/// The `id` of an `accepted` line for `n`.
+fn accepted_id(line: &Value, n: u64) -> String {
+    assert_eq!(line["type"], "accepted", "expected accepted, got {line}");
+    assert_eq!(line["n"], n, "{line}");
+    let id = line["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id: {line}"));
+    uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("id {id} is not a UUID ({e})"));
+    id.to_owned()
+}
+
+/// Checks a `result` line: done, for `id` and `n`, with `output`.
+fn assert_result(line: &Value, id: &str, n: u64, output: &str) {
+    assert_eq!(line["type"], "result", "expected result, got {line}");
+    assert_eq!(line["id"], id, "{line}");
+    assert_eq!(line["n"], n, "{line}");
+    assert_eq!(line["status"], "done", "{line}");
+    assert_eq!(line["output"], output, "{line}");
+    assert_eq!(line["digits"], output.len(), "{line}");
+    assert!(line["timings"]["total_ms"].is_u64(), "{line}");
+}
+
+#[tokio::test]
+async fn the_documented_websocat_session_works() {
+    let env = TestEnv::new();
+    let server = env.spawn_server().await;
+    let _worker = env.spawn_worker(2).await;
+    let url = server.ws_url();
+
+    let mut terminal = Websocat::connect(&url);
+
+    // One number: accepted at once with its ID, then the result.
+    terminal.type_lines(&["10"]).await;
+    let ten = accepted_id(&terminal.read_json().await, 10);
+    assert_result(&terminal.read_json().await, &ten, 10, "3628800");
+
+    // Several at once: each is accepted before its result; results may come in any order.
+    let expected = [(3u64, "6"), (4, "24"), (5, "120")];
+    terminal.type_lines(&["3", "4", "5"]).await;
+    let mut ids = std::collections::HashMap::new();
+    let mut done = std::collections::HashSet::new();
+    while done.len() < expected.len() {
+        let line = terminal.read_json().await;
+        let n = line["n"].as_u64().unwrap_or_else(|| panic!("no n: {line}"));
+        let (_, output) = expected
+            .iter()
+            .find(|(m, _)| *m == n)
+            .unwrap_or_else(|| panic!("a line about a job not typed: {line}"));
+        match line["type"].as_str() {
+            Some("accepted") => {
+                assert!(ids.insert(n, accepted_id(&line, n)).is_none(), "{line}");
+            }
+            Some("result") => {
+                let id = ids
+                    .get(&n)
+                    .unwrap_or_else(|| panic!("result before accepted: {line}"));
+                assert_result(&line, id, n, output);
+                assert!(done.insert(n), "a second result: {line}");
+            }
+            _ => panic!("expected accepted or result, got {line}"),
+        }
+    }
+
+    // A typo gets an error line, and the connection stays usable.
+    terminal.type_lines(&["hello"]).await;
+    let error = terminal.read_json().await;
+    assert_eq!(error["type"], "error", "expected error, got {error}");
+    assert_eq!(error["code"], "bad_request", "{error}");
+    assert!(error["message"].is_string(), "{error}");
+    terminal.type_lines(&["7"]).await;
+    let seven = accepted_id(&terminal.read_json().await, 7);
+    assert_result(&terminal.read_json().await, &seven, 7, "5040");
+
+    // A result longer than websocat's default buffer still arrives as one line.
+    terminal.type_lines(&["20000"]).await;
+    let big = accepted_id(&terminal.read_json().await, 20_000);
+    let line = terminal.read_json().await;
+    // Digit count from log10, independent of any big-integer code.
+    let digits = (1..=20_000u32).map(|k| f64::from(k).log10()).sum::<f64>() as usize + 1;
+    assert_eq!(
+        line["type"], "result",
+        "expected result, got {}",
+        line["type"]
+    );
+    assert_eq!(line["id"], big.as_str());
+    assert_eq!(line["digits"], digits);
+    let output = line["output"].as_str().expect("an output");
+    assert_eq!(output.len(), digits);
+    assert!(
+        output.starts_with("18192063202303451348"),
+        "20000! begins so"
+    );
+
+    // The user leaves (Ctrl-D), comes back with a new websocat, and resumes the first job by its ID.
+    terminal.end_input().await;
+    let mut terminal = Websocat::connect(&url);
+    terminal
+        .type_lines(&[&format!(r#"{{"type":"resume","id":"{ten}"}}"#)])
+        .await;
+    assert_result(&terminal.read_json().await, &ten, 10, "3628800");
+    terminal.end_input().await;
+}
