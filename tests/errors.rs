@@ -4,15 +4,14 @@ use herald_protocol::{ErrorCode, ServerMessage};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::helpers::Mode;
 use crate::helpers::TestEnv;
 
-#[tokio::test]
-async fn every_bad_input_gets_its_error_and_the_socket_stays_usable() {
-    let env = TestEnv::new();
+async fn every_bad_input_gets_its_error_and_the_socket_stays_usable(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
     let mut settings = env.server_settings();
     settings.backend.max_n = 5000;
-    let server = env.spawn_server_with(settings).await;
-    let _worker = env.spawn_worker(1).await;
+    let server = env.spawn_app_with(settings).await;
     let mut client = server.client().await;
 
     let bad_requests = [
@@ -65,9 +64,8 @@ async fn every_bad_input_gets_its_error_and_the_socket_stays_usable() {
     assert_eq!(client.output_of(id).await, "720");
 }
 
-#[tokio::test]
-async fn a_frame_over_64_kib_closes_with_1009() {
-    let env = TestEnv::new();
+async fn a_frame_over_64_kib_closes_with_1009(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
     let server = env.spawn_server().await;
     let mut client = server.client().await;
     // Just under the limit is read (and refused as a bad request), not a reason to close.
@@ -86,3 +84,8 @@ async fn a_frame_over_64_kib_closes_with_1009() {
     let mut again = server.client().await;
     again.expect_nothing_pending().await;
 }
+
+crate::both_modes!(
+    every_bad_input_gets_its_error_and_the_socket_stays_usable,
+    a_frame_over_64_kib_closes_with_1009,
+);

@@ -2,6 +2,7 @@
 //! Redis going away under a running server or worker. Nothing accepted is lost.
 
 use herald_protocol::{ErrorCode, Outcome, ServerMessage};
+use herald_worker::JobStore;
 
 use crate::helpers::{eventually, Proxy, TestEnv, AMQP_URL};
 
@@ -88,7 +89,7 @@ async fn heartbeats_and_acks_keep_working_while_workers_compute() {
     // A one-second heartbeat: a runtime thread blocked by computing would lose the connection, and the
     // job would be redelivered (a second attempt).
     let mut settings = env.worker_settings(2);
-    settings.backend.amqp_url = format!("{AMQP_URL}?heartbeat=1");
+    settings.backend.amqp_url = Some(format!("{AMQP_URL}?heartbeat=1"));
     let _worker = env.spawn_worker_with(settings).await;
     let mut client = server.client().await;
     let first = client.submit(LONG_N).await;
@@ -117,12 +118,12 @@ async fn a_result_stored_twice_or_published_twice_reaches_each_socket_once() {
 
     // A worker stored the result, then two completions went out (a worker presumed dead finished too).
     let store =
-        herald_worker::Store::new(crate::helpers::REDIS_URL, env.backend.keys(), 2).unwrap();
+        herald_worker::RedisStore::new(crate::helpers::REDIS_URL, env.backend.keys(), 2).unwrap();
     let mut record = store.get(&id).await.unwrap().unwrap();
     record.status = herald_protocol::JobStatus::Done;
     record.digits = Some(9);
     record.output = Some("479001600".into());
-    let herald_worker::store::Finish::Applied { watchers } =
+    let herald_worker::backend::Finish::Applied { watchers } =
         store.finish(&id, &record).await.unwrap()
     else {
         panic!("the result is stored once");
@@ -130,7 +131,7 @@ async fn a_result_stored_twice_or_published_twice_reaches_each_socket_once() {
     assert_eq!(watchers, vec![server.instance.clone()]);
     assert_eq!(
         store.finish(&id, &record).await.unwrap(),
-        herald_worker::store::Finish::AlreadyFinal,
+        herald_worker::backend::Finish::AlreadyFinal,
         "a second store of a final job changes nothing"
     );
     let completion = herald_protocol::Completion::new(id, record).encode();
@@ -185,7 +186,7 @@ async fn the_server_rides_out_a_rabbitmq_outage() {
     let env = TestEnv::new();
     let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let mut settings = env.server_settings();
-    settings.backend.amqp_url = proxy.amqp_url();
+    settings.backend.amqp_url = Some(proxy.amqp_url());
     let server = env.spawn_server_with(settings).await;
     let _worker = env.spawn_worker(1).await;
     let mut client = server.client().await;
@@ -213,7 +214,7 @@ async fn the_server_rides_out_a_redis_outage() {
     let env = TestEnv::new();
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let mut settings = env.server_settings();
-    settings.backend.redis_url = proxy.redis_url();
+    settings.backend.redis_url = Some(proxy.redis_url());
     let server = env.spawn_server_with(settings).await;
     let _worker = env.spawn_worker(1).await;
     let mut client = server.client().await;
@@ -241,8 +242,8 @@ async fn a_worker_rides_out_rabbitmq_and_redis_outages() {
     let redis = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let server = env.spawn_server().await;
     let mut settings = env.worker_settings(1);
-    settings.backend.amqp_url = amqp.amqp_url();
-    settings.backend.redis_url = redis.redis_url();
+    settings.backend.amqp_url = Some(amqp.amqp_url());
+    settings.backend.redis_url = Some(redis.redis_url());
     let _worker = env.spawn_worker_with(settings).await;
     let mut client = server.client().await;
     let id = client.submit(9).await;

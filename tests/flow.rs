@@ -3,6 +3,7 @@
 use herald_protocol::{Outcome, ServerMessage};
 use num_bigint::BigUint;
 
+use crate::helpers::Mode;
 use crate::helpers::TestEnv;
 
 /// n! by the plain definition, as the reference.
@@ -12,11 +13,9 @@ fn reference(n: u64) -> String {
         .to_string()
 }
 
-#[tokio::test]
-async fn small_factorials_are_exact() {
-    let env = TestEnv::new();
-    let server = env.spawn_server().await;
-    let _worker = env.spawn_worker(2).await;
+async fn small_factorials_are_exact(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
+    let server = env.spawn_app(2).await;
     let mut client = server.client().await;
     for n in [0, 1, 10, 20] {
         let id = client.submit(n).await;
@@ -25,14 +24,12 @@ async fn small_factorials_are_exact() {
     assert_eq!(reference(20), "2432902008176640000");
 }
 
-#[tokio::test]
-async fn large_factorial_matches_digit_count_and_residue() {
+async fn large_factorial_matches_digit_count_and_residue(mode: Mode) {
     const N: u64 = 30_000;
     // A prime far above N, so n! mod P is not trivially zero.
     const P: u64 = 1_000_000_007;
-    let env = TestEnv::new();
-    let server = env.spawn_server().await;
-    let _worker = env.spawn_worker(1).await;
+    let env = TestEnv::in_mode(mode);
+    let server = env.spawn_app(1).await;
     let mut client = server.client().await;
     let id = client.submit(N).await;
     let output = client.output_of(id).await;
@@ -48,11 +45,9 @@ async fn large_factorial_matches_digit_count_and_residue() {
     assert!(!output.starts_with('0'));
 }
 
-#[tokio::test]
-async fn websocat_style_bare_numbers_are_submits() {
-    let env = TestEnv::new();
-    let server = env.spawn_server().await;
-    let _worker = env.spawn_worker(1).await;
+async fn websocat_style_bare_numbers_are_submits(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
+    let server = env.spawn_app(1).await;
     let mut client = server.client().await;
     client.send_text("5").await;
     let id = match client.recv().await {
@@ -72,11 +67,9 @@ async fn websocat_style_bare_numbers_are_submits() {
     assert_eq!(client.output_of(id).await, "479001600");
 }
 
-#[tokio::test]
-async fn ref_is_echoed_and_results_carry_timings() {
-    let env = TestEnv::new();
-    let server = env.spawn_server().await;
-    let _worker = env.spawn_worker(1).await;
+async fn ref_is_echoed_and_results_carry_timings(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
+    let server = env.spawn_app(1).await;
     let mut client = server.client().await;
     client
         .send_json(serde_json::json!({"type":"submit","n":7,"ref":"row-1"}))
@@ -97,11 +90,9 @@ async fn ref_is_echoed_and_results_carry_timings() {
     }
 }
 
-#[tokio::test]
-async fn many_jobs_on_one_socket_each_get_one_result() {
-    let env = TestEnv::new();
-    let server = env.spawn_server().await;
-    let _worker = env.spawn_worker(2).await;
+async fn many_jobs_on_one_socket_each_get_one_result(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
+    let server = env.spawn_app(2).await;
     let mut client = server.client().await;
     let count = 40u64;
     for n in 0..count {
@@ -133,14 +124,12 @@ async fn many_jobs_on_one_socket_each_get_one_result() {
     client.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn stopping_the_server_sends_every_socket_a_close_frame() {
+async fn stopping_the_server_sends_every_socket_a_close_frame(mode: Mode) {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::Message;
 
-    let env = TestEnv::new();
-    let server = env.spawn_server().await;
-    let worker = env.spawn_worker(1).await;
+    let env = TestEnv::in_mode(mode);
+    let server = env.spawn_app(1).await;
     let mut first = server.client().await;
     let mut second = server.client().await;
     let id = first.submit(3).await;
@@ -157,7 +146,6 @@ async fn stopping_the_server_sends_every_socket_a_close_frame() {
             other => panic!("expected close 1001, got {other:?}"),
         }
     }
-    worker.stop().await;
 }
 
 #[tokio::test]
@@ -213,3 +201,12 @@ async fn identical_inputs_are_computed_once_and_each_job_gets_its_own_result() {
     assert_eq!(client.output_of(id).await, *same[0]);
     assert_eq!(worker.stats.computations.load(Ordering::Relaxed), 2);
 }
+
+crate::both_modes!(
+    small_factorials_are_exact,
+    large_factorial_matches_digit_count_and_residue,
+    websocat_style_bare_numbers_are_submits,
+    ref_is_echoed_and_results_carry_timings,
+    many_jobs_on_one_socket_each_get_one_result,
+    stopping_the_server_sends_every_socket_a_close_frame,
+);

@@ -39,22 +39,60 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// What a test runs Herald on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Servers and workers around the real RabbitMQ and Redis.
+    Distributed,
+    /// One server with its in-process queue, store and workers.
+    Embedded,
+}
+
+/// Runs a test function (`async fn name(mode: Mode)`) once per mode, as `name::distributed` and
+/// `name::embedded`: the same test, two backends, so the modes cannot drift apart.
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn distributed() {
+                    super::$name($crate::helpers::Mode::Distributed).await
+                }
+
+                #[tokio::test]
+                async fn embedded() {
+                    super::$name($crate::helpers::Mode::Embedded).await
+                }
+            }
+        )*
+    };
+}
+
 /// One isolated set of RabbitMQ and Redis names.
 pub struct TestEnv {
     /// The backend settings every app of this environment uses.
     pub backend: BackendArgs,
+    /// Distributed or embedded.
+    pub mode: Mode,
 }
 
 impl TestEnv {
     /// Fresh names: `herald-test.<random>` in RabbitMQ, `herald-test:<random>:` in Redis.
     pub fn new() -> Self {
+        Self::in_mode(Mode::Distributed)
+    }
+
+    /// A fresh environment in `mode`.
+    pub fn in_mode(mode: Mode) -> Self {
         init_logs();
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let tag = &tag[..12];
         Self {
+            mode,
             backend: BackendArgs {
-                amqp_url: AMQP_URL.into(),
-                redis_url: REDIS_URL.into(),
+                amqp_url: Some(AMQP_URL.into()),
+                redis_url: Some(REDIS_URL.into()),
                 queue: format!("herald-test.{tag}.jobs"),
                 reply_exchange: format!("herald-test.{tag}.replies"),
                 redis_prefix: format!("herald-test:{tag}:"),
@@ -64,10 +102,19 @@ impl TestEnv {
         }
     }
 
-    /// Server settings for this environment, listening on a free port.
+    /// Server settings for this environment, listening on a free port (embedded: computing two jobs
+    /// at once).
     pub fn server_settings(&self) -> herald_server::Settings {
+        let mut backend = self.backend.clone();
+        if self.mode == Mode::Embedded {
+            backend.amqp_url = None;
+            backend.redis_url = None;
+        }
         herald_server::Settings {
-            backend: self.backend.clone(),
+            backend,
+            concurrency: std::num::NonZeroUsize::new(2),
+            job_time_limit_secs: 300,
+            log: Default::default(),
             listen: "127.0.0.1:0".parse().unwrap(),
             job_ttl_secs: 600,
             max_in_flight: 100,
@@ -88,6 +135,24 @@ impl TestEnv {
         self.spawn_server_with(self.server_settings()).await
     }
 
+    /// A whole Herald computing `concurrency` jobs at once: a server and a worker (distributed), or
+    /// one embedded server.
+    pub async fn spawn_app(&self, concurrency: usize) -> TestServer {
+        let mut settings = self.server_settings();
+        settings.concurrency = std::num::NonZeroUsize::new(concurrency);
+        self.spawn_app_with(settings).await
+    }
+
+    /// [`TestEnv::spawn_app`] with server `settings` (their `concurrency` is the worker's).
+    pub async fn spawn_app_with(&self, settings: herald_server::Settings) -> TestServer {
+        let concurrency = settings.concurrency();
+        let mut server = self.spawn_server_with(settings).await;
+        if self.mode == Mode::Distributed {
+            server.workers.push(self.spawn_worker(concurrency).await);
+        }
+        server
+    }
+
     /// Starts a server with `settings`.
     pub async fn spawn_server_with(&self, settings: herald_server::Settings) -> TestServer {
         let app = Application::build(settings)
@@ -104,6 +169,7 @@ impl TestEnv {
             stats,
             shutdown,
             task: Some(task),
+            workers: Vec::new(),
         }
     }
 
@@ -116,6 +182,8 @@ impl TestEnv {
             max_attempts: 3,
             job_time_limit_secs: 300,
             shutdown_grace_secs: 30,
+            metrics_listen: None,
+            log: Default::default(),
         }
     }
 
@@ -127,6 +195,11 @@ impl TestEnv {
 
     /// Starts an in-process worker with `settings`.
     pub async fn spawn_worker_with(&self, settings: herald_worker::Settings) -> TestWorker {
+        assert_eq!(
+            self.mode,
+            Mode::Distributed,
+            "embedded mode has no worker processes: use spawn_app"
+        );
         let worker = Worker::connect(settings).await.expect("worker starts");
         let stats = worker.stats();
         let shutdown = CancellationToken::new();
@@ -158,6 +231,9 @@ impl Drop for TestEnv {
     /// Deletes the queue, the exchange and every Redis key of this environment, on a thread of its own
     /// (Drop cannot await, and the test's runtime may be shutting down).
     fn drop(&mut self) {
+        if self.mode == Mode::Embedded {
+            return;
+        }
         let backend = self.backend.clone();
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -166,7 +242,7 @@ impl Drop for TestEnv {
                 .unwrap();
             runtime.block_on(async {
                 if let Ok(conn) =
-                    lapin::Connection::connect(&backend.amqp_url, Default::default()).await
+                    lapin::Connection::connect(backend.amqp_url(), Default::default()).await
                 {
                     if let Ok(channel) = conn.create_channel().await {
                         for queue in [
@@ -186,7 +262,7 @@ impl Drop for TestEnv {
                     }
                     let _ = conn.close(200, "test cleanup".into()).await;
                 }
-                if let Ok(client) = redis::Client::open(backend.redis_url.as_str()) {
+                if let Ok(client) = redis::Client::open(backend.redis_url()) {
                     if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                         let keys: Vec<String> = redis::cmd("KEYS")
                             .arg(format!("{}*", backend.redis_prefix))
@@ -215,6 +291,8 @@ pub struct TestServer {
     pub stats: Arc<Stats>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_server::ServerError>>>,
+    /// Workers started with it by [`TestEnv::spawn_app`] (distributed mode).
+    pub workers: Vec<TestWorker>,
 }
 
 impl TestServer {
@@ -240,11 +318,14 @@ impl TestServer {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Stops the server and waits for it to return.
+    /// Stops the server and waits for it to return, then stops the workers started with it.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
+        }
+        for worker in self.workers.drain(..) {
+            worker.stop().await;
         }
     }
 }
@@ -282,6 +363,8 @@ impl Drop for TestWorker {
 /// A WebSocket client speaking Herald's protocol.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// `progress` messages skipped by [`Client::recv`].
+    pub progress_seen: usize,
 }
 
 impl Client {
@@ -290,12 +373,15 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
-        Self { ws }
+        Self::from_stream(ws)
     }
 
     /// Wraps an already connected stream.
     pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
-        Self { ws }
+        Self {
+            ws,
+            progress_seen: 0,
+        }
     }
 
     /// Sends one text frame.
@@ -334,8 +420,19 @@ impl Client {
         }
     }
 
-    /// The next text frame as a typed message (also checks it matches the protocol's types).
+    /// The next text frame as a typed message (also checks it matches the protocol's types),
+    /// skipping `progress` (counted in [`Client::progress_seen`]): most tests are about the rest.
     pub async fn recv(&mut self) -> ServerMessage {
+        loop {
+            match self.recv_any().await {
+                ServerMessage::Progress { .. } => self.progress_seen += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next text frame as a typed message, `progress` included.
+    pub async fn recv_any(&mut self) -> ServerMessage {
         serde_json::from_value(self.recv_json().await).expect("a valid server message")
     }
 

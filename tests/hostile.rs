@@ -7,6 +7,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::helpers::Mode;
 use crate::helpers::TestEnv;
 
 /// A small deterministic generator, so a failing case can be replayed from its seed.
@@ -68,6 +69,7 @@ fn random_frame(rng: &mut XorShift) -> String {
     frame
 }
 
+/// Without a worker (in distributed mode), so that every message back is the reply to a frame.
 #[tokio::test]
 async fn every_random_frame_gets_exactly_one_reply() {
     let env = TestEnv::new();
@@ -86,9 +88,8 @@ async fn every_random_frame_gets_exactly_one_reply() {
     client.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
-    let env = TestEnv::new();
+async fn invalid_utf8_in_a_text_frame_closes_with_1007(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
     let server = env.spawn_server().await;
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
         .await
@@ -103,11 +104,9 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
     server.client().await.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn a_ping_flood_does_not_take_the_socket_down() {
-    let env = TestEnv::new();
-    let server = env.spawn_server().await;
-    let _worker = env.spawn_worker(1).await;
+async fn a_ping_flood_does_not_take_the_socket_down(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
+    let server = env.spawn_app(1).await;
     let mut client = server.client().await;
     for i in 0..5000u32 {
         client
@@ -119,9 +118,8 @@ async fn a_ping_flood_does_not_take_the_socket_down() {
     assert_eq!(client.output_of(id).await, "120");
 }
 
-#[tokio::test]
-async fn odd_query_strings_get_client_errors_never_server_errors() {
-    let env = TestEnv::new();
+async fn odd_query_strings_get_client_errors_never_server_errors(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
     let server = env.spawn_server().await;
     let http = reqwest::Client::new();
     let queries = [
@@ -149,3 +147,9 @@ async fn odd_query_strings_get_client_errors_never_server_errors() {
     }
     assert_eq!(server.readyz().await, 200);
 }
+
+crate::both_modes!(
+    invalid_utf8_in_a_text_frame_closes_with_1007,
+    a_ping_flood_does_not_take_the_socket_down,
+    odd_query_strings_get_client_errors_never_server_errors,
+);

@@ -5,13 +5,12 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::helpers::Mode;
 use crate::helpers::{TestEnv, PATIENCE};
 
-#[tokio::test]
-async fn submit_then_poll_until_done() {
-    let env = TestEnv::new();
-    let server = env.spawn_server().await;
-    let _worker = env.spawn_worker(1).await;
+async fn submit_then_poll_until_done(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
+    let server = env.spawn_app(1).await;
     let http = reqwest::Client::new();
 
     let response = http
@@ -48,9 +47,8 @@ async fn submit_then_poll_until_done() {
     assert_eq!(body["output"], "3628800");
 }
 
-#[tokio::test]
-async fn bad_queries_get_400_and_unknown_ids_404() {
-    let env = TestEnv::new();
+async fn bad_queries_get_400_and_unknown_ids_404(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
     let mut settings = env.server_settings();
     settings.backend.max_n = 1000;
     let server = env.spawn_server_with(settings).await;
@@ -85,9 +83,8 @@ async fn bad_queries_get_400_and_unknown_ids_404() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn the_page_is_served_at_the_root() {
-    let env = TestEnv::new();
+async fn the_page_is_served_at_the_root(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
     let server = env.spawn_server().await;
     let response = reqwest::get(server.http_url("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -95,3 +92,9 @@ async fn the_page_is_served_at_the_root() {
     assert!(body.contains("<html") || body.contains("<!DOCTYPE") || body.contains("<!doctype"));
     assert!(body.contains("/ws"), "the page talks to the WebSocket");
 }
+
+crate::both_modes!(
+    submit_then_poll_until_done,
+    bad_queries_get_400_and_unknown_ids_404,
+    the_page_is_served_at_the_root,
+);

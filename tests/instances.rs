@@ -41,7 +41,9 @@ async fn a_job_submitted_on_a_is_resumed_on_b_while_running() {
     let mut on_b = b.client().await;
     on_b.resume(id).await;
     match on_b.recv().await {
-        ServerMessage::Status { id: got, n, status } => {
+        ServerMessage::Status {
+            id: got, n, status, ..
+        } => {
             assert_eq!((got, n, status), (id, 1_000_000, JobStatus::Running));
         }
         other => panic!("expected status running, got {other:?}"),

@@ -10,6 +10,7 @@ mod flow;
 mod hostile;
 mod http_api;
 mod instances;
+mod live;
 mod overload;
 mod shutdown;
 mod soak;

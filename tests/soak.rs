@@ -137,7 +137,9 @@ async fn client(
                     assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
                     break;
                 }
-                ServerMessage::Status { id, .. } => assert!(pending.contains_key(&id)),
+                ServerMessage::Status { id, .. } | ServerMessage::Progress { id, .. } => {
+                    assert!(pending.contains_key(&id))
+                }
                 ServerMessage::Result(result) => {
                     assert!(
                         !finished.contains_key(&result.id),
@@ -175,7 +177,7 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
     let mut servers = Vec::new();
     for proxy in &proxies {
         let mut settings = env.server_settings();
-        settings.backend.amqp_url = proxy.amqp_url();
+        settings.backend.amqp_url = Some(proxy.amqp_url());
         servers.push(env.spawn_server_with(settings).await);
     }
     let urls = Arc::new(servers.iter().map(|s| s.ws_url()).collect::<Vec<_>>());

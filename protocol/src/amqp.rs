@@ -86,6 +86,37 @@ impl Completion {
     }
 }
 
+/// How far a running job is, published by a worker to the reply exchange (AMQP `type` `progress`) for
+/// each server instance that waits; transient and unconfirmed, since a lost one is replaced by the next.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProgressMessage {
+    /// The request ID.
+    pub id: JobId,
+    /// The fraction done, 0.0 ..= 1.0.
+    pub fraction: f64,
+    /// The part of the work it is in.
+    pub phase: crate::Phase,
+}
+
+impl ProgressMessage {
+    /// The AMQP `type` property that marks a progress message on the reply exchange.
+    pub const KIND: &'static str = "progress";
+
+    /// JSON bytes to publish.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a progress message always serialises")
+    }
+
+    /// Reads and validates a progress message from a delivery body.
+    pub fn decode(body: &[u8]) -> Result<Self, PayloadError> {
+        let progress: Self = serde_json::from_slice(body)?;
+        if !(0.0..=1.0).contains(&progress.fraction) {
+            return Err(RecordError::Inconsistent("a fraction must be within 0..=1").into());
+        }
+        Ok(progress)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +138,28 @@ mod tests {
             b"\xff\xfe",
         ] {
             assert!(JobMessage::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn progress_round_trip_and_rejects() {
+        let progress = ProgressMessage {
+            id: JobId::new_v4(),
+            fraction: 0.42,
+            phase: crate::Phase::Decimal,
+        };
+        assert_eq!(
+            ProgressMessage::decode(&progress.encode()).unwrap(),
+            progress
+        );
+        let id = progress.id;
+        for bad in [
+            format!(r#"{{"id":"{id}","fraction":1.5,"phase":"product"}}"#),
+            format!(r#"{{"id":"{id}","fraction":-0.1,"phase":"product"}}"#),
+            format!(r#"{{"id":"{id}","fraction":0.5,"phase":"sleeping"}}"#),
+            format!(r#"{{"id":"{id}","phase":"product"}}"#),
+        ] {
+            assert!(ProgressMessage::decode(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 

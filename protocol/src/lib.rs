@@ -8,8 +8,8 @@ pub mod amqp;
 pub mod record;
 pub mod ws;
 
-pub use amqp::{Completion, JobMessage, PayloadError};
-pub use record::{unix_ms, JobRecord, JobStatus, Keys, RecordError};
+pub use amqp::{Completion, JobMessage, PayloadError, ProgressMessage};
+pub use record::{unix_ms, JobRecord, JobStatus, Keys, Phase, RecordError};
 pub use ws::{
     parse_client_frame, ClientMessage, ErrorCode, ErrorMessage, JobResult, Outcome, ServerMessage,
     Timings,

@@ -79,6 +79,16 @@ impl FromStr for JobStatus {
     }
 }
 
+/// Which part of the work a running job is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Multiplying the factors of n!.
+    Product,
+    /// Converting the product to decimal.
+    Decimal,
+}
+
 /// A stored record that cannot be read: it was written by something else, or damaged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -130,6 +140,12 @@ pub struct JobRecord {
     /// read it. Absent in records written without authentication (and by older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The fraction done, as last reported by the worker (pending jobs only; 0.0 ..= 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// A client asked to cancel the job while it ran: its worker stops at its next checkpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
 }
 
 impl JobRecord {
@@ -147,6 +163,8 @@ impl JobRecord {
             error: None,
             attempts: 0,
             owner: None,
+            progress: None,
+            cancel_requested: false,
         }
     }
 
@@ -184,6 +202,12 @@ impl JobRecord {
         if let Some(owner) = &self.owner {
             fields.push(("owner", owner.clone()));
         }
+        if let Some(progress) = self.progress {
+            fields.push(("progress", progress.to_string()));
+        }
+        if self.cancel_requested {
+            fields.push(("cancel", "1".to_owned()));
+        }
         fields
     }
 
@@ -204,6 +228,17 @@ impl JobRecord {
             error: fields.remove("error"),
             attempts: optional(&mut fields, "attempts")?.unwrap_or(0),
             owner: fields.remove("owner"),
+            progress: optional(&mut fields, "progress")?,
+            cancel_requested: match fields.remove("cancel").as_deref() {
+                None | Some("0") => false,
+                Some("1") => true,
+                Some(other) => {
+                    return Err(RecordError::Invalid(
+                        "cancel",
+                        other.chars().take(32).collect(),
+                    ))
+                }
+            },
         };
         record.validate(false)?;
         Ok(record)
@@ -211,6 +246,11 @@ impl JobRecord {
 
     /// Checks what the status requires. `need_output`: a done record must carry its output.
     pub fn validate(&self, need_output: bool) -> Result<(), RecordError> {
+        if let Some(progress) = self.progress {
+            if !(0.0..=1.0).contains(&progress) {
+                return Err(RecordError::Invalid("progress", progress.to_string()));
+            }
+        }
         match self.status {
             JobStatus::Done => {
                 let digits = self

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::record::{JobRecord, JobStatus};
+use crate::record::{JobRecord, JobStatus, Phase};
 use crate::JobId;
 
 /// Longest client tag (`ref`), in characters.
@@ -18,6 +18,8 @@ pub enum ClientMessage {
     Submit { n: u64, tag: Option<String> },
     /// Tell me about this job now, and push its result when it comes.
     Resume { id: JobId },
+    /// Stop this job: it ends as `cancelled`, pushed to every socket that watches it (this one too).
+    Cancel { id: JobId },
 }
 
 /// Why a request could not be taken.
@@ -34,6 +36,8 @@ pub enum ErrorCode {
     Unavailable,
     /// Too much work in flight; try again after `retry_after_ms`.
     Busy,
+    /// A cancel of a job that has already reached a final state.
+    AlreadyFinished,
 }
 
 /// An `error` message (also what [`parse_client_frame`] returns for a frame it refuses).
@@ -123,7 +127,7 @@ pub struct JobResult {
 }
 
 /// What the server sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// The job is queued and will be pushed here when it ends.
@@ -133,11 +137,20 @@ pub enum ServerMessage {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         tag: Option<String>,
     },
-    /// Answer to a resume of a pending job.
+    /// Answer to a resume of a pending job (with the last progress reported, if any).
     Status {
         id: JobId,
         n: u64,
         status: JobStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fraction: Option<f64>,
+    },
+    /// How far a running job is: pushed at most four times a second, only for jobs long enough to
+    /// need it.
+    Progress {
+        id: JobId,
+        fraction: f64,
+        phase: Phase,
     },
     /// The job's final state.
     Result(JobResult),
@@ -157,6 +170,7 @@ impl ServerMessage {
                     id,
                     n: record.n,
                     status: record.status,
+                    fraction: record.progress,
                 }
             }
             JobStatus::Done => {
@@ -236,8 +250,11 @@ fn parse_object(object: &Map<String, Value>) -> Result<ClientMessage, ErrorMessa
         "resume" => Ok(ClientMessage::Resume {
             id: parse_id(object.get("id"))?,
         }),
+        "cancel" => Ok(ClientMessage::Cancel {
+            id: parse_id(object.get("id"))?,
+        }),
         other => Err(ErrorMessage::bad_request(format!(
-            "unknown type {:?}; expected \"submit\" or \"resume\"",
+            "unknown type {:?}; expected \"submit\", \"resume\" or \"cancel\"",
             other.chars().take(32).collect::<String>()
         ))),
     }
@@ -439,7 +456,8 @@ mod tests {
             ServerMessage::Status {
                 id,
                 n: 4,
-                status: JobStatus::Queued
+                status: JobStatus::Queued,
+                fraction: None
             }
         );
         record.status = JobStatus::Done;

@@ -39,7 +39,7 @@ proptest! {
             Ok(ClientMessage::Submit { tag, .. }) => {
                 prop_assert!(tag.is_none_or(|t| t.chars().count() <= 64));
             }
-            Ok(ClientMessage::Resume { .. }) => {}
+            Ok(ClientMessage::Resume { .. } | ClientMessage::Cancel { .. }) => {}
             Err(error) => {
                 prop_assert!(!error.message.is_empty());
                 prop_assert!(matches!(error.code, ErrorCode::BadRequest | ErrorCode::TooLarge));

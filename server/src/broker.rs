@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::StreamExt;
-use herald_protocol::{Completion, JobId, JobMessage, JobRecord};
+use herald_protocol::{Completion, JobMessage, ProgressMessage};
+use herald_worker::amqp::AmqpNotifier;
+use herald_worker::backend::{JobQueue, PublishError};
 use herald_worker::{topology, Store};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
@@ -19,7 +22,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::hub::Hub;
+use crate::hub::{self, Hub};
 use crate::Stats;
 
 /// Longest pause between two reconnection attempts.
@@ -27,17 +30,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Jobs re-read from Redis at once after a reconnect.
 const REREAD_CONCURRENCY: usize = 16;
-
-/// Why a job could not be published.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// RabbitMQ is not connected, or failed during the publish.
-    #[error("rabbitmq is unavailable: {0}")]
-    Unavailable(String),
-    /// The job queue is at its length cap (`reject-publish`): try again later.
-    #[error("the job queue is full")]
-    Full,
-}
 
 /// What the broker connects with.
 #[derive(Debug, Clone)]
@@ -132,30 +124,67 @@ pub struct Broker {
     config: BrokerConfig,
     publish: RwLock<Option<Channel>>,
     consuming: AtomicBool,
+    /// Completions this instance publishes itself (of jobs cancelled while queued), on the same
+    /// channel as the jobs.
+    pub notifier: Arc<AmqpNotifier>,
+}
+
+#[async_trait]
+impl JobQueue for Broker {
+    async fn publish(&self, job: &JobMessage) -> Result<(), PublishError> {
+        self.publish_job(job).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
+    }
+
+    async fn depth(&self) -> Option<u64> {
+        let channel = self.channel()?;
+        let declared = channel
+            .queue_declare(
+                self.config.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        Some(u64::from(declared.message_count()))
+    }
 }
 
 impl Broker {
     /// A broker whose first connection is `connected`; call [`Broker::supervise`] to run it.
     pub fn new(config: BrokerConfig, connected: &Connected) -> Self {
+        let notifier = Arc::new(AmqpNotifier::new(config.reply_exchange.clone()));
+        notifier.set_channel(Some(connected.publish.clone()));
         Self {
             config,
             publish: RwLock::new(Some(connected.publish.clone())),
             consuming: AtomicBool::new(true),
+            notifier,
         }
     }
 
-    /// Whether the reply consumer runs (the connection is up).
-    pub fn is_ready(&self) -> bool {
-        self.consuming.load(Ordering::Relaxed)
-    }
-
-    /// Publishes a persistent job message and waits for the broker's confirm.
-    pub async fn publish(&self, job: &JobMessage) -> Result<(), PublishError> {
-        let channel = self
-            .publish
+    fn channel(&self) -> Option<Channel> {
+        self.publish
             .read()
             .expect("publish lock never poisoned")
             .clone()
+    }
+
+    fn set_channel(&self, channel: Option<Channel>) {
+        self.notifier.set_channel(channel.clone());
+        *self.publish.write().expect("publish lock never poisoned") = channel;
+    }
+
+    /// Publishes a persistent job message and waits for the broker's confirm.
+    async fn publish_job(&self, job: &JobMessage) -> Result<(), PublishError> {
+        let channel = self
+            .channel()
             .ok_or_else(|| PublishError::Unavailable("not connected".into()))?;
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -205,8 +234,7 @@ impl Broker {
                 Some(current) => current,
                 None => match self.reconnect(&shutdown).await {
                     Some(current) => {
-                        *self.publish.write().expect("publish lock never poisoned") =
-                            Some(current.publish.clone());
+                        self.set_channel(Some(current.publish.clone()));
                         self.consuming.store(true, Ordering::Relaxed);
                         reread_watched(&hub, &store, &stats).await;
                         current
@@ -221,7 +249,7 @@ impl Broker {
             } = current;
             let lost = consume_replies(consumer, &hub, &store, &stats, &shutdown).await;
             self.consuming.store(false, Ordering::Relaxed);
-            *self.publish.write().expect("publish lock never poisoned") = None;
+            self.set_channel(None);
             if !lost {
                 if let Err(e) = connection.close(200, "server stopping".into()).await {
                     debug!(error = %e, "rabbitmq connection already closed");
@@ -274,39 +302,18 @@ async fn consume_replies(
             }
             None => return true,
         };
+        if delivery.properties.kind().as_ref().map(|k| k.as_str()) == Some(ProgressMessage::KIND) {
+            match ProgressMessage::decode(&delivery.data) {
+                Ok(progress) => hub.progress(&progress),
+                Err(e) => warn!(error = %e, "ignoring a malformed progress message"),
+            }
+            continue;
+        }
         stats.completions_received.fetch_add(1, Ordering::Relaxed);
-        let completion = match Completion::decode(&delivery.data) {
-            Ok(completion) => completion,
-            Err(e) => {
-                warn!(error = %e, "ignoring a malformed completion");
-                continue;
-            }
-        };
-        if completion.output_in_store {
-            // A large output stays in Redis; read it once for all of this instance's sockets.
-            let (hub, store, stats) = (hub.clone(), store.clone(), stats.clone());
-            tokio::spawn(
-                async move { fetch_and_deliver(&hub, &store, &stats, completion.id).await },
-            );
-        } else {
-            deliver(hub, stats, completion.id, completion.record);
+        match Completion::decode(&delivery.data) {
+            Ok(completion) => hub::complete(hub, store, stats, completion),
+            Err(e) => warn!(error = %e, "ignoring a malformed completion"),
         }
-    }
-}
-
-/// Reads a finished job from Redis and hands it to the hub; a pending one is left alone.
-async fn fetch_and_deliver(hub: &Hub, store: &Store, stats: &Stats, id: JobId) {
-    match store.get(&id).await {
-        Ok(Some(record)) if record.status.is_final() => {
-            if record.validate(true).is_ok() {
-                deliver(hub, stats, id, record);
-            } else {
-                warn!(%id, "stored result is damaged");
-            }
-        }
-        Ok(Some(_)) => {}
-        Ok(None) => warn!(%id, "a watched job's record is gone"),
-        Err(e) => warn!(%id, error = %e, "could not read a watched job"),
     }
 }
 
@@ -318,13 +325,7 @@ async fn reread_watched(hub: &Arc<Hub>, store: &Store, stats: &Arc<Stats>) {
     );
     futures::stream::iter(watched)
         .for_each_concurrent(REREAD_CONCURRENCY, |id| {
-            fetch_and_deliver(hub, store, stats, id)
+            hub::fetch_and_deliver(hub, store, stats, id)
         })
         .await;
-}
-
-fn deliver(hub: &Hub, stats: &Stats, id: JobId, record: JobRecord) {
-    if hub.deliver(id, Arc::new(record)) > 0 {
-        stats.completions_delivered.fetch_add(1, Ordering::Relaxed);
-    }
 }

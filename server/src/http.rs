@@ -1,6 +1,7 @@
-//! HTTP routes: the page, the WebSocket upgrade, the classic polling API and the health check.
+//! HTTP routes: the page, the WebSocket upgrade, the classic polling API, cancel and output download,
+//! and the operations endpoints.
 //!
-//! `/`, `/healthz` and `/readyz` are open to all. The others check, in this order: the page's origin
+//! `/`, `/healthz`, `/readyz` and `/metrics` are open to all. The others check, in this order: the page's origin
 //! (`/ws` only, 403), the caller's token when authentication is on (401, before any upgrade), the input
 //! (400), and the caller's limits (`busy`, or 429 over HTTP).
 
@@ -8,14 +9,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, Request, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use herald_protocol::{ErrorCode, ErrorMessage, JobId, JobStatus, MAX_FRAME_BYTES};
+use herald_worker::backend::Cancel;
 use serde::Serialize;
 use tracing::warn;
 
@@ -34,8 +37,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(upgrade))
         .route("/factorial", get(submit))
         .route("/factorial/result", get(result))
+        .route("/factorial/{id}", delete(cancel))
+        .route("/factorial/{id}/output", get(output))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
 }
@@ -46,15 +52,33 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
     tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
 }
 
-/// `GET /readyz`: 200 when RabbitMQ is connected (reply queue consuming) and Redis answers, else 503.
+/// `GET /readyz`: 200 when the job queue is usable (with RabbitMQ: connected, reply queue consuming)
+/// and the store answers, else 503. Embedded mode is ready as soon as it runs.
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if !state.jobs.broker.is_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "rabbitmq unavailable");
+    if !state.jobs.queue.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "job queue unavailable");
     }
     if state.jobs.store.ping().await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "job store unavailable");
     }
     (StatusCode::OK, "ready")
+}
+
+/// `GET /metrics`: the Prometheus text format. The queue depth is read now (a passive declare with
+/// RabbitMQ); if it cannot be, the last value stays.
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(depth) = state.jobs.queue.depth().await {
+        state
+            .metrics
+            .queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+    let text = herald_worker::metrics::render(&state.registry);
+    (
+        [(header::CONTENT_TYPE, herald_worker::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response()
 }
 
 async fn index() -> Html<&'static str> {
@@ -123,6 +147,9 @@ pub enum ApiError {
     /// No such job.
     #[error("no such job: the ID is unknown or its record expired")]
     NotFound,
+    /// The job is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
     /// RabbitMQ or Redis cannot be reached.
     #[error("the job service is temporarily unavailable; try again shortly")]
     Unavailable,
@@ -142,6 +169,7 @@ impl IntoResponse for ApiError {
         let status = match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Busy | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Auth(e) => return e.into_response(),
@@ -210,10 +238,12 @@ async fn submit(
         .jobs
         .submit(id, n, false, caller.identity.as_deref())
         .await
-        .map_err(|refusal| match refusal {
-            Refusal::Busy => ApiError::Busy,
-            Refusal::Unavailable => ApiError::Unavailable,
-        })?;
+        .map_err(refused)?;
+    state
+        .metrics
+        .submitted
+        .get_or_create(&crate::metrics::ViaLabel { via: "http" })
+        .inc();
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         id.to_string(),
@@ -263,4 +293,100 @@ async fn result(
         output: record.output.as_deref().unwrap_or_default().to_owned(),
         error: record.error,
     }))
+}
+
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Busy => ApiError::Busy,
+        Refusal::Unavailable => ApiError::Unavailable,
+    }
+}
+
+fn path_id(id: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
+    let Ok(Path(raw)) = id else {
+        return Err(ApiError::BadRequest("malformed path".into()));
+    };
+    JobId::try_parse(raw.trim()).map_err(|_| {
+        ApiError::BadRequest("malformed job ID in the path: expected a request ID".into())
+    })
+}
+
+/// The answer to a cancel over HTTP.
+#[derive(Debug, Serialize)]
+struct Cancelled {
+    id: JobId,
+    /// `cancelled` (it was queued, and is final now) or `cancelling` (it was running, and its worker
+    /// stops at its next checkpoint).
+    status: &'static str,
+}
+
+/// `DELETE /factorial/ID`: cancels a job. 200 `cancelled` when it was queued, 202 `cancelling` when
+/// it was running, 409 when it had already finished, 404 when unknown (or another identity's).
+async fn cancel(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let id = path_id(id)?;
+    let outcome = state
+        .jobs
+        .cancel(id, false, caller.identity.as_deref())
+        .await
+        .map_err(refused)?;
+    let (code, status) = match outcome {
+        Cancel::Missing => return Err(ApiError::NotFound),
+        Cancel::Final(status) => {
+            return Err(ApiError::Conflict(format!(
+                "the job already finished ({status}); there is nothing to cancel"
+            )))
+        }
+        Cancel::Cancelled { .. } => (StatusCode::OK, "cancelled"),
+        Cancel::Requested => (StatusCode::ACCEPTED, "cancelling"),
+    };
+    state.metrics.cancels.inc();
+    Ok((code, Json(Cancelled { id, status })).into_response())
+}
+
+/// `GET /factorial/ID/output`: the whole decimal output as a text file, so that a large result can be
+/// fetched without a JSON message around it. 409 while the job has no output (pending, failed or
+/// cancelled).
+async fn output(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let id = path_id(id)?;
+    let record = match state.jobs.store.get(&id).await {
+        Ok(Some(record)) if caller.may_read(&record) => record,
+        Ok(_) => return Err(ApiError::NotFound),
+        Err(e) => {
+            warn!(%id, error = %e, "could not read a job's output");
+            return Err(ApiError::Unavailable);
+        }
+    };
+    let output = match (record.status, record.output) {
+        (JobStatus::Done, Some(output)) => output,
+        (JobStatus::Done, None) => {
+            warn!(%id, "a done record without its output");
+            return Err(ApiError::Unavailable);
+        }
+        (status, _) => {
+            return Err(ApiError::Conflict(format!(
+                "the job has no output: it is {status}"
+            )))
+        }
+    };
+    let disposition = format!("attachment; filename=\"factorial-{}.txt\"", record.n);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        output.to_string(),
+    )
+        .into_response())
 }

@@ -1,14 +1,21 @@
-//! The sockets of this server instance that wait for each job, and the delivery of finished jobs to them.
+//! The sockets of this server instance that wait for each job, and the delivery of finished jobs and
+//! progress to them, whichever way they arrive (this instance's RabbitMQ reply queue, or directly from
+//! the in-process workers of embedded mode).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use dashmap::DashMap;
-use herald_protocol::{JobId, JobRecord};
+use herald_protocol::{Completion, JobId, JobRecord, ProgressMessage};
+use herald_worker::backend::{Notifier, NotifyError};
+use herald_worker::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::session::SessionEvent;
+use crate::Stats;
 
 /// Identifies one WebSocket session on this instance.
 pub type SessionId = u64;
@@ -75,8 +82,88 @@ impl Hub {
         reached
     }
 
+    /// Hands a progress report to every session waiting for the job. A session whose queue is full
+    /// misses it: the next report replaces it, and progress must never crowd out a result.
+    pub fn progress(&self, progress: &ProgressMessage) {
+        let Some(sessions) = self.watchers.get(&progress.id) else {
+            return;
+        };
+        for session in sessions.iter() {
+            let _ = session
+                .events
+                .try_send(SessionEvent::Progress(Box::new(*progress)));
+        }
+    }
+
     /// The jobs some session of this instance waits for.
     pub fn watched(&self) -> Vec<JobId> {
         self.watchers.iter().map(|e| *e.key()).collect()
+    }
+}
+
+/// Delivers a completion that reached this instance: at once if it carries its record whole, else
+/// after reading the large output from the store (once for all of this instance's sockets).
+pub fn complete(hub: &Arc<Hub>, store: &Store, stats: &Arc<Stats>, completion: Completion) {
+    if completion.output_in_store {
+        let (hub, store, stats) = (hub.clone(), store.clone(), stats.clone());
+        tokio::spawn(async move { fetch_and_deliver(&hub, &store, &stats, completion.id).await });
+    } else {
+        deliver(hub, stats, completion.id, completion.record);
+    }
+}
+
+/// Reads a finished job from the store and hands it to the hub; a pending one is left alone.
+pub async fn fetch_and_deliver(hub: &Hub, store: &Store, stats: &Stats, id: JobId) {
+    match store.get(&id).await {
+        Ok(Some(record)) if record.status.is_final() => {
+            if record.validate(true).is_ok() {
+                deliver(hub, stats, id, record);
+            } else {
+                warn!(%id, "stored result is damaged");
+            }
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => warn!(%id, "a watched job's record is gone"),
+        Err(e) => warn!(%id, error = %e, "could not read a watched job"),
+    }
+}
+
+fn deliver(hub: &Hub, stats: &Stats, id: JobId, record: JobRecord) {
+    if hub.deliver(id, Arc::new(record)) > 0 {
+        stats.completions_delivered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Embedded mode's notices: the in-process workers hand completions and progress straight to this
+/// instance's hub (the only instance there is).
+pub struct HubNotifier {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// The store, for outputs too large to travel in a completion.
+    pub store: Store,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+#[async_trait]
+impl Notifier for HubNotifier {
+    async fn completion(
+        &self,
+        watchers: &[String],
+        completion: &Completion,
+    ) -> Result<(), NotifyError> {
+        if !watchers.is_empty() {
+            self.stats
+                .completions_received
+                .fetch_add(1, Ordering::Relaxed);
+            complete(&self.hub, &self.store, &self.stats, completion.clone());
+        }
+        Ok(())
+    }
+
+    async fn progress(&self, watchers: &[String], progress: &ProgressMessage) {
+        if !watchers.is_empty() {
+            self.hub.progress(progress);
+        }
     }
 }

@@ -1,14 +1,13 @@
-//! Taking a job in: store its record, then publish it, so that a client holding its ID can always learn
-//! its fate. Shared by the WebSocket and the HTTP API.
+//! Taking a job in (store its record, then queue it, so that a client holding its ID can always learn
+//! its fate) and cancelling one. Shared by the WebSocket and the HTTP API, and by both modes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_protocol::{unix_ms, ErrorCode, ErrorMessage, JobId, JobMessage, JobRecord};
+use herald_protocol::{unix_ms, Completion, ErrorCode, ErrorMessage, JobId, JobMessage, JobRecord};
+use herald_worker::backend::{Cancel, JobQueue, Notifier, PublishError};
 use herald_worker::Store;
-use tracing::{error, warn};
-
-use crate::broker::{Broker, PublishError};
+use tracing::{error, info, warn};
 
 /// How long a client should wait before submitting again when the queue is full.
 pub const BUSY_RETRY_AFTER_MS: u64 = 1000;
@@ -46,10 +45,12 @@ impl Refusal {
 /// The server's job intake.
 #[derive(Clone)]
 pub struct Jobs {
-    /// The Redis store.
+    /// The job store.
     pub store: Store,
-    /// Where jobs are published.
-    pub broker: Arc<Broker>,
+    /// Where jobs are queued.
+    pub queue: Arc<dyn JobQueue>,
+    /// How this instance tells others (and itself) of a job it ended (a cancel of a queued job).
+    pub notifier: Arc<dyn Notifier>,
     /// This instance's routing key on the reply exchange.
     pub instance: String,
     /// How long records live.
@@ -76,7 +77,7 @@ impl Jobs {
             warn!(%id, error = %e, "could not store a new job");
             return Err(Refusal::Unavailable);
         }
-        let refusal = match self.broker.publish(&JobMessage { id, n }).await {
+        let refusal = match self.queue.publish(&JobMessage { id, n }).await {
             Ok(()) => return Ok(()),
             Err(PublishError::Full) => Refusal::Busy,
             Err(e) => {
@@ -88,5 +89,41 @@ impl Jobs {
             error!(%id, error = %e, "could not delete the record of an unpublished job");
         }
         Err(refusal)
+    }
+}
+
+impl Jobs {
+    /// Cancels job `id` for `identity` (see [`herald_worker::JobStore::cancel`]). With `watched`, this
+    /// instance counts once more among the watchers of a running job, for the socket that asked.
+    ///
+    /// A queued job is final at once, and its completion goes to every instance that waits. If that
+    /// fails, nothing is lost: the worker that takes the job finds it final and publishes it again.
+    pub async fn cancel(
+        &self,
+        id: JobId,
+        watched: bool,
+        identity: Option<&str>,
+    ) -> Result<Cancel, Refusal> {
+        let watcher = watched.then_some(self.instance.as_str());
+        let outcome = self
+            .store
+            .cancel(&id, watcher, identity, unix_ms())
+            .await
+            .map_err(|e| {
+                warn!(%id, error = %e, "could not cancel a job");
+                Refusal::Unavailable
+            })?;
+        match &outcome {
+            Cancel::Cancelled { record, watchers } => {
+                info!(%id, "queued job cancelled");
+                let completion = Completion::new(id, (**record).clone());
+                if let Err(e) = self.notifier.completion(watchers, &completion).await {
+                    warn!(%id, error = %e, "cancellation not sent; the job's worker will send it");
+                }
+            }
+            Cancel::Requested => info!(%id, "running job asked to stop"),
+            Cancel::Missing | Cancel::Final(_) => {}
+        }
+        Ok(outcome)
     }
 }

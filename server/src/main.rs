@@ -7,8 +7,9 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
-    let app = Application::build(Settings::parse()).await?;
+    let settings = Settings::parse();
+    telemetry::init(settings.log.log_format);
+    let app = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
     app.run(shutdown).await?;

@@ -16,8 +16,9 @@ use futures::stream::{SplitSink, StreamExt};
 use futures::SinkExt;
 use herald_protocol::{
     parse_client_frame, unix_ms, ClientMessage, ErrorCode, ErrorMessage, JobId, JobRecord,
-    ServerMessage,
+    JobStatus, ProgressMessage, ServerMessage,
 };
+use herald_worker::backend::Cancel;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,13 @@ pub enum SessionEvent {
         id: JobId,
         outcome: Box<Result<Option<JobRecord>, ErrorMessage>>,
     },
+    /// The answer to a cancel, or why it could not be made.
+    Cancelled {
+        id: JobId,
+        outcome: Box<Result<Cancel, ErrorMessage>>,
+    },
+    /// A watched job's progress (from the hub).
+    Progress(Box<ProgressMessage>),
 }
 
 /// Events a session can hold before it counts as overloaded.
@@ -119,6 +127,7 @@ pub async fn run(socket: WebSocket, state: AppState, caller: Caller, slot: Socke
         watches: HashMap::new(),
     };
     let span = tracing::debug_span!("session", id = session.handle.id);
+    state.metrics.sockets_open.inc();
     async move {
     debug!("session opened");
     let close = loop {
@@ -147,6 +156,7 @@ pub async fn run(socket: WebSocket, state: AppState, caller: Caller, slot: Socke
     }
     .instrument(span)
     .await;
+    state.metrics.sockets_open.dec();
 }
 
 /// The close code and reason for a frame the socket could not read.
@@ -171,6 +181,7 @@ struct Session {
 
 impl Session {
     fn send(&self, message: &ServerMessage) {
+        self.state.metrics.messages_pushed.inc();
         self.outbox.push(message.to_json());
     }
 
@@ -178,6 +189,7 @@ impl Session {
         match parse_client_frame(text) {
             Ok(ClientMessage::Submit { n, tag }) => self.submit(n, tag),
             Ok(ClientMessage::Resume { id }) => self.resume(id),
+            Ok(ClientMessage::Cancel { id }) => self.cancel(id),
             Err(error) => self.send(&ServerMessage::Error(error)),
         }
     }
@@ -280,8 +292,108 @@ impl Session {
         });
     }
 
+    /// Cancels a job. The session watches it first (as a resume does), so that the cancelled result
+    /// reaches this socket whether the job was queued (final at once) or running (its worker stops
+    /// at the next checkpoint and publishes it).
+    fn cancel(&mut self, id: JobId) {
+        if !self.watches.contains_key(&id) {
+            if let Some(busy) = self.busy() {
+                return self.send(&ServerMessage::Error(busy.with_id(id)));
+            }
+            self.state.hub.watch(id, &self.handle);
+            self.watches.insert(id, Watch::Resuming(None));
+        }
+        let jobs = self.state.jobs.clone();
+        let events = self.handle.events.clone();
+        let identity = self.caller.identity.clone();
+        tokio::spawn(async move {
+            let outcome = jobs
+                .cancel(id, true, identity.as_deref())
+                .await
+                .map_err(|r| r.to_error().with_id(id));
+            let registered = matches!(outcome, Ok(Cancel::Requested));
+            if events
+                .send(SessionEvent::Cancelled {
+                    id,
+                    outcome: Box::new(outcome),
+                })
+                .await
+                .is_err()
+                && registered
+            {
+                release(&jobs.store, &jobs.instance, id, 1).await;
+            }
+        });
+    }
+
+    fn on_cancelled(&mut self, id: JobId, outcome: Result<Cancel, ErrorMessage>) {
+        let fresh = matches!(self.watches.get(&id), Some(Watch::Resuming(_)));
+        match outcome {
+            Ok(Cancel::Requested) => {
+                self.state.metrics.cancels.inc();
+                match self.watches.get_mut(&id) {
+                    Some(Watch::Pending { registrations }) => *registrations += 1,
+                    Some(Watch::Resuming(early)) => match early.take() {
+                        // It ended after the cancel: the result held back is the answer.
+                        Some(early) => self.deliver(id, &early),
+                        None => {
+                            self.watches.insert(id, Watch::Pending { registrations: 1 });
+                        }
+                    },
+                    // Submitting: `accepted` is not out yet; the registration is released when the
+                    // result comes (the job is final then) or the session goes.
+                    Some(Watch::Submitting(_)) | None => {}
+                }
+            }
+            Ok(Cancel::Cancelled { record, .. }) => {
+                self.state.metrics.cancels.inc();
+                // Sent from here: the completion published for other sockets may come later.
+                if !matches!(self.watches.get(&id), Some(Watch::Submitting(_))) {
+                    self.deliver(id, &record);
+                }
+            }
+            Ok(Cancel::Final(status)) => {
+                if fresh {
+                    self.forget(id);
+                }
+                let error = ErrorMessage::new(
+                    ErrorCode::AlreadyFinished,
+                    format!("the job already finished ({status}); there is nothing to cancel"),
+                );
+                self.send(&ServerMessage::Error(error.with_id(id)));
+            }
+            Ok(Cancel::Missing) => {
+                if fresh {
+                    self.forget(id);
+                }
+                let error = ErrorMessage::new(
+                    ErrorCode::NotFound,
+                    "no such job: the ID is unknown or its record expired",
+                );
+                self.send(&ServerMessage::Error(error.with_id(id)));
+            }
+            Err(error) => {
+                if fresh {
+                    self.forget(id);
+                }
+                self.send(&ServerMessage::Error(error));
+            }
+        }
+    }
+
     fn on_event(&mut self, event: SessionEvent) {
         match event {
+            SessionEvent::Cancelled { id, outcome } => self.on_cancelled(id, *outcome),
+            SessionEvent::Progress(progress) => {
+                // Only once the client knows the job: progress never comes before `accepted`.
+                if let Some(Watch::Pending { .. }) = self.watches.get(&progress.id) {
+                    self.send(&ServerMessage::Progress {
+                        id: progress.id,
+                        fraction: progress.fraction,
+                        phase: progress.phase,
+                    });
+                }
+            }
             SessionEvent::Finished(id, record) => match self.watches.get_mut(&id) {
                 Some(Watch::Submitting(early) | Watch::Resuming(early)) => *early = Some(record),
                 Some(Watch::Pending { .. }) => self.deliver(id, &record),
@@ -295,6 +407,11 @@ impl Session {
                 outcome,
             } => match outcome {
                 Ok(()) => {
+                    self.state
+                        .metrics
+                        .submitted
+                        .get_or_create(&crate::metrics::ViaLabel { via: "websocket" })
+                        .inc();
                     self.send(&ServerMessage::Accepted { id, n, tag });
                     info!(%id, n, "job accepted");
                     let pending = Watch::Pending { registrations: 1 };
@@ -355,7 +472,21 @@ impl Session {
     /// Sends a job's final result and stops watching it. (Its registrations need no release: the job
     /// is final, and its watcher counts expire with it.)
     fn deliver(&mut self, id: JobId, record: &JobRecord) {
-        self.send(&ServerMessage::from_record(id, record, unix_ms()));
+        let now = unix_ms();
+        if record.status.is_final() {
+            let metrics = &self.state.metrics;
+            metrics
+                .finished
+                .get_or_create(&crate::metrics::StatusLabel {
+                    status: record.status.as_str(),
+                })
+                .inc();
+            if record.status == JobStatus::Done {
+                let total = now.saturating_sub(record.submitted_ms);
+                metrics.time_to_result.observe(total as f64 / 1000.0);
+            }
+        }
+        self.send(&ServerMessage::from_record(id, record, now));
         if self.watches.remove(&id).is_some() {
             self.state.hub.unwatch(&id, self.handle.id);
         }

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::num::NonZeroUsize;
+
 use clap::Parser;
+use herald_worker::settings::LogArgs;
 use herald_worker::{BackendArgs, SettingsError};
 
 use crate::auth;
@@ -92,6 +95,44 @@ pub struct Settings {
     /// more are answered `busy` and closed. 0: no limit.
     #[arg(long, env = "HERALD_MAX_SOCKETS_PER_CLIENT", default_value_t = 32)]
     pub max_sockets_per_client: u32,
+    /// Embedded mode only: jobs computed at once by the in-process workers; default: the number of
+    /// cores.
+    #[arg(long, env = "HERALD_CONCURRENCY")]
+    pub concurrency: Option<NonZeroUsize>,
+    /// Embedded mode only: longest computation of one job, in seconds; past it the job fails with
+    /// "time limit exceeded".
+    #[arg(long, env = "HERALD_JOB_TIME_LIMIT_SECS", default_value_t = 300)]
+    pub job_time_limit_secs: u64,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Settings {
+    /// Whether the server runs embedded (neither RabbitMQ nor Redis given). Giving only one of the two
+    /// is a mistake, not a mode: the server would silently keep jobs where other instances can't see
+    /// them.
+    pub fn embedded(&self) -> Result<bool, SettingsError> {
+        match (&self.backend.amqp_url, &self.backend.redis_url) {
+            (None, None) => Ok(true),
+            (Some(_), Some(_)) => Ok(false),
+            (Some(_), None) => Err(SettingsError::new(
+                "redis-url",
+                "is needed with --amqp-url (give both for RabbitMQ and Redis, or neither for embedded mode)",
+            )),
+            (None, Some(_)) => Err(SettingsError::new(
+                "amqp-url",
+                "is needed with --redis-url (give both for RabbitMQ and Redis, or neither for embedded mode)",
+            )),
+        }
+    }
+
+    /// Jobs computed at once in embedded mode.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get)
+    }
 }
 
 /// Upper bound of the rate settings: beyond it a limit is no limit, and a typo should not pass.
@@ -101,6 +142,16 @@ impl Settings {
     /// Checks every value before anything connects (and reads --auth-tokens-file).
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.backend.validate()?;
+        self.embedded()?;
+        if self.concurrency.is_some_and(|c| c.get() > 1024) {
+            return Err(SettingsError::new("concurrency", "must be at most 1024"));
+        }
+        if self.job_time_limit_secs == 0 || self.job_time_limit_secs > 25 * 60 {
+            return Err(SettingsError::new(
+                "job-time-limit-secs",
+                "must be from 1 to 1500 seconds",
+            ));
+        }
         if self.job_ttl_secs == 0 || self.job_ttl_secs > 365 * 86_400 {
             return Err(SettingsError::new(
                 "job-ttl-secs",
@@ -233,6 +284,9 @@ impl fmt::Debug for Settings {
             .field("submit_rate", &self.submit_rate)
             .field("submit_burst", &self.submit_burst)
             .field("max_sockets_per_client", &self.max_sockets_per_client)
+            .field("concurrency", &self.concurrency)
+            .field("job_time_limit_secs", &self.job_time_limit_secs)
+            .field("log", &self.log)
             .finish()
     }
 }
@@ -258,6 +312,22 @@ mod tests {
             "limits are on by default"
         );
         assert_eq!(settings.max_sockets_per_client, 32);
+        assert!(settings.embedded().unwrap(), "no URLs: embedded mode");
+    }
+
+    #[test]
+    fn one_url_without_the_other_is_refused() {
+        let amqp_only = parse(&["--amqp-url", "amqp://127.0.0.1:5672/%2f"]);
+        assert_eq!(amqp_only.validate().unwrap_err().flag, "redis-url");
+        let redis_only = parse(&["--redis-url", "redis://127.0.0.1:6379"]);
+        assert_eq!(redis_only.validate().unwrap_err().flag, "amqp-url");
+        let both = parse(&[
+            "--amqp-url",
+            "amqp://127.0.0.1:5672/%2f",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+        ]);
+        assert!(!both.embedded().unwrap());
     }
 
     #[test]

@@ -1,32 +1,28 @@
-//! Identical inputs are computed once: a job for an n that this worker is already computing waits for
-//! that computation, and a job for an n whose result is still stored in Redis is answered from it.
+//! Identical inputs are computed once: a job for an n that this worker is already computing joins that
+//! computation, and a job for an n whose result is still stored is answered from it.
+//!
+//! A computation runs in its own task, apart from the jobs that wait for it, so that one of them can
+//! be cancelled without stopping the work the others wait for. When the last job waiting for a
+//! computation leaves, the computation is stopped at its next checkpoint.
 //!
 //! Two workers that start the same n at the same moment each compute it (the cache is filled by
 //! whichever finishes first); coordinating them would cost a lock round trip on every job.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::BoxFuture;
 use herald_protocol::JobId;
-use redis::Script;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::store::{Store, StoreError};
+use crate::backend::JobStore;
+use crate::compute::Progress;
 
-/// Below this n a computation is cheaper than a round trip to Redis, so results are neither looked up
-/// nor stored.
+/// Below this n a computation is cheaper than a round trip to the store, so results are neither
+/// looked up nor stored.
 pub const MIN_CACHED_N: u64 = 2_000;
-
-// KEYS[1] the job whose TTL the cached result takes, KEYS[2] the result. ARGV[1] the output.
-static STORE_RESULT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) end
-",
-    )
-});
 
 /// How a computation ended, shared by every job that waited for it.
 #[derive(Debug, Clone)]
@@ -35,11 +31,9 @@ pub enum Computed {
     Done(Arc<str>),
     /// The computation failed (time limit, internal error) with this message.
     Failed(String),
-    /// The worker is stopping.
+    /// The worker is stopping, or nobody waits any more.
     Stopped,
 }
-
-type Flight = Shared<BoxFuture<'static, Computed>>;
 
 /// Counters of the work this worker did and reused.
 #[derive(Debug, Default)]
@@ -50,58 +44,120 @@ pub struct ComputeStats {
     pub reused: AtomicU64,
 }
 
-/// The in-flight table and the Redis result cache.
+/// What a running computation shares with the jobs that wait for it.
+pub struct FlightState {
+    /// The latest progress of the computation.
+    pub progress: watch::Sender<Option<Progress>>,
+    /// Cancelled when no job waits any more: the computation should stop.
+    pub abandoned: CancellationToken,
+    done: watch::Sender<Option<Computed>>,
+    waiting: Mutex<usize>,
+}
+
+/// One job's membership in a computation; leaving (dropping it) may stop the computation.
+pub struct Flight {
+    n: u64,
+    state: Arc<FlightState>,
+    done: watch::Receiver<Option<Computed>>,
+    cache: Cache,
+}
+
+impl Flight {
+    /// The outcome, once the computation ends.
+    pub async fn outcome(&mut self) -> Computed {
+        match self.done.wait_for(Option::is_some).await {
+            Ok(done) => done.clone().unwrap_or(Computed::Stopped),
+            Err(_) => Computed::Stopped,
+        }
+    }
+
+    /// The latest progress reported.
+    pub fn progress(&self) -> Option<Progress> {
+        *self.state.progress.borrow()
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        // Under the table's lock, so that no job joins a computation that is being abandoned.
+        let mut flights = self
+            .cache
+            .flights
+            .lock()
+            .expect("flight table never poisoned");
+        let mut waiting = self.state.waiting.lock().expect("flight never poisoned");
+        *waiting -= 1;
+        if *waiting == 0 && self.state.done.borrow().is_none() {
+            self.state.abandoned.cancel();
+            if flights
+                .get(&self.n)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.state))
+            {
+                flights.remove(&self.n);
+            }
+        }
+    }
+}
+
+/// The in-flight table and the stored results.
 #[derive(Clone, Default)]
 pub struct Cache {
-    flights: Arc<Mutex<HashMap<u64, Flight>>>,
+    flights: Arc<Mutex<HashMap<u64, Arc<FlightState>>>>,
     /// Counters.
     pub stats: Arc<ComputeStats>,
 }
 
 impl Cache {
-    /// The output for `n`: from a computation of `n` already running here, from Redis, or from
-    /// `compute`, which then serves any job for `n` that arrives while it runs.
-    pub async fn get_or_compute(
+    /// Joins the computation of `n` running here, or starts one with `compute` in a task of its own.
+    pub fn join(
         &self,
         n: u64,
-        compute: impl FnOnce() -> BoxFuture<'static, Computed>,
-    ) -> Computed {
-        let (flight, leader) = {
-            let mut flights = self.flights.lock().expect("flight table never poisoned");
-            match flights.get(&n) {
-                Some(flight) => (flight.clone(), false),
-                None => {
-                    let flight = compute().shared();
-                    flights.insert(n, flight.clone());
-                    (flight, true)
-                }
-            }
-        };
-        if !leader {
+        compute: impl FnOnce(Arc<FlightState>) -> BoxFuture<'static, Computed>,
+    ) -> Flight {
+        let mut flights = self.flights.lock().expect("flight table never poisoned");
+        if let Some(state) = flights.get(&n) {
+            *state.waiting.lock().expect("flight never poisoned") += 1;
             self.stats.reused.fetch_add(1, Ordering::Relaxed);
-            return flight.await;
+            return Flight {
+                n,
+                state: state.clone(),
+                done: state.done.subscribe(),
+                cache: self.clone(),
+            };
         }
-        let outcome = flight.await;
-        self.flights
-            .lock()
-            .expect("flight table never poisoned")
-            .remove(&n);
-        outcome
+        let (done, done_rx) = watch::channel(None);
+        let state = Arc::new(FlightState {
+            progress: watch::channel(None).0,
+            abandoned: CancellationToken::new(),
+            done,
+            waiting: Mutex::new(1),
+        });
+        flights.insert(n, state.clone());
+        let work = compute(state.clone());
+        let table = self.flights.clone();
+        let finished = state.clone();
+        tokio::spawn(async move {
+            let outcome = work.await;
+            let mut flights = table.lock().expect("flight table never poisoned");
+            if flights.get(&n).is_some_and(|f| Arc::ptr_eq(f, &finished)) {
+                flights.remove(&n);
+            }
+            finished.done.send_replace(Some(outcome));
+        });
+        Flight {
+            n,
+            state,
+            done: done_rx,
+            cache: self.clone(),
+        }
     }
 
     /// A stored result for `n`, if any (errors count as a miss: the job is then simply computed).
-    pub async fn lookup(&self, store: &Store, n: u64) -> Option<Arc<str>> {
+    pub async fn lookup(&self, store: &dyn JobStore, n: u64) -> Option<Arc<str>> {
         if n < MIN_CACHED_N {
             return None;
         }
-        let key = result_key(store, n);
-        let found: Result<Option<String>, StoreError> =
-            store
-                .run(|mut conn| async move {
-                    Ok(redis::cmd("GET").arg(&key).query_async(&mut conn).await?)
-                })
-                .await;
-        let output = found.ok().flatten()?;
+        let output = store.cached_result(n).await.ok().flatten()?;
         // A damaged entry is ignored rather than served.
         (!output.is_empty() && output.bytes().all(|b| b.is_ascii_digit())).then(|| {
             self.stats.reused.fetch_add(1, Ordering::Relaxed);
@@ -110,29 +166,12 @@ impl Cache {
     }
 
     /// Stores the result of `n`, expiring with job `id`'s record (best effort).
-    pub async fn remember(&self, store: &Store, id: &JobId, n: u64, output: &str) {
+    pub async fn remember(&self, store: &dyn JobStore, id: &JobId, n: u64, output: &str) {
         if n < MIN_CACHED_N {
             return;
         }
-        let job = store.keys().job(id);
-        let key = result_key(store, n);
-        let stored: Result<(), StoreError> = store
-            .run(|mut conn| async move {
-                STORE_RESULT
-                    .key(&job)
-                    .key(&key)
-                    .arg(output)
-                    .invoke_async::<()>(&mut conn)
-                    .await?;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = stored {
+        if let Err(e) = store.cache_result(id, n, output).await {
             tracing::debug!(error = %e, "could not cache a result");
         }
     }
-}
-
-fn result_key(store: &Store, n: u64) -> String {
-    format!("{}result:{n}", store.keys().prefix())
 }

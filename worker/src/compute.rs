@@ -32,6 +32,18 @@ use std::convert::Infallible;
 
 use num_bigint::BigUint;
 
+pub use herald_protocol::Phase;
+
+/// A progress report: the fraction of the whole job done (both phases, weighted by their expected
+/// cost) and the phase the work is in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// 0.0 ..= 1.0, non-decreasing, 1.0 only at the end.
+    pub fraction: f64,
+    /// Where the work is.
+    pub phase: Phase,
+}
+
 /// The computation was stopped by its checkpoint (cancelled or out of time) before it finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("computation interrupted")]
@@ -49,7 +61,7 @@ pub fn factorial(n: u64) -> BigUint {
 
 /// n! as a decimal string, the job's output.
 ///
-/// `checkpoint(fraction)` is called regularly with the fraction of the work done so far (0.0 ..= 1.0,
+/// `checkpoint(progress)` is called regularly with the fraction of the work done so far (0.0 ..= 1.0,
 /// non-decreasing, reaching 1.0 at the end), often enough that a caller can stop the work within about
 /// 100 ms of wall time on a slow machine for any n up to 1_000_000 (also during the decimal
 /// conversion), and the function returns Err(Interrupted) soon after `checkpoint` returns false.
@@ -60,7 +72,7 @@ pub fn factorial(n: u64) -> BigUint {
 /// [`factorial_decimal_malachite`] with the cargo feature `malachite` (see its limitation).
 pub fn factorial_decimal(
     n: u64,
-    checkpoint: &mut dyn FnMut(f64) -> bool,
+    checkpoint: &mut dyn FnMut(Progress) -> bool,
 ) -> Result<String, Interrupted> {
     #[cfg(feature = "malachite")]
     {
@@ -77,7 +89,7 @@ pub fn factorial_decimal(
 /// be tested and benchmarked against it.
 pub fn factorial_decimal_builtin(
     n: u64,
-    checkpoint: &mut dyn FnMut(f64) -> bool,
+    checkpoint: &mut dyn FnMut(Progress) -> bool,
 ) -> Result<String, Interrupted> {
     let mut kernel = Kernel::new(Metered::new(checkpoint));
     kernel.meter.report()?;
@@ -87,6 +99,7 @@ pub fn factorial_decimal_builtin(
     let odd = kernel.odd_factorial(&factors)?;
     let limbs = shl_bits(&odd, factors.twos);
     drop(odd);
+    kernel.meter.phase = Phase::Decimal;
     let decimal = kernel.decimal(limbs)?;
     kernel.meter.finish()?;
     Ok(decimal)
@@ -121,7 +134,8 @@ const REPORT_QUANTUM: f64 = 1.0e6;
 const MAX_FRACTION_BEFORE_END: f64 = 0.999;
 
 struct Metered<'a> {
-    checkpoint: &'a mut dyn FnMut(f64) -> bool,
+    checkpoint: &'a mut dyn FnMut(Progress) -> bool,
+    phase: Phase,
     total: f64,
     done: f64,
     unreported: f64,
@@ -129,9 +143,10 @@ struct Metered<'a> {
 }
 
 impl<'a> Metered<'a> {
-    fn new(checkpoint: &'a mut dyn FnMut(f64) -> bool) -> Self {
+    fn new(checkpoint: &'a mut dyn FnMut(Progress) -> bool) -> Self {
         Metered {
             checkpoint,
+            phase: Phase::Product,
             total: f64::INFINITY,
             done: 0.0,
             unreported: 0.0,
@@ -143,7 +158,11 @@ impl<'a> Metered<'a> {
         self.unreported = 0.0;
         let fraction = (self.done / self.total).clamp(self.reported, MAX_FRACTION_BEFORE_END);
         self.reported = fraction;
-        if (self.checkpoint)(fraction) {
+        let progress = Progress {
+            fraction,
+            phase: self.phase,
+        };
+        if (self.checkpoint)(progress) {
             Ok(())
         } else {
             Err(Interrupted)
@@ -152,7 +171,11 @@ impl<'a> Metered<'a> {
 
     fn finish(&mut self) -> Result<(), Interrupted> {
         self.reported = 1.0;
-        if (self.checkpoint)(1.0) {
+        let progress = Progress {
+            fraction: 1.0,
+            phase: self.phase,
+        };
+        if (self.checkpoint)(progress) {
             Ok(())
         } else {
             Err(Interrupted)
@@ -1528,7 +1551,7 @@ fn power_of_beta(s: usize) -> Vec<u64> {
 #[cfg(feature = "malachite")]
 pub fn factorial_decimal_malachite(
     n: u64,
-    checkpoint: &mut dyn FnMut(f64) -> bool,
+    checkpoint: &mut dyn FnMut(Progress) -> bool,
 ) -> Result<String, Interrupted> {
     fast::factorial_decimal(n, checkpoint)
 }
@@ -1540,11 +1563,11 @@ mod fast {
     use malachite::base::num::logic::traits::SignificantBits;
     use malachite::Natural;
 
-    use super::{sieve_cost, Factors, Interrupted, Meter, Metered, SMALL_TREE_LEAVES};
+    use super::{sieve_cost, Factors, Interrupted, Meter, Metered, Progress, SMALL_TREE_LEAVES};
 
     pub(super) fn factorial_decimal(
         n: u64,
-        checkpoint: &mut dyn FnMut(f64) -> bool,
+        checkpoint: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<String, Interrupted> {
         let mut meter = Metered::new(checkpoint);
         meter.report()?;
@@ -1555,6 +1578,7 @@ mod fast {
         let limbs = odd.limb_count();
         let x = odd << factors.twos;
         meter.work(linear_cost(limbs))?;
+        meter.phase = super::Phase::Decimal;
         let decimal = decimal(x, &mut meter)?;
         meter.finish()?;
         Ok(decimal)
@@ -1801,7 +1825,7 @@ mod fast {
     /// The conversion alone, for tests of its boundaries.
     #[cfg(test)]
     pub(super) fn decimal_of(limbs: Vec<u64>) -> String {
-        let mut checkpoint = |_| true;
+        let mut checkpoint = |_: Progress| true;
         let mut meter = Metered::new(&mut checkpoint);
         decimal(Natural::from_owned_limbs_asc(limbs), &mut meter).expect("never interrupted")
     }
@@ -1819,7 +1843,10 @@ mod tests {
         factorial_decimal(n, &mut |_| true).expect("never interrupted")
     }
 
-    fn run_with(n: u64, checkpoint: &mut dyn FnMut(f64) -> bool) -> Result<String, Interrupted> {
+    fn run_with(
+        n: u64,
+        checkpoint: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<String, Interrupted> {
         factorial_decimal(n, checkpoint)
     }
 
@@ -1859,11 +1886,22 @@ mod tests {
     fn fractions_are_monotone_and_end_at_one() {
         for n in [0, 5, 1000, 20000] {
             let mut seen = Vec::new();
-            run_with(n, &mut |f| {
-                seen.push(f);
+            let mut phases = Vec::new();
+            run_with(n, &mut |p| {
+                seen.push(p.fraction);
+                phases.push(p.phase);
                 true
             })
             .expect("never interrupted");
+            // The phases come in order: the product, then the conversion, which always runs.
+            assert_eq!(phases.first(), Some(&Phase::Product), "n = {n}");
+            assert_eq!(phases.last(), Some(&Phase::Decimal), "n = {n}");
+            assert!(
+                phases
+                    .windows(2)
+                    .all(|w| w[0] == w[1] || w[1] == Phase::Decimal),
+                "n = {n}"
+            );
             assert!(seen.len() >= 2, "n = {n}: {seen:?}");
             assert!(seen.iter().all(|f| (0.0..=1.0).contains(f)), "n = {n}");
             assert!(seen.windows(2).all(|w| w[0] <= w[1]), "n = {n}");

@@ -1,20 +1,25 @@
-//! What a worker does with one job, apart from how the job arrived: mark it running, compute it on a
-//! blocking thread within its time limit, store the final record, and say who must be told.
+//! What a worker does with one job, whatever carried it: mark it running, compute it on a blocking
+//! thread within its time limit while reporting progress and watching for a cancel, store the final
+//! record, and tell the server instances that wait. The same code runs in `herald-worker` and in the
+//! server's embedded mode.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use herald_protocol::{unix_ms, Completion, JobId, JobMessage, JobRecord, JobStatus};
-use std::sync::atomic::Ordering;
+use herald_protocol::{
+    unix_ms, Completion, JobId, JobMessage, JobRecord, JobStatus, ProgressMessage,
+};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::cache::{Cache, Computed};
+use crate::backend::{Finish, Notifier, Start, Store, StoreError};
+use crate::cache::{Cache, Computed, FlightState};
 use crate::compute;
-use crate::store::{Finish, Start, Store, StoreError};
+use crate::metrics::WorkerMetrics;
 
 /// The limits a worker applies to every job.
 #[derive(Debug, Clone, Copy)]
@@ -30,8 +35,12 @@ pub struct JobLimits {
 /// What processing a job needs; cheap to clone.
 #[derive(Clone)]
 pub struct JobContext {
-    /// The Redis store.
+    /// The job store.
     pub store: Store,
+    /// How completions and progress reach the servers.
+    pub notifier: Arc<dyn Notifier>,
+    /// The worker's metrics.
+    pub metrics: Arc<WorkerMetrics>,
     /// The limits.
     pub limits: JobLimits,
     /// Computations running at once (a reconnect can hand over more deliveries than the old channel's
@@ -61,11 +70,66 @@ pub enum Processed {
     Damaged,
 }
 
-/// Longest pause between two tries of a Redis operation during an outage.
+/// How a job's message ends, once the job has been handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with it.
+    Ack,
+    /// Back to the queue, for this worker or another (the worker is stopping, or the completion
+    /// could not be sent).
+    Requeue,
+    /// Set aside in the dead-letter queue.
+    DeadLetter,
+}
+
+/// How waiting for a computation ended, for one job.
+enum Outcome {
+    /// The computation ended (or was already stored).
+    Computed(Computed),
+    /// A client cancelled this job.
+    Cancelled,
+}
+
+/// Longest pause between two tries of a store operation during an outage.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Pause before a job whose completion could not be sent goes back to the queue.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// How often a running job checks for a cancel: a cancel takes effect within about this long (plus
+/// one checkpoint of the computation, about a millisecond).
+pub const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// Shortest gap between two progress messages of one job, and how long a job runs before its first:
+/// jobs shorter than this send none.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
 impl JobContext {
-    /// Runs `op` until Redis answers, backing off while it is unreachable; `None` if the worker's stop
+    /// Handles one job to the end: processes it, then sends its completion to the instances that wait,
+    /// and says how its message should be settled.
+    pub async fn handle(&self, job: JobMessage) -> Settle {
+        match self.process(job).await {
+            Processed::Nothing => Settle::Ack,
+            Processed::Abandoned => Settle::Requeue,
+            Processed::Damaged => Settle::DeadLetter,
+            Processed::Publish {
+                completion,
+                watchers,
+                dead_letter,
+            } => match self.notifier.completion(&watchers, &completion).await {
+                Ok(()) if dead_letter => Settle::DeadLetter,
+                Ok(()) => Settle::Ack,
+                Err(e) => {
+                    // The result is stored: a redelivery sends it again without computing.
+                    error!(error = %e, "completion not sent; returning the job to the queue");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    Settle::Requeue
+                }
+            },
+        }
+    }
+
+    /// Runs `op` until the store answers, backing off while it is unreachable; `None` if the worker's stop
     /// comes first. A job keeps its delivery during an outage rather than being requeued, so an outage
     /// does not count as a failed attempt.
     async fn persist<T, F, Fut>(&self, what: &str, mut op: F) -> Result<Option<T>, StoreError>
@@ -78,7 +142,7 @@ impl JobContext {
             match op().await {
                 Ok(value) => return Ok(Some(value)),
                 Err(StoreError::Unavailable(reason)) => {
-                    warn!(%reason, "redis unavailable while trying to {what}; retrying");
+                    warn!(%reason, "job store unavailable while trying to {what}; retrying");
                     tokio::select! {
                         _ = self.stop.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(backoff) => {}
@@ -113,7 +177,7 @@ impl JobContext {
         else {
             return Ok(Processed::Abandoned);
         };
-        let (attempts, submitted_ms) = match start {
+        let (attempts, submitted_ms, cancel_requested) = match start {
             Start::Missing => {
                 warn!("job record is missing (expired or never stored); dropping the job");
                 return Ok(Processed::Nothing);
@@ -122,13 +186,17 @@ impl JobContext {
             Start::Run {
                 attempts,
                 submitted_ms,
-            } => (attempts, submitted_ms),
+                cancel_requested,
+            } => (attempts, submitted_ms, cancel_requested),
         };
         let mut record = JobRecord::queued(job.n, submitted_ms);
         record.started_ms = Some(started_ms);
         record.attempts = attempts;
         let mut dead_letter = false;
-        if attempts > self.limits.max_attempts {
+        if cancel_requested {
+            // Cancelled while an earlier start ran, and that worker never finished it.
+            record.status = JobStatus::Cancelled;
+        } else if attempts > self.limits.max_attempts {
             // Earlier starts never finished: the job killed its worker (or its connection) each time.
             warn!(attempts, "job exceeded its attempts; failing it");
             record.status = JobStatus::Failed;
@@ -146,19 +214,24 @@ impl JobContext {
             ));
         } else {
             info!(n = job.n, attempts, "job started");
+            self.metrics.attempts.observe(f64::from(attempts));
             let clock = Instant::now();
             match self.obtain(job.id, job.n).await {
-                Computed::Done(output) => {
+                Outcome::Cancelled => {
+                    info!("job cancelled while running");
+                    record.status = JobStatus::Cancelled;
+                }
+                Outcome::Computed(Computed::Done(output)) => {
                     record.status = JobStatus::Done;
                     record.compute_ms = Some(clock.elapsed().as_millis() as u64);
                     record.digits = Some(output.len() as u64);
                     record.output = Some(output);
                 }
-                Computed::Failed(error) => {
+                Outcome::Computed(Computed::Failed(error)) => {
                     record.status = JobStatus::Failed;
                     record.error = Some(error);
                 }
-                Computed::Stopped => return Ok(Processed::Abandoned),
+                Outcome::Computed(Computed::Stopped) => return Ok(Processed::Abandoned),
             }
         }
         record.finished_ms = Some(unix_ms());
@@ -171,6 +244,7 @@ impl JobContext {
         match finish {
             Finish::Applied { watchers } => {
                 info!(status = %record.status, compute_ms = record.compute_ms, "job finished");
+                self.metrics.finished(record.status, record.compute_ms);
                 Ok(Processed::Publish {
                     completion: Box::new(Completion::new(job.id, record)),
                     watchers,
@@ -185,28 +259,64 @@ impl JobContext {
         }
     }
 
-    /// The output for n: reused from a computation in flight or a stored result, or computed here.
-    async fn obtain(&self, id: JobId, n: u64) -> Computed {
-        if let Some(output) = self.cache.lookup(&self.store, n).await {
+    /// The output for n: reused from a stored result or a computation in flight, or computed here.
+    /// While it waits, the job reports progress and checks for a cancel.
+    async fn obtain(&self, id: JobId, n: u64) -> Outcome {
+        if let Some(output) = self.cache.lookup(self.store.as_ref(), n).await {
             info!("answered from a stored result of the same n");
-            return Computed::Done(output);
+            return Outcome::Computed(Computed::Done(output));
         }
         let context = self.clone();
-        self.cache
-            .get_or_compute(n, move || {
-                async move {
-                    let computed = context.compute(n).await;
-                    if let Computed::Done(output) = &computed {
-                        context.cache.remember(&context.store, &id, n, output).await;
-                    }
-                    computed
+        let mut flight = self.cache.join(n, move |state| {
+            async move {
+                let computed = context.compute(n, state).await;
+                if let Computed::Done(output) = &computed {
+                    context
+                        .cache
+                        .remember(context.store.as_ref(), &id, n, output)
+                        .await;
                 }
-                .boxed()
-            })
-            .await
+                computed
+            }
+            .boxed()
+        });
+        let started = Instant::now();
+        let mut polls =
+            tokio::time::interval_at(tokio::time::Instant::now() + CANCEL_POLL, CANCEL_POLL);
+        polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sent: Option<(Instant, f64)> = None;
+        loop {
+            tokio::select! {
+                computed = flight.outcome() => return Outcome::Computed(computed),
+                _ = polls.tick() => {
+                    let due = started.elapsed() >= PROGRESS_EVERY
+                        && last_sent.is_none_or(|(at, _)| at.elapsed() >= PROGRESS_EVERY);
+                    let progress = flight
+                        .progress()
+                        .filter(|p| due && last_sent.is_none_or(|(_, f)| p.fraction > f));
+                    match self.store.report(&id, progress.map(|p| p.fraction)).await {
+                        // Leaving the flight stops the computation if no other job waits for it.
+                        Ok(report) if report.stop => return Outcome::Cancelled,
+                        Ok(report) => {
+                            if let Some(progress) = progress {
+                                last_sent = Some((Instant::now(), progress.fraction));
+                                let message = ProgressMessage {
+                                    id,
+                                    fraction: progress.fraction,
+                                    phase: progress.phase,
+                                };
+                                self.notifier.progress(&report.watchers, &message).await;
+                            }
+                        }
+                        // The job goes on: a cancel is only noticed later, progress is skipped.
+                        Err(e) => debug!(error = %e, "could not report on a running job"),
+                    }
+                }
+            }
+        }
     }
 
-    async fn compute(&self, n: u64) -> Computed {
+    async fn compute(&self, n: u64, flight: Arc<FlightState>) -> Computed {
         let Ok(_slot) = self.slots.clone().acquire_owned().await else {
             return Computed::Stopped;
         };
@@ -219,11 +329,12 @@ impl JobContext {
         let computed = tokio::task::spawn_blocking(move || {
             let clock = Instant::now();
             let mut timed_out = false;
-            let output = compute::factorial_decimal(n, &mut |_fraction| {
+            let output = compute::factorial_decimal(n, &mut |progress| {
                 if clock.elapsed() >= time_limit {
                     timed_out = true;
                 }
-                !timed_out && !stop.is_cancelled()
+                flight.progress.send_replace(Some(progress));
+                !timed_out && !stop.is_cancelled() && !flight.abandoned.is_cancelled()
             });
             (output, timed_out)
         })

@@ -1,12 +1,17 @@
 //! Herald's worker: consumes jobs from the durable RabbitMQ queue, computes them, stores results in
 //! Redis and publishes a completion to the reply exchange for each server instance that waits.
 //!
-//! The library also holds what the server shares with the worker: the backend settings, the RabbitMQ
-//! topology and the Redis store.
+//! The library also holds what the server shares with the worker: the backend settings and interfaces
+//! with their implementations (the RabbitMQ topology and notices, the Redis store, and the in-memory
+//! ones of embedded mode), the job processing itself, metrics and logging.
 
+pub mod amqp;
+pub mod backend;
 pub mod cache;
 pub mod compute;
 pub mod jobs;
+pub mod memory;
+pub mod metrics;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
@@ -16,24 +21,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use herald_protocol::{Completion, JobMessage};
+use herald_protocol::JobMessage;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
+use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 
-pub use jobs::{JobContext, JobLimits, Processed};
+pub use backend::{JobQueue, JobStore, Notifier, PublishError, Store};
+pub use jobs::{JobContext, JobLimits, Processed, Settle};
 pub use settings::{BackendArgs, Settings, SettingsError};
-pub use store::{Store, StoreError};
-
-/// Pause before a job that could not be settled goes back to the queue.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
+pub use store::{RedisStore, StoreError};
 
 /// Longest pause between two reconnection attempts.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
@@ -50,6 +54,9 @@ pub enum WorkerError {
     /// Redis cannot be used at start-up.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The metrics port cannot be opened.
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// One AMQP connection with the worker's two channels and its topology declared.
@@ -63,7 +70,7 @@ impl Amqp {
     async fn open(settings: &Settings) -> lapin::Result<Self> {
         let backend = &settings.backend;
         let connection = Connection::connect(
-            &backend.amqp_url,
+            settings.backend.amqp_url(),
             ConnectionProperties::default().with_connection_name("herald-worker".into()),
         )
         .await?;
@@ -91,6 +98,9 @@ pub struct Worker {
     amqp: Amqp,
     store: Store,
     cache: cache::Cache,
+    notifier: Arc<amqp::AmqpNotifier>,
+    registry: Registry,
+    metrics: Arc<metrics::WorkerMetrics>,
 }
 
 impl Worker {
@@ -98,18 +108,25 @@ impl Worker {
     pub async fn connect(settings: Settings) -> Result<Self, WorkerError> {
         settings.validate()?;
         let backend = &settings.backend;
-        let store = Store::new(
-            &backend.redis_url,
+        let store = RedisStore::new(
+            backend.redis_url(),
             backend.keys(),
             usize::from(settings.prefetch()).clamp(4, 64),
         )?;
         store.ping().await?;
         let amqp = Amqp::open(&settings).await?;
+        let notifier = Arc::new(amqp::AmqpNotifier::new(backend.reply_exchange.clone()));
+        notifier.set_channel(Some(amqp.publish.clone()));
+        let mut registry = Registry::default();
+        let metrics = Arc::new(metrics::WorkerMetrics::new(&mut registry));
         Ok(Self {
             settings,
             amqp,
-            store,
+            store: Arc::new(store),
             cache: cache::Cache::default(),
+            notifier,
+            registry,
+            metrics,
         })
     }
 
@@ -127,9 +144,28 @@ impl Worker {
             amqp,
             store,
             cache,
+            notifier,
+            registry,
+            metrics,
         } = self;
+        if let Some(addr) = settings.metrics_listen {
+            let listener = metrics::bind(addr).await.map_err(WorkerError::Metrics)?;
+            info!(
+                "metrics on http://{}/metrics",
+                listener.local_addr().map_err(WorkerError::Metrics)?
+            );
+            let stopped = shutdown.clone();
+            let registry = Arc::new(registry);
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, registry, stopped).await {
+                    warn!(error = %e, "metrics endpoint failed");
+                }
+            });
+        }
         let context = JobContext {
             store,
+            notifier: notifier.clone(),
+            metrics,
             limits: JobLimits {
                 max_n: settings.backend.max_n,
                 max_attempts: settings.max_attempts,
@@ -145,7 +181,10 @@ impl Worker {
             let amqp = match connected.take() {
                 Some(amqp) => amqp,
                 None => match reconnect(&settings, &shutdown).await {
-                    Some(amqp) => amqp,
+                    Some(amqp) => {
+                        notifier.set_channel(Some(amqp.publish.clone()));
+                        amqp
+                    }
                     None => break None,
                 },
             };
@@ -233,8 +272,6 @@ async fn consume(
                 Some(Ok(delivery)) => {
                     let task = JobTask {
                         context: context.clone(),
-                        publish: amqp.publish.clone(),
-                        reply_exchange: settings.backend.reply_exchange.clone(),
                     };
                     running.spawn(task.handle(delivery));
                 }
@@ -260,8 +297,6 @@ async fn consume(
 /// One delivery's handling, with what it needs.
 struct JobTask {
     context: JobContext,
-    publish: Channel,
-    reply_exchange: String,
 }
 
 impl JobTask {
@@ -276,72 +311,12 @@ impl JobTask {
         };
         let span = tracing::info_span!("job", id = %job.id);
         async move {
-            let settle_as = match self.context.process(job).await {
-                Processed::Nothing => Settle::Ack,
-                Processed::Abandoned => Settle::Requeue,
-                Processed::Damaged => Settle::DeadLetter,
-                Processed::Publish {
-                    completion,
-                    watchers,
-                    dead_letter,
-                } => match self.publish_completion(&completion, &watchers).await {
-                    Ok(()) if dead_letter => Settle::DeadLetter,
-                    Ok(()) => Settle::Ack,
-                    Err(reason) => {
-                        // The result is stored: a redelivery publishes it again without computing.
-                        error!(%reason, "completion not published; returning the job to the queue");
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                        Settle::Requeue
-                    }
-                },
-            };
-            settle(&delivery, settle_as).await;
+            let how = self.context.handle(job).await;
+            settle(&delivery, how).await;
         }
         .instrument(span)
         .await;
     }
-
-    /// Publishes the completion to each waiting server instance and waits for the broker's confirms.
-    async fn publish_completion(
-        &self,
-        completion: &Completion,
-        watchers: &[String],
-    ) -> Result<(), String> {
-        let body = completion.encode();
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_correlation_id(completion.id.to_string().into());
-        let mut confirms = Vec::with_capacity(watchers.len());
-        for watcher in watchers {
-            let confirm = self
-                .publish
-                .basic_publish(
-                    self.reply_exchange.as_str().into(),
-                    watcher.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties.clone(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            let confirmation = confirm.await.map_err(|e| e.to_string())?;
-            if confirmation.is_nack() {
-                return Err("the broker refused the completion".into());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// How a delivery ends.
-#[derive(Debug, Clone, Copy)]
-enum Settle {
-    Ack,
-    Requeue,
-    DeadLetter,
 }
 
 async fn settle(delivery: &lapin::message::Delivery, how: Settle) {

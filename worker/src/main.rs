@@ -6,8 +6,8 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
     let settings = Settings::parse();
+    telemetry::init(settings.log.log_format);
     let worker = Worker::connect(settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(herald_worker::telemetry::cancel_on_signal(shutdown.clone()));

@@ -1,8 +1,32 @@
 //! Command-line settings of the worker, and the backend settings the server shares with it.
 
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, ValueEnum};
+
+/// Where a worker finds RabbitMQ when `--amqp-url` is not given.
+pub const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+/// Where a worker finds Redis when `--redis-url` is not given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// For people: one readable line per event.
+    #[default]
+    Text,
+    /// For machines: one JSON object per line, with the span fields (such as the job's `id`).
+    Json,
+}
+
+/// Logging flags, shared by both binaries.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct LogArgs {
+    /// Log format; `RUST_LOG` sets the level (default `info`).
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
 
 /// Where RabbitMQ and Redis are, and the names Herald uses in them. Server and worker must agree on all of
 /// these, so both binaries take the same flags.
@@ -10,22 +34,14 @@ use clap::{Args, Parser};
 /// `Debug` is written by hand: the URLs can hold passwords, and it shows them redacted.
 #[derive(Clone, Args)]
 pub struct BackendArgs {
-    /// RabbitMQ URL (amqp://user:password@host:port/vhost).
-    #[arg(
-        long,
-        env = "HERALD_AMQP_URL",
-        hide_env_values = true,
-        default_value = "amqp://127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Redis URL (redis://[:password@]host:port[/db]).
-    #[arg(
-        long,
-        env = "HERALD_REDIS_URL",
-        hide_env_values = true,
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost). The worker's default is
+    /// amqp://127.0.0.1:5672/%2f; a server given neither this nor --redis-url runs embedded.
+    #[arg(long, env = "HERALD_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// Redis URL (redis://[:password@]host:port[/db]). The worker's default is
+    /// redis://127.0.0.1:6379; a server given neither this nor --amqp-url runs embedded.
+    #[arg(long, env = "HERALD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// Durable job queue that workers consume.
     #[arg(long, env = "HERALD_QUEUE", default_value = "factorial_process")]
     pub queue: String,
@@ -47,8 +63,8 @@ pub struct BackendArgs {
 impl std::fmt::Debug for BackendArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendArgs")
-            .field("amqp_url", &redact_url(&self.amqp_url))
-            .field("redis_url", &redact_url(&self.redis_url))
+            .field("amqp_url", &self.amqp_url.as_deref().map(redact_url))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("queue", &self.queue)
             .field("reply_exchange", &self.reply_exchange)
             .field("redis_prefix", &self.redis_prefix)
@@ -92,10 +108,10 @@ impl SettingsError {
 impl BackendArgs {
     /// Checks every value before anything connects, so a typo fails at start with a clear message.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        self.amqp_url
+        self.amqp_url()
             .parse::<lapin::uri::AMQPUri>()
             .map_err(|_| SettingsError::new("amqp-url", "not a valid amqp:// URL"))?;
-        redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())
+        redis::IntoConnectionInfo::into_connection_info(self.redis_url())
             .map_err(|_| SettingsError::new("redis-url", "not a valid redis:// URL"))?;
         for (flag, name) in [
             ("queue", &self.queue),
@@ -119,6 +135,16 @@ impl BackendArgs {
             ));
         }
         Ok(())
+    }
+
+    /// The RabbitMQ URL given, or the local default.
+    pub fn amqp_url(&self) -> &str {
+        self.amqp_url.as_deref().unwrap_or(DEFAULT_AMQP_URL)
+    }
+
+    /// The Redis URL given, or the local default.
+    pub fn redis_url(&self) -> &str {
+        self.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL)
     }
 
     /// The Redis key layout these settings choose.
@@ -155,6 +181,13 @@ pub struct Settings {
     /// On SIGTERM, how long running jobs may go on before they are stopped and returned to the queue.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Address of the worker's Prometheus endpoint (`GET /metrics`, `GET /healthz`), such as
+    /// 0.0.0.0:9464; off when not given (workers on one machine would fight over a fixed port).
+    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Settings {

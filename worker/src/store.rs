@@ -1,4 +1,5 @@
-//! The Redis job store: the record of every job and the set of server instances that watch it.
+//! The Redis job store: the record of every job, the server instances that watch it, and stored
+//! results by n.
 //!
 //! Every state change that must not race another is one Lua script, so Redis applies it atomically: a job
 //! never moves back from a final state, and a watcher registered by a resume is either seen by the worker
@@ -8,9 +9,12 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use deadpool_redis::{Manager, Pool, Runtime};
-use herald_protocol::{JobId, JobRecord, Keys, RecordError};
+use herald_protocol::{JobId, JobRecord, JobStatus, Keys, RecordError};
 use redis::Script;
+
+use crate::backend::{Cancel, Finish, JobStore, Report, Start};
 
 /// Longest wait for any one Redis operation: a Redis that does not answer is treated as unreachable
 /// rather than hanging a socket or a job.
@@ -45,45 +49,19 @@ impl From<deadpool_redis::PoolError> for StoreError {
     }
 }
 
-/// What a worker found when it went to start a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// No record: it expired or was never written. Nobody can be waiting for it.
-    Missing,
-    /// Already in a final state (a redelivery after the result was stored): do not compute again.
-    Final,
-    /// Marked running; compute it.
-    Run {
-        /// Starts so far, this one included.
-        attempts: u32,
-        /// When the server accepted it.
-        submitted_ms: u64,
-    },
-}
-
-/// What happened when a final state was written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Finish {
-    /// No record any more (expired while running).
-    Missing,
-    /// Another writer finished it first; its completion was published by that writer.
-    AlreadyFinal,
-    /// Stored; these server instances wait for the completion.
-    Applied { watchers: Vec<String> },
-}
-
-// KEYS[1] job, ARGV[1] now. Returns nil (missing) or {status before, attempts, submitted_ms}.
+// KEYS[1] job, ARGV[1] now. Returns nil (missing) or {status before, attempts, submitted_ms, cancel}.
 static START: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 local submitted = redis.call('HGET', KEYS[1], 'submitted_ms') or '0'
+local cancel = redis.call('HGET', KEYS[1], 'cancel') or '0'
 if status == 'queued' or status == 'running' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_ms', ARGV[1])
-  return {status, redis.call('HINCRBY', KEYS[1], 'attempts', 1), submitted}
+  return {status, redis.call('HINCRBY', KEYS[1], 'attempts', 1), submitted, cancel}
 end
-return {status, 0, submitted}
+return {status, 0, submitted, cancel}
 ",
     )
 });
@@ -139,14 +117,75 @@ return redis.call('HGETALL', KEYS[1])
     )
 });
 
+// KEYS[1] job, KEYS[2] watchers, ARGV[1] now, ARGV[2] watcher ('' for none), ARGV[3] (optional)
+// identity. Returns {-1} missing (or not the identity's), {0, status} already final,
+// {1, n, submitted_ms, watcher...} cancelled while queued, {2} cancel requested of a running job.
+static CANCEL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[3] and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return {-1} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {-1} end
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_ms', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'progress')
+  local reply = {1, redis.call('HGET', KEYS[1], 'n'), redis.call('HGET', KEYS[1], 'submitted_ms')}
+  local counts = redis.call('HGETALL', KEYS[2])
+  for i = 1, #counts, 2 do
+    if tonumber(counts[i + 1]) > 0 then table.insert(reply, counts[i]) end
+  end
+  return reply
+end
+if status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  if ARGV[2] ~= '' then
+    redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  end
+  return {2}
+end
+return {0, status}
+",
+    )
+});
+
+// KEYS[1] job, KEYS[2] watchers, ARGV[1] progress ('' for none). Returns {stop, watcher...}.
+static REPORT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return {1} end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) end
+local reply = {0}
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then reply[1] = 1 end
+local counts = redis.call('HGETALL', KEYS[2])
+for i = 1, #counts, 2 do
+  if tonumber(counts[i + 1]) > 0 then table.insert(reply, counts[i]) end
+end
+return reply
+",
+    )
+});
+
+// KEYS[1] the job whose TTL the cached result takes, KEYS[2] the result. ARGV[1] the output.
+static STORE_RESULT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) end
+",
+    )
+});
+
 /// Handle to the Redis job store; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct RedisStore {
     pool: Pool,
     keys: Keys,
 }
 
-impl Store {
+impl RedisStore {
     /// A store on the Redis at `url`, with keys under `keys`. Connects lazily.
     pub fn new(url: &str, keys: Keys, max_connections: usize) -> Result<Self, StoreError> {
         // Without TCP_NODELAY, small pipelined commands meet delayed ACKs and wait 40 ms.
@@ -183,8 +222,15 @@ impl Store {
         .map_err(|_| StoreError::Unavailable("redis did not answer in time".into()))?
     }
 
-    /// Checks that Redis answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    /// The key of the stored result of n.
+    fn result_key(&self, n: u64) -> String {
+        format!("{}result:{n}", self.keys.prefix())
+    }
+}
+
+#[async_trait]
+impl JobStore for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
         self.run(|mut conn| async move {
             redis::cmd("PING").query_async::<String>(&mut conn).await?;
             Ok(())
@@ -192,13 +238,7 @@ impl Store {
         .await
     }
 
-    /// Writes a new job's record (with its [`owner`](JobRecord::owner), if any), expiring after `ttl`,
-    /// and registers `watcher` (a server instance with a socket waiting for it), in one transaction.
-    ///
-    /// Watchers are counted per instance (one registration per waiting socket) rather than kept in a set:
-    /// a socket that leaves and one that arrives on the same instance then update the count in either
-    /// order with the same result, where a set's remove could overtake the add and lose the watcher.
-    pub async fn create(
+    async fn create(
         &self,
         id: &JobId,
         record: &JobRecord,
@@ -227,8 +267,7 @@ impl Store {
         .await
     }
 
-    /// Deletes a job's record and watcher set (a submit that could not be queued leaves nothing behind).
-    pub async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
+    async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
         self.run(|mut conn| async move {
@@ -242,8 +281,7 @@ impl Store {
         .await
     }
 
-    /// Reads a job's record; `None` when there is none.
-    pub async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+    async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let job = self.keys.job(id);
         self.run(|mut conn| async move {
             let fields: HashMap<String, String> = redis::cmd("HGETALL")
@@ -255,12 +293,7 @@ impl Store {
         .await
     }
 
-    /// Registers `watcher` for a pending job (one more registration) and reads its record, atomically;
-    /// `None` when there is none. A final or missing job registers nothing.
-    ///
-    /// With `identity`, only a job whose record names it as owner is seen: any other job (including one
-    /// stored without an owner) is `None` and registers nothing, exactly like a missing one.
-    pub async fn resume(
+    async fn resume(
         &self,
         id: &JobId,
         watcher: &str,
@@ -280,8 +313,7 @@ impl Store {
         .await
     }
 
-    /// Releases `registrations` of `watcher` for a job (its sockets that waited went away).
-    pub async fn unwatch(
+    async fn unwatch(
         &self,
         id: &JobId,
         watcher: &str,
@@ -300,8 +332,7 @@ impl Store {
         .await
     }
 
-    /// The server instances waiting for a job.
-    pub async fn watchers(&self, id: &JobId) -> Result<Vec<String>, StoreError> {
+    async fn watchers(&self, id: &JobId) -> Result<Vec<String>, StoreError> {
         let watchers = self.keys.watchers(id);
         self.run(|mut conn| async move {
             let counts: HashMap<String, i64> = redis::cmd("HGETALL")
@@ -317,13 +348,12 @@ impl Store {
         .await
     }
 
-    /// Marks a pending job running (counting the attempt), or says why not.
-    pub async fn start(&self, id: &JobId, now_ms: u64) -> Result<Start, StoreError> {
+    async fn start(&self, id: &JobId, now_ms: u64) -> Result<Start, StoreError> {
         let job = self.keys.job(id);
         self.run(|mut conn| async move {
-            let reply: Option<(String, u32, String)> =
+            let reply: Option<(String, u32, String, String)> =
                 START.key(&job).arg(now_ms).invoke_async(&mut conn).await?;
-            let Some((status, attempts, submitted)) = reply else {
+            let Some((status, attempts, submitted, cancel)) = reply else {
                 return Ok(Start::Missing);
             };
             let status: herald_protocol::JobStatus = status.parse()?;
@@ -336,13 +366,13 @@ impl Store {
             Ok(Start::Run {
                 attempts,
                 submitted_ms,
+                cancel_requested: cancel == "1",
             })
         })
         .await
     }
 
-    /// Stores a final record unless the job is already final, and returns who waits for it.
-    pub async fn finish(&self, id: &JobId, record: &JobRecord) -> Result<Finish, StoreError> {
+    async fn finish(&self, id: &JobId, record: &JobRecord) -> Result<Finish, StoreError> {
         debug_assert!(record.status.is_final());
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
@@ -367,6 +397,113 @@ impl Store {
                         .collect::<Result<_, _>>()?,
                 },
             })
+        })
+        .await
+    }
+
+    async fn cancel(
+        &self,
+        id: &JobId,
+        watcher: Option<&str>,
+        identity: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Cancel, StoreError> {
+        let job = self.keys.job(id);
+        let watchers = self.keys.watchers(id);
+        self.run(|mut conn| async move {
+            let mut invocation = CANCEL.key(&job);
+            invocation
+                .key(&watchers)
+                .arg(now_ms)
+                .arg(watcher.unwrap_or(""));
+            if let Some(identity) = identity {
+                invocation.arg(identity);
+            }
+            let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await?;
+            let mut reply = reply.into_iter();
+            let outcome: i64 = match reply.next() {
+                Some(v) => redis::from_redis_value(v)?,
+                None => return Err(RecordError::Inconsistent("empty reply from cancel").into()),
+            };
+            Ok(match outcome {
+                -1 => Cancel::Missing,
+                0 => {
+                    let status: String = match reply.next() {
+                        Some(v) => redis::from_redis_value(v)?,
+                        None => return Err(RecordError::Missing("status").into()),
+                    };
+                    Cancel::Final(status.parse()?)
+                }
+                1 => {
+                    let mut field = |name: &'static str| -> Result<u64, StoreError> {
+                        let raw: String = match reply.next() {
+                            Some(v) => redis::from_redis_value(v)?,
+                            None => return Err(RecordError::Missing(name).into()),
+                        };
+                        raw.parse()
+                            .map_err(|_| RecordError::Invalid(name, raw).into())
+                    };
+                    let mut record = JobRecord::queued(field("n")?, field("submitted_ms")?);
+                    record.status = JobStatus::Cancelled;
+                    record.finished_ms = Some(now_ms);
+                    Cancel::Cancelled {
+                        record: Box::new(record),
+                        watchers: reply
+                            .map(redis::from_redis_value)
+                            .collect::<Result<_, _>>()?,
+                    }
+                }
+                _ => Cancel::Requested,
+            })
+        })
+        .await
+    }
+
+    async fn report(&self, id: &JobId, fraction: Option<f64>) -> Result<Report, StoreError> {
+        let job = self.keys.job(id);
+        let watchers = self.keys.watchers(id);
+        let fraction = fraction.map(|f| f.to_string()).unwrap_or_default();
+        self.run(|mut conn| async move {
+            let reply: Vec<redis::Value> = REPORT
+                .key(&job)
+                .key(&watchers)
+                .arg(fraction)
+                .invoke_async(&mut conn)
+                .await?;
+            let mut reply = reply.into_iter();
+            let stop: i64 = match reply.next() {
+                Some(v) => redis::from_redis_value(v)?,
+                None => return Err(RecordError::Inconsistent("empty reply from report").into()),
+            };
+            Ok(Report {
+                stop: stop != 0,
+                watchers: reply
+                    .map(redis::from_redis_value)
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .await
+    }
+
+    async fn cached_result(&self, n: u64) -> Result<Option<String>, StoreError> {
+        let key = self.result_key(n);
+        self.run(
+            |mut conn| async move { Ok(redis::cmd("GET").arg(&key).query_async(&mut conn).await?) },
+        )
+        .await
+    }
+
+    async fn cache_result(&self, id: &JobId, n: u64, output: &str) -> Result<(), StoreError> {
+        let job = self.keys.job(id);
+        let key = self.result_key(n);
+        self.run(|mut conn| async move {
+            STORE_RESULT
+                .key(&job)
+                .key(&key)
+                .arg(output)
+                .invoke_async::<()>(&mut conn)
+                .await?;
+            Ok(())
         })
         .await
     }

@@ -442,6 +442,8 @@ impl Driver {
     ) {
         let now = Instant::now();
         match message {
+            // Long jobs report progress; the load generator measures only their end.
+            ServerMessage::Progress { .. } => {}
             ServerMessage::Accepted { id, n, tag } => {
                 let Some(sent) = parse_tag(tag.as_deref()).and_then(|t| flight.by_tag.remove(&t))
                 else {

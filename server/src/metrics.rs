@@ -1,0 +1,95 @@
+//! The server's Prometheus metrics, served at `GET /metrics`: jobs submitted, results pushed (by
+//! status), time to result, sockets open, messages pushed and the job queue's depth. In embedded
+//! mode the in-process workers' metrics are in the same registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The label of a job's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// done, failed or cancelled.
+    pub status: &'static str,
+}
+
+/// The label of how a job came in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViaLabel {
+    /// `websocket` or `http`.
+    pub via: &'static str,
+}
+
+/// What the server counts.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    /// Jobs taken in (stored and queued), by the API they came through.
+    pub submitted: Family<ViaLabel, Counter>,
+    /// Result messages pushed to sockets, by status (a job watched by two sockets counts twice; the
+    /// workers' `herald_worker_jobs_total` counts each job once).
+    pub finished: Family<StatusLabel, Counter>,
+    /// From the submit to the result leaving this server, of the results it pushed, in seconds.
+    pub time_to_result: Histogram,
+    /// Cancels that took effect (queued jobs cancelled, running ones asked to stop).
+    pub cancels: Counter,
+    /// WebSocket sessions open now.
+    pub sockets_open: Gauge,
+    /// Messages (frames) pushed to WebSocket clients.
+    pub messages_pushed: Counter,
+    /// Jobs waiting in the job queue, read when scraped.
+    pub queue_depth: Gauge,
+}
+
+impl ServerMetrics {
+    /// Metrics registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            submitted: Family::default(),
+            finished: Family::default(),
+            time_to_result: Histogram::new(exponential_buckets(0.0005, 2.0, 24)),
+            cancels: Counter::default(),
+            sockets_open: Gauge::default(),
+            messages_pushed: Counter::default(),
+            queue_depth: Gauge::default(),
+        };
+        registry.register(
+            "herald_jobs_submitted",
+            "Jobs taken in by this server, by API",
+            metrics.submitted.clone(),
+        );
+        registry.register(
+            "herald_results_pushed",
+            "Result messages this server pushed to sockets, by status",
+            metrics.finished.clone(),
+        );
+        registry.register(
+            "herald_time_to_result_seconds",
+            "From a job's submit to its result leaving this server",
+            metrics.time_to_result.clone(),
+        );
+        registry.register(
+            "herald_job_cancels",
+            "Cancels that took effect through this server",
+            metrics.cancels.clone(),
+        );
+        registry.register(
+            "herald_sockets_open",
+            "WebSocket sessions open on this server",
+            metrics.sockets_open.clone(),
+        );
+        registry.register(
+            "herald_messages_pushed",
+            "Messages pushed to WebSocket clients",
+            metrics.messages_pushed.clone(),
+        );
+        registry.register(
+            "herald_queue_depth",
+            "Jobs waiting in the job queue",
+            metrics.queue_depth.clone(),
+        );
+        metrics
+    }
+}

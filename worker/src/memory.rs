@@ -1,0 +1,384 @@
+//! Embedded mode's backends: an in-memory job store with the same TTL rules as Redis, a bounded
+//! in-process job queue, and the pool of workers that consumes it with the same job code as
+//! `herald-worker`. Nothing here survives the process: embedded mode is for one machine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_protocol::{JobId, JobMessage, JobRecord, JobStatus};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn, Instrument};
+
+use crate::backend::{Cancel, Finish, JobQueue, JobStore, PublishError, Report, Start, StoreError};
+use crate::jobs::{JobContext, Settle};
+
+/// One job as the memory store keeps it.
+struct Entry {
+    record: JobRecord,
+    /// Registrations per server instance (see [`JobStore::create`]).
+    watchers: HashMap<String, u32>,
+    expires: Instant,
+}
+
+impl Entry {
+    fn watchers(&self) -> Vec<String> {
+        self.watchers
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|(watcher, _)| watcher.clone())
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Tables {
+    jobs: HashMap<JobId, Entry>,
+    results: HashMap<u64, (Arc<str>, Instant)>,
+}
+
+impl Tables {
+    /// The live entry of `id`; an expired one is removed on the way, as Redis would have.
+    fn live(&mut self, id: &JobId) -> Option<&mut Entry> {
+        let now = Instant::now();
+        if self.jobs.get(id).is_some_and(|e| e.expires <= now) {
+            self.jobs.remove(id);
+        }
+        self.jobs.get_mut(id)
+    }
+}
+
+/// The job store of embedded mode. Every method holds one lock for its whole step, which makes each
+/// as atomic as the Redis store's scripts.
+#[derive(Default)]
+pub struct MemoryStore {
+    tables: Mutex<Tables>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().expect("memory store never poisoned")
+    }
+
+    /// Drops expired records and results (reads skip them anyway; this frees their memory).
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut tables = self.tables();
+        let before = tables.jobs.len() + tables.results.len();
+        tables.jobs.retain(|_, e| e.expires > now);
+        tables.results.retain(|_, (_, expires)| *expires > now);
+        before - tables.jobs.len() - tables.results.len()
+    }
+
+    /// Records held (expired ones included until the next sweep).
+    pub fn len(&self) -> usize {
+        self.tables().jobs.len()
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        id: &JobId,
+        record: &JobRecord,
+        watcher: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut watchers = HashMap::new();
+        if let Some(watcher) = watcher {
+            watchers.insert(watcher.to_owned(), 1);
+        }
+        let entry = Entry {
+            record: record.clone(),
+            watchers,
+            expires: Instant::now() + ttl,
+        };
+        self.tables().jobs.insert(*id, entry);
+        Ok(())
+    }
+
+    async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
+        self.tables().jobs.remove(id);
+        Ok(())
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.tables().live(id).map(|e| e.record.clone()))
+    }
+
+    async fn resume(
+        &self,
+        id: &JobId,
+        watcher: &str,
+        identity: Option<&str>,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let mut tables = self.tables();
+        let Some(entry) = tables.live(id) else {
+            return Ok(None);
+        };
+        if identity.is_some() && entry.record.owner.as_deref() != identity {
+            return Ok(None);
+        }
+        if !entry.record.status.is_final() {
+            *entry.watchers.entry(watcher.to_owned()).or_default() += 1;
+        }
+        Ok(Some(entry.record.clone()))
+    }
+
+    async fn unwatch(
+        &self,
+        id: &JobId,
+        watcher: &str,
+        registrations: u32,
+    ) -> Result<(), StoreError> {
+        if let Some(entry) = self.tables().live(id) {
+            if let Some(count) = entry.watchers.get_mut(watcher) {
+                *count = count.saturating_sub(registrations);
+                if *count == 0 {
+                    entry.watchers.remove(watcher);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn watchers(&self, id: &JobId) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .tables()
+            .live(id)
+            .map(|e| e.watchers())
+            .unwrap_or_default())
+    }
+
+    async fn start(&self, id: &JobId, now_ms: u64) -> Result<Start, StoreError> {
+        let mut tables = self.tables();
+        let Some(entry) = tables.live(id) else {
+            return Ok(Start::Missing);
+        };
+        let record = &mut entry.record;
+        if record.status.is_final() {
+            return Ok(Start::Final);
+        }
+        record.status = JobStatus::Running;
+        record.started_ms = Some(now_ms);
+        record.attempts += 1;
+        Ok(Start::Run {
+            attempts: record.attempts,
+            submitted_ms: record.submitted_ms,
+            cancel_requested: record.cancel_requested,
+        })
+    }
+
+    async fn finish(&self, id: &JobId, record: &JobRecord) -> Result<Finish, StoreError> {
+        let mut tables = self.tables();
+        let Some(entry) = tables.live(id) else {
+            return Ok(Finish::Missing);
+        };
+        if entry.record.status.is_final() {
+            return Ok(Finish::AlreadyFinal);
+        }
+        // As the Redis script's HSET: the fields written replace, the others stay.
+        let stored = &mut entry.record;
+        let owner = stored.owner.take();
+        let cancel_requested = stored.cancel_requested;
+        let progress = stored.progress;
+        *stored = record.clone();
+        stored.owner = owner;
+        stored.cancel_requested |= cancel_requested;
+        stored.progress = record.progress.or(progress);
+        Ok(Finish::Applied {
+            watchers: entry.watchers(),
+        })
+    }
+
+    async fn cancel(
+        &self,
+        id: &JobId,
+        watcher: Option<&str>,
+        identity: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Cancel, StoreError> {
+        let mut tables = self.tables();
+        let Some(entry) = tables.live(id) else {
+            return Ok(Cancel::Missing);
+        };
+        if identity.is_some() && entry.record.owner.as_deref() != identity {
+            return Ok(Cancel::Missing);
+        }
+        match entry.record.status {
+            JobStatus::Queued => {
+                entry.record.status = JobStatus::Cancelled;
+                entry.record.finished_ms = Some(now_ms);
+                entry.record.progress = None;
+                Ok(Cancel::Cancelled {
+                    record: Box::new(entry.record.clone()),
+                    watchers: entry.watchers(),
+                })
+            }
+            JobStatus::Running => {
+                entry.record.cancel_requested = true;
+                if let Some(watcher) = watcher {
+                    *entry.watchers.entry(watcher.to_owned()).or_default() += 1;
+                }
+                Ok(Cancel::Requested)
+            }
+            status => Ok(Cancel::Final(status)),
+        }
+    }
+
+    async fn report(&self, id: &JobId, fraction: Option<f64>) -> Result<Report, StoreError> {
+        let mut tables = self.tables();
+        let Some(entry) = tables
+            .live(id)
+            .filter(|e| e.record.status == JobStatus::Running)
+        else {
+            return Ok(Report {
+                stop: true,
+                watchers: Vec::new(),
+            });
+        };
+        if let Some(fraction) = fraction {
+            entry.record.progress = Some(fraction);
+        }
+        Ok(Report {
+            stop: entry.record.cancel_requested,
+            watchers: entry.watchers(),
+        })
+    }
+
+    async fn cached_result(&self, n: u64) -> Result<Option<String>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .tables()
+            .results
+            .get(&n)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(output, _)| output.to_string()))
+    }
+
+    async fn cache_result(&self, id: &JobId, n: u64, output: &str) -> Result<(), StoreError> {
+        let mut tables = self.tables();
+        // The result lives as long as the job's record, as in Redis.
+        if let Some(expires) = tables.live(id).map(|e| e.expires) {
+            tables.results.insert(n, (Arc::from(output), expires));
+        }
+        Ok(())
+    }
+}
+
+/// The job queue of embedded mode: bounded, so that a flood of submits is answered `busy` as with
+/// RabbitMQ's length cap.
+pub struct MemoryQueue {
+    jobs: mpsc::Sender<JobMessage>,
+    capacity: usize,
+}
+
+impl MemoryQueue {
+    /// A queue holding at most `capacity` jobs, and the receiving end for [`run_pool`].
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<JobMessage>) {
+        let (jobs, receiver) = mpsc::channel(capacity.max(1));
+        (Self { jobs, capacity }, receiver)
+    }
+}
+
+#[async_trait]
+impl JobQueue for MemoryQueue {
+    async fn publish(&self, job: &JobMessage) -> Result<(), PublishError> {
+        self.jobs.try_send(*job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PublishError::Full,
+            mpsc::error::TrySendError::Closed(_) => {
+                PublishError::Unavailable("the worker pool has stopped".into())
+            }
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
+    async fn depth(&self) -> Option<u64> {
+        Some((self.capacity - self.jobs.capacity()) as u64)
+    }
+}
+
+/// Runs the embedded worker pool: takes jobs from `jobs` and handles each with `context`, at most
+/// `in_flight` at once (the computations themselves are bounded by the context's slots), until
+/// `shutdown`. Then running jobs get `grace` to finish before they are stopped.
+pub async fn run_pool(
+    context: JobContext,
+    mut jobs: mpsc::Receiver<JobMessage>,
+    in_flight: usize,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let permits = Arc::new(Semaphore::new(in_flight.max(1)));
+    let mut running = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let job = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = running.join_next(), if !running.is_empty() => continue,
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let context = context.clone();
+        let span = tracing::info_span!("job", id = %job.id);
+        running.spawn(
+            async move {
+                let _permit = permit;
+                match context.handle(job).await {
+                    Settle::Ack => {}
+                    // Only a stop at shutdown gives this in memory: the job ends with the process.
+                    Settle::Requeue => warn!("job left unfinished at shutdown"),
+                    Settle::DeadLetter => {
+                        error!("job set aside: its record is damaged or it failed")
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        // Finished tasks are reaped here too, so the set does not grow with every job.
+        while running.try_join_next().is_some() {}
+    }
+    jobs.close();
+    if !running.is_empty() {
+        info!(
+            jobs = running.len(),
+            grace_secs = grace.as_secs(),
+            "waiting for running jobs"
+        );
+        if tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            context.stop.cancel();
+            while running.join_next().await.is_some() {}
+        }
+    }
+}
