@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Quick start: makes sure RabbitMQ and Redis run locally, then runs one worker in the background and the
-# server in the foreground (Ctrl-C stops both). Extra arguments go to the server.
+# Distributed mode on one machine: makes sure RabbitMQ and Redis run locally, then runs one worker in
+# the background and the server in the foreground (Ctrl-C stops both). Extra arguments go to the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 cargo build --release --locked -p herald-server -p herald-worker
+# Both URLs make the server distributed (without them it would run embedded).
+export HERALD_AMQP_URL="${HERALD_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export HERALD_REDIS_URL="${HERALD_REDIS_URL:-redis://127.0.0.1:6379}"
 ./target/release/herald-worker &
 worker=$!
 trap 'kill -TERM $worker 2>/dev/null; wait $worker 2>/dev/null' EXIT

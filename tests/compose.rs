@@ -276,6 +276,30 @@ fn compose_server_listens_where_it_publishes_and_checks_readiness() {
 }
 
 #[test]
+fn compose_worker_serves_metrics_where_its_healthcheck_asks() {
+    let compose = compose();
+    let worker = service(&compose, "worker");
+    let listen = environment(worker)
+        .remove("HERALD_METRICS_LISTEN")
+        .expect("worker sets HERALD_METRICS_LISTEN");
+    let (host, port) = listen
+        .rsplit_once(':')
+        .expect("HERALD_METRICS_LISTEN is host:port");
+    assert_eq!(host, "0.0.0.0", "Prometheus scrapes from another container");
+    let check = healthcheck(worker, "worker");
+    assert!(
+        check.contains(&format!("http://127.0.0.1:{port}/healthz")),
+        "the worker's healthcheck should ask /healthz on its metrics port: {check}"
+    );
+    let exposed: Vec<String> = worker
+        .get("expose")
+        .and_then(Value::as_sequence)
+        .map(|ports| ports.iter().map(scalar).collect())
+        .unwrap_or_default();
+    assert!(exposed.contains(&port.to_owned()), "{exposed:?}");
+}
+
+#[test]
 fn compose_worker_publishes_no_ports_so_it_scales() {
     let compose = compose();
     let worker = service(&compose, "worker");
