@@ -175,3 +175,52 @@ impl Cache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    /// A computation that runs until it is abandoned, and says whether it was.
+    fn endless(state: Arc<FlightState>) -> BoxFuture<'static, Computed> {
+        async move {
+            state.abandoned.cancelled().await;
+            Computed::Stopped
+        }
+        .boxed()
+    }
+
+    #[tokio::test]
+    async fn the_last_job_to_leave_stops_the_computation() {
+        let cache = Cache::default();
+        let first = cache.join(7, endless);
+        let second = cache.join(7, |_| unreachable!("joins the running computation"));
+        let state = first.state.clone();
+        drop(first);
+        assert!(!state.abandoned.is_cancelled(), "another job still waits");
+        drop(second);
+        assert!(state.abandoned.is_cancelled());
+        // A new job for the same n starts afresh rather than joining the abandoned computation.
+        let mut fresh = cache.join(7, |_| async { Computed::Done(Arc::from("5040")) }.boxed());
+        assert!(matches!(fresh.outcome().await, Computed::Done(out) if &*out == "5040"));
+    }
+
+    #[tokio::test]
+    async fn every_waiting_job_gets_the_outcome() {
+        let cache = Cache::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut first = cache.join(9, move |_| {
+            async move {
+                let _ = rx.await;
+                Computed::Done(Arc::from("362880"))
+            }
+            .boxed()
+        });
+        let mut second = cache.join(9, |_| unreachable!());
+        tx.send(()).unwrap();
+        for flight in [&mut first, &mut second] {
+            assert!(matches!(flight.outcome().await, Computed::Done(out) if &*out == "362880"));
+        }
+        assert_eq!(cache.stats.reused.load(Ordering::Relaxed), 1);
+    }
+}

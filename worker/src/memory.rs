@@ -382,3 +382,124 @@ pub async fn run_pool(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(id: &JobId, ttl: Duration) -> MemoryStore {
+        let store = MemoryStore::new();
+        let record = JobRecord::queued(5, 1).owned_by(Some("alice"));
+        futures::executor::block_on(store.create(id, &record, Some("a"), ttl)).unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn a_queued_job_is_cancelled_at_once_and_never_starts() {
+        let id = JobId::new_v4();
+        let store = store_with(&id, Duration::from_secs(60));
+        assert_eq!(
+            store.cancel(&id, None, Some("bob"), 9).await.unwrap(),
+            Cancel::Missing,
+            "another identity's job is unknown to it"
+        );
+        let Cancel::Cancelled { record, watchers } =
+            store.cancel(&id, None, Some("alice"), 9).await.unwrap()
+        else {
+            panic!("a queued job is cancelled at once");
+        };
+        assert_eq!(record.status, JobStatus::Cancelled);
+        assert_eq!(record.finished_ms, Some(9));
+        assert_eq!(watchers, vec!["a".to_owned()]);
+        assert_eq!(store.start(&id, 10).await.unwrap(), Start::Final);
+        assert_eq!(
+            store.cancel(&id, None, None, 11).await.unwrap(),
+            Cancel::Final(JobStatus::Cancelled)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_running_job_is_asked_to_stop_and_the_canceller_watches() {
+        let id = JobId::new_v4();
+        let store = store_with(&id, Duration::from_secs(60));
+        assert!(matches!(
+            store.start(&id, 2).await.unwrap(),
+            Start::Run {
+                attempts: 1,
+                cancel_requested: false,
+                ..
+            }
+        ));
+        let report = store.report(&id, Some(0.25)).await.unwrap();
+        assert!(!report.stop);
+        assert_eq!(store.get(&id).await.unwrap().unwrap().progress, Some(0.25));
+        assert_eq!(
+            store.cancel(&id, Some("b"), None, 3).await.unwrap(),
+            Cancel::Requested
+        );
+        let report = store.report(&id, None).await.unwrap();
+        assert!(report.stop);
+        let mut watchers = report.watchers;
+        watchers.sort();
+        assert_eq!(watchers, vec!["a".to_owned(), "b".to_owned()]);
+        // A worker that died after the flag was set: the next start ends it without computing.
+        assert!(matches!(
+            store.start(&id, 4).await.unwrap(),
+            Start::Run {
+                attempts: 2,
+                cancel_requested: true,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn watchers_are_counted_and_released() {
+        let id = JobId::new_v4();
+        let store = store_with(&id, Duration::from_secs(60));
+        store.resume(&id, "a", None).await.unwrap().unwrap();
+        store.unwatch(&id, "a", 1).await.unwrap();
+        assert_eq!(store.watchers(&id).await.unwrap(), vec!["a".to_owned()]);
+        store.unwatch(&id, "a", 1).await.unwrap();
+        assert!(store.watchers(&id).await.unwrap().is_empty());
+        assert!(store.resume(&id, "c", Some("bob")).await.unwrap().is_none());
+        assert!(
+            store.watchers(&id).await.unwrap().is_empty(),
+            "a stranger registers nothing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_and_results_expire_with_their_ttl() {
+        let id = JobId::new_v4();
+        let store = store_with(&id, Duration::from_secs(10));
+        store.cache_result(&id, 5, "120").await.unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(store.get(&id).await.unwrap().is_some());
+        assert_eq!(
+            store.cached_result(5).await.unwrap().as_deref(),
+            Some("120")
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(store.get(&id).await.unwrap().is_none());
+        assert!(store.cached_result(5).await.unwrap().is_none());
+        assert_eq!(store.start(&id, 1).await.unwrap(), Start::Missing);
+        store.sweep();
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_reports_its_depth() {
+        let (queue, mut jobs) = MemoryQueue::new(2);
+        let job = JobMessage {
+            id: JobId::new_v4(),
+            n: 3,
+        };
+        queue.publish(&job).await.unwrap();
+        queue.publish(&job).await.unwrap();
+        assert_eq!(queue.depth().await, Some(2));
+        assert!(matches!(queue.publish(&job).await, Err(PublishError::Full)));
+        jobs.recv().await.unwrap();
+        assert_eq!(queue.depth().await, Some(1));
+    }
+}
