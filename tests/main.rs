@@ -3,6 +3,7 @@
 mod helpers;
 
 mod auth;
+mod browser;
 mod compose;
 mod errors;
 mod faults;

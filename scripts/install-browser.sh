@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Makes sure headless Chromium and its WebDriver (Debian's chromium and chromium-driver) are installed, for
+# the browser test (tests/browser.rs). Safe to run again: installs only what is missing.
+set -euo pipefail
+
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-browser.sh: $* missing; install it (apt-get install $*) or run as root" >&2
+    exit 1
+  fi
+  if [ -z "${HERALD_APT_UPDATED:-}" ]; then
+    apt-get update -qq
+    HERALD_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# Without a font the page renders as boxes; the test's screenshots are looked at by people.
+[ -n "$(fc-list 2>/dev/null | head -n 1)" ] || missing+=(fonts-dejavu-core)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-browser.sh: installing ${missing[*]}" >&2
+  apt_install "${missing[@]}"
+fi
+/usr/bin/chromium --version >/dev/null
+/usr/bin/chromedriver --version >/dev/null
