@@ -24,5 +24,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-browser.sh: installing ${missing[*]}" >&2
   apt_install "${missing[@]}"
 fi
-/usr/bin/chromium --version >/dev/null
-/usr/bin/chromedriver --version >/dev/null
+# Debian's launcher script prints a harmless shell warning on some machines; only the exit code matters.
+for bin in /usr/bin/chromium /usr/bin/chromedriver; do
+  if ! "$bin" --version >/dev/null 2>&1; then
+    echo "install-browser.sh: $bin is installed but does not run ($bin --version failed)" >&2
+    exit 1
+  fi
+done
