@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
+# The terminal test drives the real websocat; the browser test drives Debian's Chromium.
+scripts/install-websocat.sh
+scripts/install-browser.sh
+export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
