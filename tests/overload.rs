@@ -143,3 +143,38 @@ async fn a_client_that_stops_reading_is_closed_and_its_jobs_stay_resumable() {
         }
     }
 }
+
+/// Embedded mode has the same cap: its bounded in-process queue answers `busy` when full. Its workers
+/// hold up to 32 jobs per computing slot in hand (as a RabbitMQ worker's prefetch), so with one slot
+/// and a cap of 2, at most 35 long jobs get in.
+#[tokio::test]
+async fn an_embedded_queue_answers_busy_when_full() {
+    let mut env = TestEnv::in_mode(crate::helpers::Mode::Embedded);
+    env.backend.max_queue_length = 2;
+    let mut settings = env.server_settings();
+    settings.concurrency = std::num::NonZeroUsize::new(1);
+    settings.job_time_limit_secs = 1;
+    let server = env.spawn_server_with(settings).await;
+    let mut client = server.client().await;
+    let mut accepted = 0;
+    let busy = loop {
+        client
+            .send_json(serde_json::json!({"type":"submit","n":1_000_000 - accepted,"ref":"r"}))
+            .await;
+        match client.recv().await {
+            ServerMessage::Accepted { .. } => accepted += 1,
+            ServerMessage::Error(e) => break e,
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(accepted <= 35, "the cap of 2 was not enforced");
+    };
+    assert!(accepted >= 2);
+    assert_eq!(busy.code, ErrorCode::Busy);
+    assert_eq!(busy.tag.as_deref(), Some("r"));
+    assert!(busy.retry_after_ms.unwrap() > 0);
+    let response = reqwest::get(server.http_url("/factorial?no=8"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+}
