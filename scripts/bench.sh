@@ -12,6 +12,8 @@ source scripts/services.sh
 
 cargo build --release --locked -q -p herald-server -p herald-worker -p herald-loadgen
 names=(--queue herald-bench.jobs --reply-exchange herald-bench.replies --redis-prefix herald-bench:)
+# Both URLs, or the server would run embedded (in-process queue and workers).
+names+=(--amqp-url "amqp://guest:guest@127.0.0.1:5672/%2f" --redis-url "redis://127.0.0.1:6379")
 port=${BENCH_PORT:-18480}
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp -d)
