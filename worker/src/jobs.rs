@@ -100,6 +100,9 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// one checkpoint of the computation, about a millisecond).
 pub const CANCEL_POLL: Duration = Duration::from_millis(50);
 
+/// How often a job that waits for a computing slot checks for a cancel.
+pub const WAITING_POLL: Duration = Duration::from_millis(250);
+
 /// Shortest gap between two progress messages of one job, and how long a job runs before its first:
 /// jobs shorter than this send none.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -285,10 +288,18 @@ impl JobContext {
             tokio::time::interval_at(tokio::time::Instant::now() + CANCEL_POLL, CANCEL_POLL);
         polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sent: Option<(Instant, f64)> = None;
+        let mut last_check = Instant::now();
         loop {
             tokio::select! {
                 computed = flight.outcome() => return Outcome::Computed(computed),
                 _ = polls.tick() => {
+                    // A job still waiting for a computing slot (a worker holds many in hand) checks
+                    // less often: dozens of them would otherwise cost Redis hundreds of calls a
+                    // second for nothing.
+                    if flight.progress().is_none() && last_check.elapsed() < WAITING_POLL {
+                        continue;
+                    }
+                    last_check = Instant::now();
                     let due = started.elapsed() >= PROGRESS_EVERY
                         && last_sent.is_none_or(|(at, _)| at.elapsed() >= PROGRESS_EVERY);
                     let progress = flight
