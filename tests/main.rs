@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod browser;
 mod compose;
+mod docs;
 mod errors;
 mod faults;
 mod flow;
