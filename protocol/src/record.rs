@@ -1,4 +1,4 @@
-//! The job record kept in Redis: one hash per job, plus the set of server instances that watch it.
+//! The job record kept in Redis: one hash per job, plus the server instances that watch it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -319,7 +319,8 @@ impl Keys {
         format!("{}job:{}", self.prefix, id.as_hyphenated())
     }
 
-    /// The set of server instances (their reply routing keys) that have a socket waiting for a job.
+    /// The hash of server instances (their reply routing keys) with a socket waiting for a job, each
+    /// with its count of waiting sockets.
     pub fn watchers(&self, id: &JobId) -> String {
         format!("{}watch:{}", self.prefix, id.as_hyphenated())
     }

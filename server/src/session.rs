@@ -347,37 +347,25 @@ impl Session {
             }
             Ok(Cancel::Cancelled { record, .. }) => {
                 self.state.metrics.cancels.inc();
-                // Sent from here: the completion published for other sockets may come later.
-                if !matches!(self.watches.get(&id), Some(Watch::Submitting(_))) {
+                // Sent from here unless the completion published for every watcher got here first
+                // (then the job is no longer watched), or `accepted` is not out yet (then that
+                // completion answers once it is).
+                if matches!(
+                    self.watches.get(&id),
+                    Some(Watch::Pending { .. } | Watch::Resuming(_))
+                ) {
                     self.deliver(id, &record);
                 }
             }
             Ok(Cancel::Final(status)) => {
-                if fresh {
-                    self.forget(id);
-                }
                 let error = ErrorMessage::new(
                     ErrorCode::AlreadyFinished,
                     format!("the job already finished ({status}); there is nothing to cancel"),
                 );
-                self.send(&ServerMessage::Error(error.with_id(id)));
+                self.refuse(id, fresh, error.with_id(id));
             }
-            Ok(Cancel::Missing) => {
-                if fresh {
-                    self.forget(id);
-                }
-                let error = ErrorMessage::new(
-                    ErrorCode::NotFound,
-                    "no such job: the ID is unknown or its record expired",
-                );
-                self.send(&ServerMessage::Error(error.with_id(id)));
-            }
-            Err(error) => {
-                if fresh {
-                    self.forget(id);
-                }
-                self.send(&ServerMessage::Error(error));
-            }
+            Ok(Cancel::Missing) => self.refuse(id, fresh, not_found(id)),
+            Err(error) => self.refuse(id, fresh, error),
         }
     }
 
@@ -448,25 +436,19 @@ impl Session {
                         }
                         self.send(&ServerMessage::from_record(id, &record, unix_ms()));
                     }
-                    Ok(None) => {
-                        if fresh {
-                            self.forget(id);
-                        }
-                        let error = ErrorMessage::new(
-                            ErrorCode::NotFound,
-                            "no such job: the ID is unknown or its record expired",
-                        );
-                        self.send(&ServerMessage::Error(error.with_id(id)));
-                    }
-                    Err(error) => {
-                        if fresh {
-                            self.forget(id);
-                        }
-                        self.send(&ServerMessage::Error(error));
-                    }
+                    Ok(None) => self.refuse(id, fresh, not_found(id)),
+                    Err(error) => self.refuse(id, fresh, error),
                 }
             }
         }
+    }
+
+    /// Answers a resume or cancel with `error`; a watch it opened (`fresh`) is closed again.
+    fn refuse(&mut self, id: JobId, fresh: bool, error: ErrorMessage) {
+        if fresh {
+            self.forget(id);
+        }
+        self.send(&ServerMessage::Error(error));
     }
 
     /// Sends a job's final result and stops watching it. (Its registrations need no release: the job
@@ -521,6 +503,15 @@ impl Session {
         }
         debug!(session = self.handle.id, "session closed");
     }
+}
+
+/// The error for a job that is unknown, expired, or (with authentication) another identity's.
+fn not_found(id: JobId) -> ErrorMessage {
+    ErrorMessage::new(
+        ErrorCode::NotFound,
+        "no such job: the ID is unknown or its record expired",
+    )
+    .with_id(id)
 }
 
 /// Releases `registrations` of this instance among a job's watchers in Redis.

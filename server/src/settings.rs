@@ -57,7 +57,8 @@ pub struct Settings {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// How long a job's record (and result) is kept in Redis after the submit, in seconds.
+    /// How long a job's record (and result) is kept after the submit (in Redis, or in memory in
+    /// embedded mode), in seconds.
     #[arg(long, env = "HERALD_JOB_TTL_SECS", default_value_t = 86_400)]
     pub job_ttl_secs: u64,
     /// Jobs one WebSocket connection may have in flight; more are answered `busy`.

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 use async_trait::async_trait;
 use herald_protocol::{Completion, ProgressMessage};
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, PublisherConfirm};
 
 use crate::backend::{Notifier, NotifyError};
 
@@ -29,6 +29,30 @@ impl AmqpNotifier {
     /// Publishes on `channel` from now on (a channel in confirm mode), or nowhere while disconnected.
     pub fn set_channel(&self, channel: Option<Channel>) {
         *self.channel.write().expect("channel lock never poisoned") = channel;
+    }
+
+    /// Publishes `body` once to each watcher's routing key; the broker's confirms, to await or not.
+    async fn publish_each(
+        &self,
+        channel: &Channel,
+        watchers: &[String],
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> lapin::Result<Vec<PublisherConfirm>> {
+        let mut confirms = Vec::with_capacity(watchers.len());
+        for watcher in watchers {
+            let confirm = channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    watcher.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties.clone(),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        Ok(confirms)
     }
 
     fn channel(&self) -> Option<Channel> {
@@ -57,20 +81,10 @@ impl Notifier for AmqpNotifier {
             .with_content_type("application/json".into())
             .with_correlation_id(completion.id.to_string().into());
         let failed = |e: lapin::Error| NotifyError(e.to_string());
-        let mut confirms = Vec::with_capacity(watchers.len());
-        for watcher in watchers {
-            let confirm = channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    watcher.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties.clone(),
-                )
-                .await
-                .map_err(failed)?;
-            confirms.push(confirm);
-        }
+        let confirms = self
+            .publish_each(&channel, watchers, &body, properties)
+            .await
+            .map_err(failed)?;
         for confirm in confirms {
             if confirm.await.map_err(failed)?.is_nack() {
                 return Err(NotifyError("the broker refused the completion".into()));
@@ -88,21 +102,12 @@ impl Notifier for AmqpNotifier {
             .with_content_type("application/json".into())
             .with_type(ProgressMessage::KIND.into())
             .with_correlation_id(progress.id.to_string().into());
-        for watcher in watchers {
-            // Not waited for: a progress message that is lost is replaced by the next one.
-            let published = channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    watcher.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties.clone(),
-                )
-                .await;
-            if let Err(e) = published {
-                tracing::debug!(error = %e, "progress not published");
-                return;
-            }
+        // Confirms not waited for: a progress message that is lost is replaced by the next one.
+        if let Err(e) = self
+            .publish_each(&channel, watchers, &body, properties)
+            .await
+        {
+            tracing::debug!(error = %e, "progress not published");
         }
     }
 }

@@ -196,15 +196,13 @@ impl JobStore for MemoryStore {
         if entry.record.status.is_final() {
             return Ok(Finish::AlreadyFinal);
         }
-        // As the Redis script's HSET: the fields written replace, the others stay.
+        // As the Redis script: progress goes, the fields written replace, the others stay.
         let stored = &mut entry.record;
         let owner = stored.owner.take();
         let cancel_requested = stored.cancel_requested;
-        let progress = stored.progress;
         *stored = record.clone();
         stored.owner = owner;
         stored.cancel_requested |= cancel_requested;
-        stored.progress = record.progress.or(progress);
         Ok(Finish::Applied {
             watchers: entry.watchers(),
         })

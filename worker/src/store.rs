@@ -75,6 +75,7 @@ static FINISH: LazyLock<Script> = LazyLock::new(|| {
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1} end
 if status ~= 'queued' and status ~= 'running' then return {0} end
+redis.call('HDEL', KEYS[1], 'progress')
 redis.call('HSET', KEYS[1], unpack(ARGV))
 local reply = {1}
 local counts = redis.call('HGETALL', KEYS[2])
