@@ -126,7 +126,7 @@ pub async fn run(socket: WebSocket, state: AppState, caller: Caller, slot: Socke
         outbox,
         watches: HashMap::new(),
     };
-    let span = tracing::debug_span!("session", id = session.handle.id);
+    let span = tracing::debug_span!("session", session = session.handle.id);
     state.metrics.sockets_open.inc();
     async move {
     debug!("session opened");
