@@ -70,6 +70,8 @@ pub enum Command {
     Compare(CompareArgs),
     /// Many idle WebSockets held open: how many the server takes, and its memory per socket.
     Connections(ConnectionsArgs),
+    /// Long jobs cancelled once they run: time from the cancel to the `cancelled` result.
+    Cancel(CancelArgs),
 }
 
 /// Flags of `latency`.
@@ -187,6 +189,24 @@ pub struct ConnectionsArgs {
     pub server_pid: Option<u32>,
 }
 
+/// Flags of `cancel`.
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    /// Input of the first job; job k (from 0) computes (n - k)!, because the worker computes an n once
+    /// and a job for an n already in hand would share that computation instead of running its own.
+    /// Big enough that a job runs well past its first progress (250 ms).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub n: u64,
+    /// Jobs submitted and cancelled, one after the other.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: u64,
+    /// Wait between a job's first progress and its cancel (e.g. 0, 25ms). The first progress leaves the
+    /// worker just after one of its checks for a cancel, so a cancel sent at once lands early in the
+    /// gap to the next check; a delay moves it later in that gap.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub delay: Duration,
+}
+
 /// Reads a duration: a number of seconds (`5`, `2.5`) or a number with a unit (`500ms`, `5s`, `2m`).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
@@ -271,5 +291,36 @@ mod tests {
             panic!("expected throughput");
         };
         assert_eq!((args.window, args.connections, args.jobs), (7, 50, 20_000));
+    }
+
+    #[test]
+    fn cancel_defaults_and_flags() {
+        let cli = Cli::try_parse_from(["herald-loadgen", "cancel"]).unwrap();
+        let Command::Cancel(args) = cli.command else {
+            panic!("expected cancel");
+        };
+        assert_eq!(
+            (args.n, args.jobs, args.delay),
+            (1_000_000, 20, Duration::ZERO)
+        );
+        let cli = Cli::try_parse_from([
+            "herald-loadgen",
+            "cancel",
+            "--jobs",
+            "30",
+            "--n",
+            "500000",
+            "--delay",
+            "25ms",
+        ])
+        .unwrap();
+        let Command::Cancel(args) = cli.command else {
+            panic!("expected cancel");
+        };
+        assert_eq!(
+            (args.n, args.jobs, args.delay),
+            (500_000, 30, Duration::from_millis(25))
+        );
+        assert!(Cli::try_parse_from(["herald-loadgen", "cancel", "--jobs", "0"]).is_err());
     }
 }

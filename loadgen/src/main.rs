@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::cli::{Cli, Command};
 use crate::modes::push::Plan;
-use crate::modes::{compare, connections, poll, push, Ctx};
+use crate::modes::{cancel, compare, connections, poll, push, Ctx};
 use crate::report::Report;
 use crate::target::Endpoints;
 
@@ -81,6 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Connections(args) => {
                 Report::Connections(connections::run(&target, args, &ctx).await?)
             }
+            Command::Cancel(args) => Report::Cancel(cancel::run(&target, args, &ctx).await?),
         })
     };
     // Every mode stops itself at the deadline; this only guards against one that hangs while wrapping up.

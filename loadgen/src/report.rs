@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::modes::cancel::CancelReport;
 use crate::modes::compare::CompareReport;
 use crate::modes::connections::ConnectionsReport;
 use crate::modes::poll::PollReport;
@@ -25,6 +26,8 @@ pub enum Report {
     Compare(Box<CompareReport>),
     /// Idle sockets.
     Connections(ConnectionsReport),
+    /// Long jobs cancelled once they run.
+    Cancel(CancelReport),
 }
 
 /// How a run ended, as the process's exit status.
@@ -46,6 +49,7 @@ impl Report {
             Self::Poll(r) => (r.timed_out, r.is_clean()),
             Self::Compare(r) => (r.timed_out(), r.is_clean()),
             Self::Connections(r) => (r.timed_out, r.is_clean()),
+            Self::Cancel(r) => (r.timed_out, r.is_clean()),
         };
         match (timed_out, clean) {
             (true, _) => Verdict::TimedOut,
@@ -67,6 +71,7 @@ impl Report {
             Self::Poll(r) => poll_table(r),
             Self::Compare(r) => compare_table(r),
             Self::Connections(r) => connections_table(r),
+            Self::Cancel(r) => cancel_table(r),
         }
     }
 }
@@ -450,6 +455,56 @@ fn connections_table(r: &ConnectionsReport) -> String {
     out
 }
 
+fn cancel_table(r: &CancelReport) -> String {
+    let last_n = r.n.saturating_sub(r.jobs.saturating_sub(1));
+    let mut out = format!(
+        "cancel: {}, n={} down to {last_n}, {} one at a time on one socket, each cancelled {}\n\n",
+        r.url,
+        r.n,
+        plural(r.jobs, "job", "jobs"),
+        if r.delay_ms > 0.0 {
+            format!("{} ms after its first progress", ms(r.delay_ms))
+        } else {
+            "at its first progress".to_owned()
+        }
+    );
+    let mut rows = vec![(
+        "jobs".to_owned(),
+        format!(
+            "{}: {} cancelled, {} finished otherwise, {} refused, {} unfinished",
+            r.jobs, r.cancelled, r.finished, r.refused, r.unfinished
+        ),
+    )];
+    if let Some((lo, hi)) = r.fraction_range() {
+        rows.push((
+            "cancelled at".to_owned(),
+            format!("fraction {lo:.2} to {hi:.2} of the job (its first progress)"),
+        ));
+    }
+    rows.push((
+        "after cancel".to_owned(),
+        if r.after_cancel.is_empty() {
+            "nothing else came between a cancel and its result".to_owned()
+        } else {
+            counts(&r.after_cancel)
+        },
+    ));
+    out.push_str(&pairs(&rows));
+    out.push('\n');
+    out.push_str(&latency_grid(
+        "latency (ms)",
+        &[
+            ("cancel -> cancelled", r.cancel_latency),
+            ("submit -> first progress", r.progress_latency),
+            ("submit -> accepted", r.accepted_latency),
+        ],
+    ));
+    out.push('\n');
+    out.push_str(&pairs(&problem_rows(&r.problems)));
+    notes(&mut out, r.timed_out, &r.notes);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,5 +578,54 @@ mod tests {
         assert_eq!(ratios(None, Some(summary(1.0))), (None, None));
         assert_eq!(ratio(Some(2500.0)), "2500.0x");
         assert_eq!(ratio(None), "-");
+    }
+
+    #[test]
+    fn cancel_table_and_json() {
+        use crate::modes::cancel::{RoundOutcome, RoundReport};
+        let round = |fraction| RoundReport {
+            n: 1_000_000,
+            id: None,
+            outcome: RoundOutcome::Cancelled,
+            detail: None,
+            accepted_ms: Some(1.0),
+            progress_ms: Some(300.0),
+            fraction: Some(fraction),
+            phase: None,
+            cancel_ms: Some(45.0),
+            after_cancel: BTreeMap::new(),
+        };
+        let report = CancelReport {
+            url: "ws://127.0.0.1:9/ws".into(),
+            n: 1_000_000,
+            jobs: 2,
+            delay_ms: 0.0,
+            cancelled: 2,
+            finished: 0,
+            refused: 0,
+            unfinished: 0,
+            cancel_latency: Some(summary(45.0)),
+            progress_latency: Some(summary(300.0)),
+            accepted_latency: Some(summary(1.0)),
+            after_cancel: BTreeMap::from([("progress".to_owned(), 1)]),
+            rounds: vec![round(0.31), round(0.22)],
+            problems: Problems::default(),
+            timed_out: false,
+            notes: Vec::new(),
+        };
+        let report = Report::Cancel(report);
+        assert_eq!(report.verdict(), Verdict::Clean);
+        let table = report.to_table();
+        assert!(
+            table.starts_with("cancel: ws://127.0.0.1:9/ws, n=1000000 down to 999999, 2 jobs"),
+            "{table}"
+        );
+        assert!(
+            table.contains("cancelled at  fraction 0.22 to 0.31"),
+            "{table}"
+        );
+        assert!(table.contains("after cancel  progress 1"), "{table}");
+        assert!(table.contains("cancel -> cancelled"), "{table}");
+        assert!(report.to_json().starts_with(r#"{"mode":"cancel","#));
     }
 }

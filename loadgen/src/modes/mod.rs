@@ -1,5 +1,6 @@
 //! The kinds of run, and what they share: the run's deadline and a pool of job numbers.
 
+pub mod cancel;
 pub mod compare;
 pub mod connections;
 pub mod poll;
