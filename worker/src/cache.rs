@@ -54,6 +54,18 @@ pub struct FlightState {
     waiting: Mutex<usize>,
 }
 
+impl FlightState {
+    /// The state of a computation no other job can join (for inputs too small to share).
+    pub fn detached() -> Arc<Self> {
+        Arc::new(Self {
+            progress: watch::channel(None).0,
+            abandoned: CancellationToken::new(),
+            done: watch::channel(None).0,
+            waiting: Mutex::new(1),
+        })
+    }
+}
+
 /// One job's membership in a computation; leaving (dropping it) may stop the computation.
 pub struct Flight {
     n: u64,

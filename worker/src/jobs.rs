@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Finish, Notifier, Start, Store, StoreError};
-use crate::cache::{Cache, Computed, FlightState};
+use crate::cache::{Cache, Computed, FlightState, MIN_CACHED_N};
 use crate::compute;
 use crate::metrics::WorkerMetrics;
 
@@ -265,6 +265,11 @@ impl JobContext {
     /// The output for n: reused from a stored result or a computation in flight, or computed here.
     /// While it waits, the job reports progress and checks for a cancel.
     async fn obtain(&self, id: JobId, n: u64) -> Outcome {
+        if n < MIN_CACHED_N {
+            // Well under a millisecond: no progress to report, nothing to share, and no time for a
+            // cancel to land, so none of the machinery below is worth its cost on the hot path.
+            return Outcome::Computed(self.compute(n, FlightState::detached()).await);
+        }
         if let Some(output) = self.cache.lookup(self.store.as_ref(), n).await {
             info!("answered from a stored result of the same n");
             return Outcome::Computed(Computed::Done(output));
