@@ -3,17 +3,7 @@
 # the browser test (tests/browser.rs). Safe to run again: installs only what is missing.
 set -euo pipefail
 
-apt_install() {
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "install-browser.sh: $* missing; install it (apt-get install $*) or run as root" >&2
-    exit 1
-  fi
-  if [ -z "${HERALD_APT_UPDATED:-}" ]; then
-    apt-get update -qq
-    HERALD_APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)

@@ -18,13 +18,9 @@ fi
 
 # Its default features include wss:// through native-tls, which links the system's OpenSSL.
 if ! pkg-config --exists openssl 2>/dev/null; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "install-websocat.sh: OpenSSL headers missing; apt-get install pkg-config libssl-dev" >&2
-    exit 1
-  fi
   echo "install-websocat.sh: installing pkg-config and libssl-dev (websocat links OpenSSL)" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config libssl-dev >/dev/null
+  source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+  apt_install pkg-config libssl-dev
 fi
 
 echo "install-websocat.sh: building websocat $WEBSOCAT_VERSION with cargo (a few minutes)" >&2

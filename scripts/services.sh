@@ -5,17 +5,7 @@ set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-apt_install() {
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "services.sh: $* missing; install it (apt-get install $*) or run as root" >&2
-    exit 1
-  fi
-  if [ -z "${HERALD_APT_UPDATED:-}" ]; then
-    apt-get update -qq
-    HERALD_APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 wait_port() { # name port seconds
   local i

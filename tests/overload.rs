@@ -1,10 +1,23 @@
 //! Overload: a full job queue, too many jobs on one socket, and a client that stops reading.
 
-use herald_protocol::{ErrorCode, ServerMessage};
+use herald_protocol::{ErrorCode, ErrorMessage, ServerMessage};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{eventually, TestEnv};
+use crate::helpers::{eventually, TestEnv, TestServer};
+
+/// What a full queue answers: `busy` over the socket (echoing the submit's `ref`, with a retry time),
+/// and 429 with Retry-After over HTTP.
+async fn refused_while_full(server: &TestServer, busy: &ErrorMessage) {
+    assert_eq!(busy.code, ErrorCode::Busy);
+    assert_eq!(busy.tag.as_deref(), Some("r"));
+    assert!(busy.retry_after_ms.unwrap() > 0);
+    let response = reqwest::get(server.http_url("/factorial?no=8"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+}
 
 #[tokio::test]
 async fn a_full_queue_answers_busy_and_stores_nothing() {
@@ -26,14 +39,7 @@ async fn a_full_queue_answers_busy_and_stores_nothing() {
         assert!(accepted.len() <= 4, "the cap of 2 was not enforced");
     };
     assert!(accepted.len() >= 2);
-    assert_eq!(busy.code, ErrorCode::Busy);
-    assert_eq!(busy.tag.as_deref(), Some("r"));
-    assert!(busy.retry_after_ms.unwrap() > 0);
-    let response = reqwest::get(server.http_url("/factorial?no=8"))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 429);
-    assert!(response.headers().contains_key("retry-after"));
+    refused_while_full(&server, &busy).await;
 
     // Only the accepted jobs have records: the refused ones left nothing behind.
     let mut redis = env.redis().await;
@@ -169,12 +175,5 @@ async fn an_embedded_queue_answers_busy_when_full() {
         assert!(accepted <= 35, "the cap of 2 was not enforced");
     };
     assert!(accepted >= 2);
-    assert_eq!(busy.code, ErrorCode::Busy);
-    assert_eq!(busy.tag.as_deref(), Some("r"));
-    assert!(busy.retry_after_ms.unwrap() > 0);
-    let response = reqwest::get(server.http_url("/factorial?no=8"))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 429);
-    assert!(response.headers().contains_key("retry-after"));
+    refused_while_full(&server, &busy).await;
 }
