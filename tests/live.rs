@@ -40,6 +40,10 @@ async fn progress_is_pushed_for_long_jobs_only(mode: Mode) {
     let server = env.spawn_app(2).await;
     let mut client = server.client().await;
     let long = client.submit(LONG_N).await;
+    // A second socket watches the same job: progress goes to every socket that watches it.
+    let mut watcher = server.client().await;
+    watcher.resume(long).await;
+    assert!(matches!(watcher.recv().await, ServerMessage::Status { .. }));
     let short = client.submit(10).await;
     let mut short_done = false;
     let mut progress = Vec::new();
@@ -77,6 +81,12 @@ async fn progress_is_pushed_for_long_jobs_only(mode: Mode) {
         "{progress:?}"
     );
     assert_eq!(progress.last().unwrap().1, Phase::Decimal, "{progress:?}");
+    // The watcher registered within milliseconds of the start, long before the first report at
+    // 250 ms, so it hears the reports too.
+    let (watched, outcome) = progress_until_result(&mut watcher, long).await;
+    assert!(matches!(outcome, Outcome::Done { .. }));
+    assert!(!watched.is_empty());
+    assert!(watched.iter().all(|p| progress.contains(p)), "{watched:?}");
     // At most one report per 250 ms of the job's own computing time (its worker's clock).
     let allowed = timings.compute_ms / 250 + 1;
     assert!(
