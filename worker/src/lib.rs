@@ -149,7 +149,9 @@ impl Worker {
             metrics,
         } = self;
         if let Some(addr) = settings.metrics_listen {
-            let listener = metrics::bind(addr).await.map_err(WorkerError::Metrics)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(WorkerError::Metrics)?;
             info!(
                 "metrics on http://{}/metrics",
                 listener.local_addr().map_err(WorkerError::Metrics)?

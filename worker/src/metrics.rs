@@ -1,7 +1,6 @@
 //! The worker's Prometheus metrics (jobs by outcome, compute time, attempts) and the small HTTP
 //! endpoint that serves them on a port of the worker's own.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::header;
@@ -103,9 +102,4 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-}
-
-/// Binds the metrics port.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
