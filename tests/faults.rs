@@ -2,11 +2,15 @@
 //! Redis going away under a running server or worker. Nothing accepted is lost.
 
 use herald_protocol::{ErrorCode, Outcome, ServerMessage};
-use herald_worker::JobStore;
+use herald_worker::{JobStore, StoreError};
 
 use crate::helpers::{eventually, Proxy, TestEnv, AMQP_URL};
 
 const LONG_N: u64 = 1_000_000;
+
+/// An input that computes for several seconds on any machine: LONG_N! takes under a second on a quiet
+/// one, too close to the shortest time limit.
+const PAST_A_SECOND_N: u64 = 5_000_000;
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_leaves_it_to_another_worker() {
@@ -67,13 +71,14 @@ async fn messages_that_are_not_jobs_go_straight_to_the_dead_letter_queue() {
 
 #[tokio::test]
 async fn a_job_past_its_time_limit_fails_and_frees_the_worker() {
-    let env = TestEnv::new();
+    let mut env = TestEnv::new();
+    env.backend.max_n = PAST_A_SECOND_N;
     let server = env.spawn_server().await;
     let mut settings = env.worker_settings(1);
     settings.job_time_limit_secs = 1;
     let _worker = env.spawn_worker_with(settings).await;
     let mut client = server.client().await;
-    let id = client.submit(LONG_N).await;
+    let id = client.submit(PAST_A_SECOND_N).await;
     match client.result_of(id).await {
         Outcome::Failed { error } => assert_eq!(error, "time limit exceeded (1 s)"),
         other => panic!("expected failed, got {other:?}"),
@@ -118,7 +123,7 @@ async fn a_result_stored_twice_or_published_twice_reaches_each_socket_once() {
 
     // A worker stored the result, then two completions went out (a worker presumed dead finished too).
     let store =
-        herald_worker::RedisStore::new(crate::helpers::REDIS_URL, env.backend.keys(), 2).unwrap();
+        herald_worker::RedisStore::new(crate::helpers::REDIS_URL, env.backend.keys()).unwrap();
     let mut record = store.get(&id).await.unwrap().unwrap();
     record.status = herald_protocol::JobStatus::Done;
     record.digits = Some(9);
@@ -233,6 +238,23 @@ async fn the_server_rides_out_a_redis_outage() {
     server.until_readyz(200).await;
     let id = client.submit(7).await;
     assert_eq!(client.output_of(id).await, "5040");
+}
+
+#[tokio::test]
+async fn a_redis_connection_that_goes_silent_is_replaced() {
+    let env = TestEnv::new();
+    let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let store = herald_worker::RedisStore::new(&proxy.redis_url(), env.backend.keys()).unwrap();
+    store.ping().await.unwrap();
+
+    // The connection stays open and silent: redis-rs would wait on it for good (it reconnects only
+    // when a connection breaks), so the store gives up on the operation and on the connection.
+    proxy.stall();
+    match store.ping().await {
+        Err(StoreError::Unavailable(reason)) => assert!(reason.contains("in time"), "{reason}"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    store.ping().await.unwrap();
 }
 
 #[tokio::test]

@@ -652,6 +652,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<std::sync::atomic::AtomicBool>,
     connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// Cancelled by [`Proxy::stall`] for the connections open at that moment.
+    silence: Arc<std::sync::Mutex<CancellationToken>>,
     task: JoinHandle<()>,
 }
 
@@ -662,7 +664,8 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connections = Arc::new(std::sync::Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
-        let (cut_flag, live) = (cut.clone(), connections.clone());
+        let silence = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let (cut_flag, live, silencer) = (cut.clone(), connections.clone(), silence.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if cut_flag.load(std::sync::atomic::Ordering::SeqCst) {
@@ -670,9 +673,15 @@ impl Proxy {
                     drop(inbound);
                     continue;
                 }
+                let silenced = silencer.lock().unwrap().clone();
                 let pipe = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            // Stalled: both ends stay open and nothing more goes through, like a
+                            // peer gone without a reset, until the proxy drops the connection.
+                            () = silenced.cancelled() => std::future::pending().await,
+                        }
                     }
                 });
                 live.lock().unwrap().push(pipe.abort_handle());
@@ -682,6 +691,7 @@ impl Proxy {
             addr,
             cut,
             connections,
+            silence,
             task,
         }
     }
@@ -697,6 +707,13 @@ impl Proxy {
     /// Accepts connections again.
     pub fn restore(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Silences every open connection without closing it; new connections work.
+    pub fn stall(&self) {
+        let mut silence = self.silence.lock().unwrap();
+        silence.cancel();
+        *silence = CancellationToken::new();
     }
 
     /// `amqp://…` through this proxy.

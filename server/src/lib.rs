@@ -223,7 +223,7 @@ impl Application {
             (store, Arc::new(queue), notifier, backend)
         } else {
             let backend = &settings.backend;
-            let redis = RedisStore::new(backend.redis_url(), backend.keys(), 64)?;
+            let redis = RedisStore::new(backend.redis_url(), backend.keys())?;
             redis.ping().await?;
             let store: Store = Arc::new(redis);
             let config = broker::BrokerConfig {

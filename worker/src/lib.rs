@@ -108,11 +108,7 @@ impl Worker {
     pub async fn connect(settings: Settings) -> Result<Self, WorkerError> {
         settings.validate()?;
         let backend = &settings.backend;
-        let store = RedisStore::new(
-            backend.redis_url(),
-            backend.keys(),
-            usize::from(settings.prefetch()).clamp(4, 64),
-        )?;
+        let store = RedisStore::new(backend.redis_url(), backend.keys())?;
         store.ping().await?;
         let amqp = Amqp::open(&settings).await?;
         let notifier = Arc::new(amqp::AmqpNotifier::new(backend.reply_exchange.clone()));

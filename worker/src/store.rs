@@ -6,12 +6,12 @@
 //! that finishes the job or sees the finished record itself.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Manager, Pool, Runtime};
 use herald_protocol::{JobId, JobRecord, JobStatus, Keys, RecordError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use crate::backend::{Cancel, Finish, JobStore, Report, Start};
@@ -40,12 +40,6 @@ impl From<redis::RedisError> for StoreError {
 impl From<redis::ParsingError> for StoreError {
     fn from(_: redis::ParsingError) -> Self {
         Self::Corrupt(RecordError::Inconsistent("unexpected reply from redis"))
-    }
-}
-
-impl From<deadpool_redis::PoolError> for StoreError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        Self::Unavailable(e.to_string())
     }
 }
 
@@ -180,27 +174,79 @@ if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) end
 });
 
 /// Handle to the Redis job store; cheap to clone.
+///
+/// Every operation of the process goes over one multiplexed connection, so operations issued at once
+/// travel in one write and are answered in one read: under load that halves the CPU Redis spends per
+/// job, against a pool of connections used one operation at a time (BENCHMARKS.md, "Throughput").
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: Pool,
+    link: Arc<Link>,
     keys: Keys,
 }
 
+/// The shared connection, and what it takes to replace it.
+struct Link {
+    client: redis::Client,
+    /// The connection in use and its generation, so that of many operations that time out on the same
+    /// connection only the first replaces it.
+    current: RwLock<(u64, ConnectionManager)>,
+}
+
+impl Link {
+    fn manager(client: &redis::Client) -> Result<ConnectionManager, StoreError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OPERATION_TIMEOUT))
+            // Answers are timed by `RedisStore::run`, which also replaces a connection that stops
+            // answering; the crate's own 500 ms default would fail large results under load.
+            .set_response_timeout(None)
+            // One attempt per reconnect: the callers back off and retry as their own work requires.
+            .set_number_of_retries(0);
+        Ok(ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            config,
+        )?)
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        self.current
+            .read()
+            .expect("connection lock never poisoned")
+            .clone()
+    }
+
+    /// Drops the connection of `generation` for a new one. The crate reconnects by itself when the
+    /// connection breaks, but not when it stays open and silent (a peer gone without a reset).
+    fn replace(&self, generation: u64) {
+        let mut current = self
+            .current
+            .write()
+            .expect("connection lock never poisoned");
+        if current.0 != generation {
+            return;
+        }
+        match Self::manager(&self.client) {
+            Ok(manager) => *current = (generation + 1, manager),
+            Err(e) => tracing::warn!(error = %e, "could not replace the redis connection"),
+        }
+    }
+}
+
 impl RedisStore {
-    /// A store on the Redis at `url`, with keys under `keys`. Connects lazily.
-    pub fn new(url: &str, keys: Keys, max_connections: usize) -> Result<Self, StoreError> {
+    /// A store on the Redis at `url`, with keys under `keys`. Connects lazily, so it must be created
+    /// within a Tokio runtime.
+    pub fn new(url: &str, keys: Keys) -> Result<Self, StoreError> {
         // Without TCP_NODELAY, small pipelined commands meet delayed ACKs and wait 40 ms.
         let info = redis::IntoConnectionInfo::into_connection_info(url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let pool = Pool::builder(Manager::new(info)?)
-            .max_size(max_connections)
-            .wait_timeout(Some(OPERATION_TIMEOUT))
-            .create_timeout(Some(OPERATION_TIMEOUT))
-            .recycle_timeout(Some(OPERATION_TIMEOUT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Self { pool, keys })
+        let client = redis::Client::open(info)?;
+        let manager = Link::manager(&client)?;
+        Ok(Self {
+            link: Arc::new(Link {
+                client,
+                current: RwLock::new((0, manager)),
+            }),
+            keys,
+        })
     }
 
     /// The key layout.
@@ -210,17 +256,21 @@ impl RedisStore {
 
     pub(crate) async fn run<T, F>(
         &self,
-        f: impl FnOnce(deadpool_redis::Connection) -> F,
+        f: impl FnOnce(ConnectionManager) -> F,
     ) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
-        tokio::time::timeout(OPERATION_TIMEOUT, async {
-            let conn = self.pool.get().await?;
-            f(conn).await
-        })
-        .await
-        .map_err(|_| StoreError::Unavailable("redis did not answer in time".into()))?
+        let (generation, conn) = self.link.current();
+        match tokio::time::timeout(OPERATION_TIMEOUT, f(conn)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.link.replace(generation);
+                Err(StoreError::Unavailable(
+                    "redis did not answer in time".into(),
+                ))
+            }
+        }
     }
 
     /// The key of the stored result of n.
