@@ -49,6 +49,9 @@ cpu_seconds() { # pid... → summed user+system CPU seconds
 }
 services_pids() { pgrep -d ' ' -f "$1" || true; }
 cleanup() {
+  # The report below may go to a pipe already closed (`| head`): stopping there would leave both
+  # processes running.
+  trap '' PIPE
   if [ -n "${PROFILE:-}" ] && [ -n "$embedded" ]; then
     echo "--- CPU seconds during the run, by process:" >&2
     echo "herald-server $(cpu_seconds "$server") (embedded: its queue, store and workers included)" >&2

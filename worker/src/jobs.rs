@@ -96,6 +96,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Pause before a job whose completion could not be sent goes back to the queue.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
+/// Below this n a computation takes about 10 µs or less here (11.6 µs at 500; BENCHMARKS.md,
+/// "Throughput"), less than handing it to a blocking thread and back costs, so it runs in place.
+pub const INLINE_BELOW_N: u64 = 500;
+
 /// How often a running job checks for a cancel: a cancel takes effect within about this long (plus
 /// one checkpoint of the computation, about a millisecond).
 pub const CANCEL_POLL: Duration = Duration::from_millis(50);
@@ -333,6 +337,17 @@ impl JobContext {
     }
 
     async fn compute(&self, n: u64, flight: Arc<FlightState>) -> Computed {
+        if n < INLINE_BELOW_N {
+            self.cache
+                .stats
+                .computations
+                .fetch_add(1, Ordering::Relaxed);
+            return match compute::factorial_decimal(n, &mut |_| true) {
+                Ok(output) => Computed::Done(Arc::from(output)),
+                // A checkpoint that never says stop cannot interrupt it.
+                Err(_) => Computed::Failed("internal error while computing".into()),
+            };
+        }
         let Ok(_slot) = self.slots.clone().acquire_owned().await else {
             return Computed::Stopped;
         };

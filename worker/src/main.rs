@@ -4,7 +4,10 @@ use clap::Parser;
 use herald_worker::{telemetry, Settings, Worker};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
+// One runtime thread: the worker's async side only moves messages (40–50 µs of CPU a small job), long
+// computations run on blocking threads, and RabbitMQ heartbeats on lapin's own I/O thread. Handing
+// each job between two runtime threads cost more CPU than the job (BENCHMARKS.md, "Throughput").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     telemetry::init(settings.log.log_format);
