@@ -12,3 +12,6 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+# The optional malachite backend (off by default) against the built-in kernel.
+cargo clippy -p herald-worker --features malachite --all-targets --locked -- -D warnings
+cargo test -p herald-worker --features malachite --lib --locked
