@@ -11,12 +11,15 @@
 #   PROFILE=1 scripts/bench.sh throughput ...          (also prints CPU seconds per process)
 #   EMBEDDED=1 scripts/bench.sh cancel ...             (the server alone, embedded: its queue, store and
 #                                                       workers in process; no RabbitMQ, Redis or worker)
+#   MALACHITE=1 scripts/bench.sh cancel ...            (binaries built with the malachite backend)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 embedded=${EMBEDDED:-}
 [ -n "$embedded" ] || source scripts/services.sh
 
-cargo build --release --locked -q -p herald-server -p herald-worker -p herald-loadgen
+features=()
+[ -z "${MALACHITE:-}" ] || features=(--features herald-worker/malachite)
+cargo build --release --locked -q -p herald-server -p herald-worker -p herald-loadgen "${features[@]}"
 run=herald-bench.$$
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp -d)

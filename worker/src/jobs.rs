@@ -96,7 +96,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Pause before a job whose completion could not be sent goes back to the queue.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// Below this n a computation takes about 10 µs or less here (11.6 µs at 500; BENCHMARKS.md,
+/// Below this n a computation takes under 20 µs here (about 17 µs at 500; BENCHMARKS.md,
 /// "Throughput"), less than handing it to a blocking thread and back costs, so it runs in place.
 pub const INLINE_BELOW_N: u64 = 500;
 
