@@ -1543,12 +1543,13 @@ fn power_of_beta(s: usize) -> Vec<u64> {
 ///
 /// Limitation: malachite has no progress hook or cancellation inside its operations, so the
 /// checkpoint can only run between two of them. A whole call is one step, and so is every
-/// multiplication, squaring, division and piece conversion; the longest is one operation on
-/// numbers about half the size of n!: the top division of the conversion, the inverse of the top
-/// power of ten, or the last squaring of the product (each about 20–80 ms for n = 1_000_000 on the
-/// 2-core reference machine). A stop therefore comes that much later than with the built-in
-/// kernel, whose longest step is one transform pass. Malachite's own `to_string` of the whole
-/// number would run with no checkpoint at all for about 0.3 s at n = 1_000_000.
+/// multiplication, squaring, division and piece conversion; in steps, the longest is one operation
+/// on numbers about half the size of n! (the top division of the conversion, the inverse of the top
+/// power of ten, or the last squaring of the product). The longest gap between checkpoints measured
+/// 29 ms at n = 150,000 and 27 ms at n = 1,000,000 on the 2-core reference machine, against 1 and
+/// 6 ms for the built-in kernel (BENCHMARKS.md, "Worker compute"), so a stop comes that much later.
+/// Malachite's own `to_string` of the whole number would run with no checkpoint at all for about
+/// 0.3 s at n = 1,000,000.
 #[cfg(feature = "malachite")]
 pub fn factorial_decimal_malachite(
     n: u64,
@@ -1571,7 +1572,8 @@ mod fast {
     /// Longest estimated cost (ns) of a product or conversion done in one malachite call, with no
     /// checkpoint inside: about the 50 ms at which a running job checks for a cancel. Below it,
     /// malachite's own `factorial` and `to_string` are a little faster than the steps below (at
-    /// n = 150,000, 32.6 ms against 36.0 ms on the reference machine).
+    /// n = 150,000 they took the backend from level with GMP to about 0.8 of its time;
+    /// BENCHMARKS.md, "Worker compute").
     const WHOLE_CALL_COST: f64 = 50e6;
 
     pub(super) fn factorial_decimal(
