@@ -1571,9 +1571,8 @@ mod fast {
 
     /// Longest estimated cost (ns) of a product or conversion done in one malachite call, with no
     /// checkpoint inside: about the 50 ms at which a running job checks for a cancel. Below it,
-    /// malachite's own `factorial` and `to_string` are a little faster than the steps below (at
-    /// n = 150,000 they took the backend from level with GMP to about 0.8 of its time;
-    /// BENCHMARKS.md, "Worker compute").
+    /// malachite's own `factorial` and `to_string` are a little faster than the steps below (about
+    /// 3% at n = 150,000; BENCHMARKS.md, "Worker compute").
     const WHOLE_CALL_COST: f64 = 50e6;
 
     pub(super) fn factorial_decimal(
