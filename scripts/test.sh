@@ -13,5 +13,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 # The optional malachite backend (off by default) against the built-in kernel.
-cargo clippy -p herald-worker --features malachite --all-targets --locked -- -D warnings
-cargo test -p herald-worker --features malachite --lib --locked
+cargo clippy -p herald-models -p herald-worker --features herald-models/malachite --all-targets --locked -- -D warnings
+cargo test -p herald-models --features malachite --lib --locked

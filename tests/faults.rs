@@ -1,8 +1,8 @@
 //! Faults: workers killed mid-job, jobs that keep failing, time limits, redeliveries, and RabbitMQ or
 //! Redis going away under a running server or worker. Nothing accepted is lost.
 
+use herald_engine::{JobStore, StoreError};
 use herald_protocol::{ErrorCode, Outcome, ServerMessage};
-use herald_worker::{JobStore, StoreError};
 
 use crate::helpers::{eventually, Proxy, TestEnv, AMQP_URL};
 
@@ -123,12 +123,12 @@ async fn a_result_stored_twice_or_published_twice_reaches_each_socket_once() {
 
     // A worker stored the result, then two completions went out (a worker presumed dead finished too).
     let store =
-        herald_worker::RedisStore::new(crate::helpers::REDIS_URL, env.backend.keys()).unwrap();
+        herald_engine::RedisStore::new(crate::helpers::REDIS_URL, env.backend.keys()).unwrap();
     let mut record = store.get(&id).await.unwrap().unwrap();
     record.status = herald_protocol::JobStatus::Done;
     record.digits = Some(9);
     record.output = Some("479001600".into());
-    let herald_worker::backend::Finish::Applied { watchers } =
+    let herald_engine::backend::Finish::Applied { watchers } =
         store.finish(&id, &record).await.unwrap()
     else {
         panic!("the result is stored once");
@@ -136,7 +136,7 @@ async fn a_result_stored_twice_or_published_twice_reaches_each_socket_once() {
     assert_eq!(watchers, vec![server.instance.clone()]);
     assert_eq!(
         store.finish(&id, &record).await.unwrap(),
-        herald_worker::backend::Finish::AlreadyFinal,
+        herald_engine::backend::Finish::AlreadyFinal,
         "a second store of a final job changes nothing"
     );
     let completion = herald_protocol::Completion::new(id, record).encode();
@@ -244,7 +244,7 @@ async fn the_server_rides_out_a_redis_outage() {
 async fn a_redis_connection_that_goes_silent_is_replaced() {
     let env = TestEnv::new();
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
-    let store = herald_worker::RedisStore::new(&proxy.redis_url(), env.backend.keys()).unwrap();
+    let store = herald_engine::RedisStore::new(&proxy.redis_url(), env.backend.keys()).unwrap();
     store.ping().await.unwrap();
 
     // The connection stays open and silent: redis-rs would wait on it for good (it reconnects only

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use herald_engine::BackendArgs;
 use herald_protocol::{JobId, Outcome, ServerMessage};
 use herald_server::{Application, Stats};
-use herald_worker::{BackendArgs, Worker};
+use herald_worker::Worker;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -247,7 +248,7 @@ impl Drop for TestEnv {
                     if let Ok(channel) = conn.create_channel().await {
                         for queue in [
                             backend.queue.clone(),
-                            herald_worker::topology::dead_letter_queue(&backend.queue),
+                            herald_engine::topology::dead_letter_queue(&backend.queue),
                         ] {
                             let _ = channel
                                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -339,7 +340,7 @@ impl Drop for TestServer {
 /// A running in-process worker; stopped when dropped.
 pub struct TestWorker {
     /// What it computed and reused.
-    pub stats: Arc<herald_worker::cache::ComputeStats>,
+    pub stats: Arc<herald_engine::cache::ComputeStats>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_worker::WorkerError>>>,
 }
@@ -777,7 +778,7 @@ impl TestEnv {
         let (connection, channel) = self.amqp_channel().await;
         let queue = channel
             .queue_declare(
-                herald_worker::topology::dead_letter_queue(&self.backend.queue)
+                herald_engine::topology::dead_letter_queue(&self.backend.queue)
                     .as_str()
                     .into(),
                 lapin::options::QueueDeclareOptions {

@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tracing::debug;
 
-use crate::settings::Secret;
+use herald_engine::Secret;
 
 /// The WebSocket subprotocol the server selects when a client offers it. A browser that offers
 /// subprotocols drops a connection whose answer names none of them, so a client that sends its token as

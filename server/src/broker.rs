@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use herald_engine::amqp::AmqpNotifier;
+use herald_engine::backend::{JobQueue, PublishError};
+use herald_engine::{topology, Store};
 use herald_protocol::{Completion, JobMessage, ProgressMessage};
-use herald_worker::amqp::AmqpNotifier;
-use herald_worker::backend::{JobQueue, PublishError};
-use herald_worker::{topology, Store};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -35,7 +35,7 @@ const REREAD_CONCURRENCY: usize = 16;
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// RabbitMQ URL (it may hold a password, so its `Debug` shows nothing).
-    pub url: crate::settings::Secret,
+    pub url: herald_engine::Secret,
     /// Job queue.
     pub queue: String,
     /// Job queue length cap.

@@ -17,8 +17,8 @@ use axum::http::{header, HeaderMap, Request, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
+use herald_engine::backend::Cancel;
 use herald_protocol::{ErrorCode, ErrorMessage, JobId, JobStatus, MAX_FRAME_BYTES};
-use herald_worker::backend::Cancel;
 use serde::Serialize;
 use tracing::warn;
 
@@ -73,9 +73,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .queue_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
-    let text = herald_worker::metrics::render(&state.registry);
+    let text = herald_engine::metrics::render(&state.registry);
     (
-        [(header::CONTENT_TYPE, herald_worker::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, herald_engine::metrics::CONTENT_TYPE)],
         text,
     )
         .into_response()

@@ -7,29 +7,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use herald_engine::backend::{Notifier, NotifyError};
+use herald_engine::Store;
 use herald_protocol::{Completion, JobId, JobRecord, ProgressMessage};
-use herald_worker::backend::{Notifier, NotifyError};
-use herald_worker::Store;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::session::SessionEvent;
+use crate::mailbox::{SessionEvent, SessionHandle, SessionId};
 use crate::Stats;
-
-/// Identifies one WebSocket session on this instance.
-pub type SessionId = u64;
-
-/// How the hub reaches one session.
-#[derive(Clone)]
-pub struct SessionHandle {
-    /// The session's ID.
-    pub id: SessionId,
-    /// The session's event queue (bounded).
-    pub events: mpsc::Sender<SessionEvent>,
-    /// Cancelled when the session cannot keep up: it then closes its socket, and the client resumes.
-    pub overloaded: CancellationToken,
-}
 
 /// Registry of local watchers, keyed by request ID.
 #[derive(Default)]

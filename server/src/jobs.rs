@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_engine::backend::{Cancel, JobQueue, Notifier, PublishError};
+use herald_engine::Store;
 use herald_protocol::{unix_ms, Completion, ErrorCode, ErrorMessage, JobId, JobMessage, JobRecord};
-use herald_worker::backend::{Cancel, JobQueue, Notifier, PublishError};
-use herald_worker::Store;
 use tracing::{error, info, warn};
 
 /// How long a client should wait before submitting again when the queue is full.
@@ -93,7 +93,7 @@ impl Jobs {
 }
 
 impl Jobs {
-    /// Cancels job `id` for `identity` (see [`herald_worker::JobStore::cancel`]). With `watched`, this
+    /// Cancels job `id` for `identity` (see [`herald_engine::JobStore::cancel`]). With `watched`, this
     /// instance counts once more among the watchers of a running job, for the socket that asked.
     ///
     /// A queued job is final at once, and its completion goes to every instance that waits. If that

@@ -10,6 +10,7 @@ pub mod http;
 pub mod hub;
 pub mod jobs;
 pub mod limits;
+pub mod mailbox;
 pub mod metrics;
 pub mod origin;
 pub mod session;
@@ -21,12 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use herald_protocol::JobMessage;
-use herald_worker::memory::{self, MemoryQueue, MemoryStore};
-use herald_worker::metrics::WorkerMetrics;
-use herald_worker::{
+use herald_engine::memory::{self, MemoryQueue, MemoryStore};
+use herald_engine::metrics::WorkerMetrics;
+use herald_engine::{
     JobContext, JobLimits, JobStore, RedisStore, SettingsError, Store, StoreError,
 };
+use herald_protocol::JobMessage;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -181,8 +182,8 @@ impl Application {
         let stats: Arc<Stats> = Arc::default();
         let (store, queue, notifier, backend): (
             Store,
-            Arc<dyn herald_worker::JobQueue>,
-            Arc<dyn herald_worker::Notifier>,
+            Arc<dyn herald_engine::JobQueue>,
+            Arc<dyn herald_engine::Notifier>,
             Backend,
         ) = if settings.embedded()? {
             info!(
@@ -212,7 +213,7 @@ impl Application {
                 },
                 slots: Arc::new(Semaphore::new(settings.concurrency())),
                 stop: CancellationToken::new(),
-                cache: herald_worker::cache::Cache::default(),
+                cache: herald_engine::cache::Cache::default(),
             };
             let backend = Backend::Embedded {
                 context,

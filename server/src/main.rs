@@ -1,8 +1,8 @@
 //! `herald-server`: the WebSocket and HTTP job gateway; see the library for what it does.
 
 use clap::Parser;
+use herald_engine::telemetry;
 use herald_server::{Application, Settings};
-use herald_worker::telemetry;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

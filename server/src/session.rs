@@ -14,49 +14,21 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::StreamExt;
 use futures::SinkExt;
+use herald_engine::backend::Cancel;
 use herald_protocol::{
     parse_client_frame, unix_ms, ClientMessage, ErrorCode, ErrorMessage, JobId, JobRecord,
-    JobStatus, ProgressMessage, ServerMessage,
+    JobStatus, ServerMessage,
 };
-use herald_worker::backend::Cancel;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::Caller;
-use crate::hub::SessionHandle;
 use crate::jobs::unavailable;
 use crate::limits::{retry_after_ms, SocketSlot};
+use crate::mailbox::{SessionEvent, SessionHandle};
 use crate::AppState;
-
-/// Events that reach a session besides its client's frames.
-///
-/// Kept small (large payloads boxed): every session's event queue allocates its first block of slots
-/// up front, and that is memory an idle socket pays for.
-pub enum SessionEvent {
-    /// A watched job finished (from the hub).
-    Finished(JobId, Arc<JobRecord>),
-    /// A submit of this session was stored and published, or not.
-    Submitted {
-        id: JobId,
-        n: u64,
-        tag: Option<String>,
-        outcome: Result<(), Box<ErrorMessage>>,
-    },
-    /// The answer to a resume: the record, `None` when there is none, or why it could not be read.
-    Resumed {
-        id: JobId,
-        outcome: Box<Result<Option<JobRecord>, ErrorMessage>>,
-    },
-    /// The answer to a cancel, or why it could not be made.
-    Cancelled {
-        id: JobId,
-        outcome: Box<Result<Cancel, ErrorMessage>>,
-    },
-    /// A watched job's progress (from the hub).
-    Progress(Box<ProgressMessage>),
-}
 
 /// Events a session can hold before it counts as overloaded.
 const EVENT_QUEUE: usize = 1024;
@@ -515,7 +487,7 @@ fn not_found(id: JobId) -> ErrorMessage {
 }
 
 /// Releases `registrations` of this instance among a job's watchers in Redis.
-async fn release(store: &herald_worker::Store, instance: &str, id: JobId, registrations: u32) {
+async fn release(store: &herald_engine::Store, instance: &str, id: JobId, registrations: u32) {
     if let Err(e) = store.unwatch(&id, instance, registrations).await {
         // Harmless: the instance gets one completion it drops, and the count expires with the job.
         debug!(%id, error = %e, "could not release a watcher registration");

@@ -8,40 +8,11 @@ use std::time::Duration;
 use std::num::NonZeroUsize;
 
 use clap::Parser;
-use herald_worker::settings::LogArgs;
-use herald_worker::{BackendArgs, SettingsError};
+use herald_engine::settings::LogArgs;
+use herald_engine::{BackendArgs, Secret, SettingsError};
 
 use crate::auth;
 use crate::origin::Origin;
-
-/// A setting that must never be shown: its `Debug` prints a placeholder, so the settings can be logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Self(value.to_owned())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
 
 /// Settings of `herald-server`.
 #[derive(Clone, Parser)]

@@ -1,21 +1,11 @@
 //! Herald's worker: consumes jobs from the durable RabbitMQ queue, computes them, stores results in
 //! Redis and publishes a completion to the reply exchange for each server instance that waits.
 //!
-//! The library also holds what the server shares with the worker: the backend settings and interfaces
-//! with their implementations (the RabbitMQ topology and notices, the Redis store, and the in-memory
-//! ones of embedded mode), the job processing itself, metrics and logging.
+//! What a job goes through is the engine's ([`herald_engine::JobContext`]); this crate holds the
+//! RabbitMQ consumer around it, the worker's settings and its metrics endpoint.
 
-pub mod amqp;
-pub mod backend;
-pub mod cache;
-pub mod compute;
-pub mod jobs;
-pub mod memory;
 pub mod metrics;
 pub mod settings;
-pub mod store;
-pub mod telemetry;
-pub mod topology;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,10 +24,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-pub use backend::{JobQueue, JobStore, Notifier, PublishError, Store};
-pub use jobs::{JobContext, JobLimits, Processed, Settle};
-pub use settings::{BackendArgs, Settings, SettingsError};
-pub use store::{RedisStore, StoreError};
+use herald_engine::metrics::WorkerMetrics;
+use herald_engine::{amqp, cache, topology};
+use herald_engine::{
+    JobContext, JobLimits, JobStore, RedisStore, SettingsError, Settle, Store, StoreError,
+};
+
+pub use settings::Settings;
 
 /// Longest pause between two reconnection attempts.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
@@ -100,7 +93,7 @@ pub struct Worker {
     cache: cache::Cache,
     notifier: Arc<amqp::AmqpNotifier>,
     registry: Registry,
-    metrics: Arc<metrics::WorkerMetrics>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Worker {
@@ -114,7 +107,7 @@ impl Worker {
         let notifier = Arc::new(amqp::AmqpNotifier::new(backend.reply_exchange.clone()));
         notifier.set_channel(Some(amqp.publish.clone()));
         let mut registry = Registry::default();
-        let metrics = Arc::new(metrics::WorkerMetrics::new(&mut registry));
+        let metrics = Arc::new(WorkerMetrics::new(&mut registry));
         Ok(Self {
             settings,
             amqp,

@@ -1,7 +1,8 @@
 //! `herald-worker`: computes Herald's jobs; see the library for what it does.
 
 use clap::Parser;
-use herald_worker::{telemetry, Settings, Worker};
+use herald_engine::telemetry;
+use herald_worker::{Settings, Worker};
 use tokio_util::sync::CancellationToken;
 
 // One runtime thread: the worker's async side only moves messages (40–50 µs of CPU a small job), long
@@ -13,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(settings.log.log_format);
     let worker = Worker::connect(settings).await?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(herald_worker::telemetry::cancel_on_signal(shutdown.clone()));
+    tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
     worker.run(shutdown).await?;
     Ok(())
 }

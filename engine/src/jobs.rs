@@ -18,8 +18,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::backend::{Finish, Notifier, Start, Store, StoreError};
 use crate::cache::{Cache, Computed, FlightState, MIN_CACHED_N};
-use crate::compute;
 use crate::metrics::WorkerMetrics;
+use herald_models::compute;
 
 /// The limits a worker applies to every job.
 #[derive(Debug, Clone, Copy)]

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::JobStore;
-use crate::compute::Progress;
+use herald_models::compute::Progress;
 
 /// Below this n a computation is cheaper than a round trip to the store, so results are neither
 /// looked up nor stored.

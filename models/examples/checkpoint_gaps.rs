@@ -1,13 +1,13 @@
 //! How long a computation runs between two checkpoints, the points where a cancel or the time limit
 //! can stop it: the longest gap bounds how late a stop comes.
 //!
-//! `cargo run --release -p herald-worker --example checkpoint_gaps [--features malachite] -- N...`
+//! `cargo run --release -p herald-models --example checkpoint_gaps [--features malachite] -- N...`
 //! prints, for each n, the time of the whole computation and the longest gap, medians of five runs,
 //! for the built-in kernel and (with the feature) the malachite backend.
 
 use std::time::{Duration, Instant};
 
-use herald_worker::compute::{self, Interrupted, Progress};
+use herald_models::compute::{self, Interrupted, Progress};
 
 type Backend = fn(u64, &mut dyn FnMut(Progress) -> bool) -> Result<String, Interrupted>;
 

@@ -2,7 +2,7 @@
 //! 1_000_000: the built-in kernel against num-bigint baselines, malachite (feature `malachite`) and
 //! GMP through rug (feature `bench-gmp`), the reference. Results are in BENCHMARKS.md.
 //!
-//! `cargo bench -p herald-worker --bench compute --features malachite,bench-gmp`
+//! `cargo bench -p herald-models --bench compute --features malachite,bench-gmp`
 //!
 //! Every iteration computes the same n from scratch: nothing here caches (GMP keeps a table only
 //! for tiny factorials), so distinct n per sample are not needed.
@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
-use herald_worker::compute;
+use herald_models::compute;
 use num_bigint::BigUint;
 
 /// n = 1..=n multiplied one at a time, then `to_string`: what a first version would do.

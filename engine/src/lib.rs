@@ -1,0 +1,23 @@
+//! Herald's engine: the job lifecycle over the job store, the job queue and the notices that reach
+//! server instances, with their two sets of backends: Redis and RabbitMQ for distributed deployments,
+//! in-process ones for the server's embedded mode.
+//!
+//! `herald-server` and `herald-worker` are thin over this crate: the server takes jobs in and pushes
+//! results out, the worker consumes jobs and runs [`jobs::JobContext::handle`] on each, and embedded
+//! mode runs that same code on an in-process queue.
+
+pub mod amqp;
+pub mod backend;
+pub mod cache;
+pub mod jobs;
+pub mod memory;
+pub mod metrics;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+
+pub use backend::{JobQueue, JobStore, Notifier, PublishError, Store};
+pub use jobs::{JobContext, JobLimits, Processed, Settle};
+pub use settings::{BackendArgs, Secret, SettingsError};
+pub use store::{RedisStore, StoreError};

@@ -1,0 +1,201 @@
+//! The settings both binaries share: where RabbitMQ and Redis are and the names Herald uses in them,
+//! logging, and the error a setting that cannot work gives.
+
+use std::fmt;
+
+use clap::{Args, ValueEnum};
+
+/// Where a worker finds RabbitMQ when `--amqp-url` is not given.
+pub const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+/// Where a worker finds Redis when `--redis-url` is not given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// For people: one readable line per event.
+    #[default]
+    Text,
+    /// For machines: one JSON object per line, with the span fields (such as the job's `id`).
+    Json,
+}
+
+/// Logging flags, shared by both binaries.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct LogArgs {
+    /// Log format; `RUST_LOG` sets the level (default `info`).
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Where RabbitMQ and Redis are, and the names Herald uses in them. Server and worker must agree on all of
+/// these, so both binaries take the same flags.
+///
+/// `Debug` is written by hand: the URLs can hold passwords, and it shows them redacted.
+#[derive(Clone, Args)]
+pub struct BackendArgs {
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost). The worker's default is
+    /// amqp://127.0.0.1:5672/%2f; a server given neither this nor --redis-url runs embedded.
+    #[arg(long, env = "HERALD_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// Redis URL (redis://[:password@]host:port[/db]). The worker's default is
+    /// redis://127.0.0.1:6379; a server given neither this nor --amqp-url runs embedded.
+    #[arg(long, env = "HERALD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Durable job queue that workers consume.
+    #[arg(long, env = "HERALD_QUEUE", default_value = "factorial_process")]
+    pub queue: String,
+    /// Exchange that workers publish completions to; each server instance binds its own reply queue.
+    #[arg(long, env = "HERALD_REPLY_EXCHANGE", default_value = "herald.replies")]
+    pub reply_exchange: String,
+    /// Prefix of every Redis key Herald writes.
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald:")]
+    pub redis_prefix: String,
+    /// Largest n accepted (the server refuses above it; a worker fails such a job).
+    #[arg(long, env = "HERALD_MAX_N", default_value_t = 1_000_000)]
+    pub max_n: u64,
+    /// Cap on jobs waiting in the queue (declared on the queue, overflow `reject-publish`); submits beyond
+    /// it are answered `busy`.
+    #[arg(long, env = "HERALD_MAX_QUEUE_LENGTH", default_value_t = 100_000)]
+    pub max_queue_length: u32,
+}
+
+impl std::fmt::Debug for BackendArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendArgs")
+            .field("amqp_url", &self.amqp_url.as_deref().map(redact_url))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("queue", &self.queue)
+            .field("reply_exchange", &self.reply_exchange)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("max_n", &self.max_n)
+            .field("max_queue_length", &self.max_queue_length)
+            .finish()
+    }
+}
+
+/// `amqp://user:password@host/…` as `amqp://***@host/…`: the part before the last `@` can hold a
+/// password, and a password may itself hold any character, so all of it goes.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A setting that must never be shown: its `Debug` prints a placeholder, so the settings can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A setting that cannot work; the binaries refuse to start with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting --{flag}: {reason}")]
+pub struct SettingsError {
+    /// The flag at fault, without dashes.
+    pub flag: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl SettingsError {
+    /// An error about `flag`.
+    pub fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            flag,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl BackendArgs {
+    /// Checks every value before anything connects, so a typo fails at start with a clear message.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.amqp_url()
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|_| SettingsError::new("amqp-url", "not a valid amqp:// URL"))?;
+        redis::IntoConnectionInfo::into_connection_info(self.redis_url())
+            .map_err(|_| SettingsError::new("redis-url", "not a valid redis:// URL"))?;
+        for (flag, name) in [
+            ("queue", &self.queue),
+            ("reply-exchange", &self.reply_exchange),
+        ] {
+            // AMQP short strings; the `amq.` prefix is reserved by the broker.
+            if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
+                return Err(SettingsError::new(
+                    flag,
+                    "must be 1 to 200 bytes and not start with \"amq.\"",
+                ));
+            }
+        }
+        if self.max_queue_length == 0 {
+            return Err(SettingsError::new("max-queue-length", "must be at least 1"));
+        }
+        if self.redis_prefix.len() > 200 {
+            return Err(SettingsError::new(
+                "redis-prefix",
+                "must be at most 200 bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The RabbitMQ URL given, or the local default.
+    pub fn amqp_url(&self) -> &str {
+        self.amqp_url.as_deref().unwrap_or(DEFAULT_AMQP_URL)
+    }
+
+    /// The Redis URL given, or the local default.
+    pub fn redis_url(&self) -> &str {
+        self.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL)
+    }
+
+    /// The Redis key layout these settings choose.
+    pub fn keys(&self) -> herald_protocol::Keys {
+        herald_protocol::Keys::new(self.redis_prefix.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("amqp://guest:p@ss@host:5672/%2f"),
+            "amqp://***@host:5672/%2f"
+        );
+        assert_eq!(redact_url("redis://:pw@h:6379"), "redis://***@h:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}
