@@ -1,4 +1,4 @@
-//! Compute kernel of the Herald worker: exact n! and its decimal expansion, stoppable at checkpoints.
+//! The factorial model's compute kernel: exact n! and its decimal expansion, stoppable at checkpoints.
 //!
 //! The product. n! = 2^(n - popcount(n)) · odd(n), and odd(n) is the product of p^e(p) over the odd
 //! primes p ≤ n, with e(p) from Legendre's formula. Writing every e(p) in binary,
@@ -32,7 +32,24 @@ use std::convert::Infallible;
 
 use num_bigint::BigUint;
 
-pub use herald_protocol::Phase;
+/// Which part of the work a computation is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Multiplying the factors of n!.
+    Product,
+    /// Converting the product to decimal.
+    Decimal,
+}
+
+impl Phase {
+    /// The name reported in progress messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Product => "product",
+            Self::Decimal => "decimal",
+        }
+    }
+}
 
 /// A progress report: the fraction of the whole job done (both phases, weighted by their expected
 /// cost) and the phase the work is in.

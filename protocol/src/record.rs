@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
+use crate::model::{check_model_name, json, Json, FACTORIAL};
 use crate::JobId;
 
 /// Milliseconds since the Unix epoch: the clock every timestamp in a record uses, so that a server and a
@@ -79,16 +80,6 @@ impl FromStr for JobStatus {
     }
 }
 
-/// Which part of the work a running job is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// Multiplying the factors of n!.
-    Product,
-    /// Converting the product to decimal.
-    Decimal,
-}
-
 /// A stored record that cannot be read: it was written by something else, or damaged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -109,8 +100,10 @@ pub enum RecordError {
 /// by workers (and cancellations), never back from a final state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
-    /// The input.
-    pub n: u64,
+    /// The model that computes it.
+    pub model: String,
+    /// The input, as validated (for the factorial its canonical form `{"n":N}`).
+    pub input: Json,
     /// Where the job stands.
     pub status: JobStatus,
     /// When the server accepted the submit.
@@ -118,18 +111,16 @@ pub struct JobRecord {
     /// When a worker last started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_ms: Option<u64>,
-    /// The worker's time from start to the finished decimal string.
+    /// The worker's time from start to the finished output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_ms: Option<u64>,
     /// When it reached its final state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<u64>,
-    /// Number of decimal digits of the output (done only).
+    /// The model's output, a JSON value (done only; absent when it was not read or is too large to
+    /// travel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digits: Option<u64>,
-    /// The decimal output (done only; absent when it was not read or is too large to travel).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Arc<str>>,
+    pub output: Option<Json>,
     /// What went wrong (failed only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -143,27 +134,31 @@ pub struct JobRecord {
     /// The fraction done, as last reported by the worker (pending jobs only; 0.0 ..= 1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
+    /// The phase the model last reported with its progress (pending jobs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// A client asked to cancel the job while it ran: its worker stops at its next checkpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
 }
 
 impl JobRecord {
-    /// A record for a job the server has just taken.
-    pub fn queued(n: u64, submitted_ms: u64) -> Self {
+    /// A record for a job of `model` with `input` the server has just taken.
+    pub fn queued(model: &str, input: Json, submitted_ms: u64) -> Self {
         Self {
-            n,
+            model: model.to_owned(),
+            input,
             status: JobStatus::Queued,
             submitted_ms,
             started_ms: None,
             compute_ms: None,
             finished_ms: None,
-            digits: None,
             output: None,
             error: None,
             attempts: 0,
             owner: None,
             progress: None,
+            phase: None,
             cancel_requested: false,
         }
     }
@@ -174,10 +169,18 @@ impl JobRecord {
         self
     }
 
+    /// `n` of a factorial job (`None` for other models).
+    pub fn factorial_n(&self) -> Option<u64> {
+        (self.model == FACTORIAL)
+            .then(|| crate::model::factorial_n(self.input.raw()))
+            .flatten()
+    }
+
     /// The Redis hash fields of this record, for `HSET`.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
-            ("n", self.n.to_string()),
+            ("model", self.model.clone()),
+            ("input", self.input.get().to_owned()),
             ("status", self.status.as_str().to_owned()),
             ("submitted_ms", self.submitted_ms.to_string()),
             ("attempts", self.attempts.to_string()),
@@ -186,7 +189,6 @@ impl JobRecord {
             ("started_ms", self.started_ms),
             ("compute_ms", self.compute_ms),
             ("finished_ms", self.finished_ms),
-            ("digits", self.digits),
         ];
         fields.extend(
             optional
@@ -194,7 +196,7 @@ impl JobRecord {
                 .filter_map(|(name, v)| v.map(|v| (name, v.to_string()))),
         );
         if let Some(output) = &self.output {
-            fields.push(("output", output.to_string()));
+            fields.push(("output", output.get().to_owned()));
         }
         if let Some(error) = &self.error {
             fields.push(("error", error.clone()));
@@ -205,6 +207,9 @@ impl JobRecord {
         if let Some(progress) = self.progress {
             fields.push(("progress", progress.to_string()));
         }
+        if let Some(phase) = &self.phase {
+            fields.push(("phase", phase.clone()));
+        }
         if self.cancel_requested {
             fields.push(("cancel", "1".to_owned()));
         }
@@ -213,31 +218,51 @@ impl JobRecord {
 
     /// Reads a record from the fields of its Redis hash (as `HGETALL` returns them), validating each one.
     ///
-    /// An empty hash is not a record: callers treat it as "not found" before calling this.
+    /// An empty hash is not a record: callers treat it as "not found" before calling this. Records
+    /// written before jobs named their model (a factorial's `n` and its output as bare digits) still
+    /// read, as factorial jobs.
     pub fn from_fields(fields: HashMap<String, String>) -> Result<Self, RecordError> {
         let mut fields = fields;
+        let (model, input) = match fields.remove("model") {
+            Some(model) => {
+                check_model_name(&model).map_err(|_| RecordError::Invalid("model", clip(&model)))?;
+                let input = fields.remove("input").ok_or(RecordError::Missing("input"))?;
+                let input = json(&input).map_err(|_| RecordError::Invalid("input", clip(&input)))?;
+                (model, input)
+            }
+            None => {
+                let n: u64 = required(&mut fields, "n")?;
+                if let Some(digits) = fields.get_mut("output") {
+                    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(RecordError::Invalid("output", clip(digits)));
+                    }
+                    *digits = format!("\"{digits}\"");
+                }
+                (FACTORIAL.to_owned(), crate::model::factorial_input(n))
+            }
+        };
+        let output = match fields.remove("output") {
+            Some(text) => Some(json(&text).map_err(|_| RecordError::Invalid("output", clip(&text)))?),
+            None => None,
+        };
         let record = Self {
-            n: required(&mut fields, "n")?,
+            model,
+            input,
             status: required(&mut fields, "status")?,
             submitted_ms: required(&mut fields, "submitted_ms")?,
             started_ms: optional(&mut fields, "started_ms")?,
             compute_ms: optional(&mut fields, "compute_ms")?,
             finished_ms: optional(&mut fields, "finished_ms")?,
-            digits: optional(&mut fields, "digits")?,
-            output: fields.remove("output").map(Arc::from),
+            output,
             error: fields.remove("error"),
             attempts: optional(&mut fields, "attempts")?.unwrap_or(0),
             owner: fields.remove("owner"),
             progress: optional(&mut fields, "progress")?,
+            phase: fields.remove("phase"),
             cancel_requested: match fields.remove("cancel").as_deref() {
                 None | Some("0") => false,
                 Some("1") => true,
-                Some(other) => {
-                    return Err(RecordError::Invalid(
-                        "cancel",
-                        other.chars().take(32).collect(),
-                    ))
-                }
+                Some(other) => return Err(RecordError::Invalid("cancel", clip(other))),
             },
         };
         record.validate(false)?;
@@ -251,28 +276,52 @@ impl JobRecord {
                 return Err(RecordError::Invalid("progress", progress.to_string()));
             }
         }
-        match self.status {
-            JobStatus::Done => {
-                let digits = self
-                    .digits
-                    .ok_or(RecordError::Inconsistent("done without a digit count"))?;
-                match &self.output {
-                    Some(output) if output.len() as u64 != digits => Err(
-                        RecordError::Inconsistent("digit count does not match the output"),
-                    ),
-                    Some(output) if !output.bytes().all(|b| b.is_ascii_digit()) => {
-                        Err(RecordError::Inconsistent("output is not a decimal number"))
-                    }
-                    None if need_output => Err(RecordError::Inconsistent("done without an output")),
-                    _ => Ok(()),
-                }
+        if let Some(phase) = &self.phase {
+            if check_phase(phase).is_err() {
+                return Err(RecordError::Invalid("phase", clip(phase)));
             }
+        }
+        match self.status {
+            JobStatus::Done => match &self.output {
+                Some(output) if self.model == FACTORIAL && !is_decimal_string(output.get()) => Err(
+                    RecordError::Inconsistent("a factorial's output is not a decimal number"),
+                ),
+                None if need_output => Err(RecordError::Inconsistent("done without an output")),
+                _ => Ok(()),
+            },
             JobStatus::Failed if self.error.is_none() => {
                 Err(RecordError::Inconsistent("failed without an error"))
             }
             _ => Ok(()),
         }
     }
+}
+
+/// Longest phase name a model may report, in characters.
+pub const MAX_PHASE_CHARS: usize = 32;
+
+/// Checks a progress phase: 1 to 32 printable characters.
+pub fn check_phase(phase: &str) -> Result<(), String> {
+    let count = phase.chars().count();
+    if count == 0 || count > MAX_PHASE_CHARS || phase.chars().any(char::is_control) {
+        return Err(format!(
+            "a phase is 1 to {MAX_PHASE_CHARS} printable characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a JSON text is a string of decimal digits (how the factorial's output is stored).
+fn is_decimal_string(text: &str) -> bool {
+    text.len() >= 3
+        && text.starts_with('"')
+        && text.ends_with('"')
+        && text[1..text.len() - 1].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The start of a stored value, for an error message.
+fn clip(value: &str) -> String {
+    value.chars().take(32).collect()
 }
 
 fn required<T: FromStr>(
@@ -324,11 +373,33 @@ impl Keys {
     pub fn watchers(&self, id: &JobId) -> String {
         format!("{}watch:{}", self.prefix, id.as_hyphenated())
     }
+
+    /// The stored output shared by every job of `model` with this `input` (see [`result_digest`]).
+    pub fn result(&self, model: &str, input: &RawValue) -> String {
+        format!("{}result:{}", self.prefix, result_digest(model, input))
+    }
+
+    /// The hash of workers' announcements: each worker's ID with the models it serves and until when.
+    pub fn workers(&self) -> String {
+        format!("{}workers", self.prefix)
+    }
+}
+
+/// What identifies a shared result: the SHA-256 of the model's name and its input's text, in hex.
+/// Inputs are compared as written (the factorial's are canonical, so equal `n` means equal text).
+pub fn result_digest(model: &str, input: &RawValue) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(model.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(input.get().as_bytes());
+    format!("{:x}", hasher.finalize())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{factorial_input, json_string};
 
     fn hash(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -337,56 +408,84 @@ mod tests {
             .collect()
     }
 
+    fn fields_of(record: &JobRecord) -> HashMap<String, String> {
+        record
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+    }
+
     #[test]
     fn fields_round_trip() {
-        let mut record = JobRecord::queued(20, 1_700_000_000_000);
+        let mut record = JobRecord::queued(FACTORIAL, factorial_input(20), 1_700_000_000_000);
         record.status = JobStatus::Done;
         record.started_ms = Some(1_700_000_000_010);
         record.compute_ms = Some(3);
         record.finished_ms = Some(1_700_000_000_013);
-        record.digits = Some(19);
-        record.output = Some(Arc::from("2432902008176640000"));
+        record.output = Some(json_string("2432902008176640000"));
         record.attempts = 1;
         record.owner = Some("alice".into());
-        let fields = record
-            .to_fields()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        assert_eq!(JobRecord::from_fields(fields).unwrap(), record);
+        assert_eq!(JobRecord::from_fields(fields_of(&record)).unwrap(), record);
+        let mut other = JobRecord::queued("echo", json(r#"{"text": [1, 2.50, "é"]}"#).unwrap(), 1);
+        other.status = JobStatus::Running;
+        other.progress = Some(0.5);
+        other.phase = Some("loading".into());
+        let back = JobRecord::from_fields(fields_of(&other)).unwrap();
+        assert_eq!(back.input.get(), r#"{"text": [1, 2.50, "é"]}"#, "inputs are kept as written");
+        assert_eq!(back, other);
+    }
+
+    #[test]
+    fn records_of_older_versions_read_as_factorial_jobs() {
+        let fields = hash(&[
+            ("n", "4"),
+            ("status", "done"),
+            ("submitted_ms", "1"),
+            ("digits", "2"),
+            ("output", "24"),
+        ]);
+        let record = JobRecord::from_fields(fields).unwrap();
+        assert_eq!(record.model, FACTORIAL);
+        assert_eq!(record.factorial_n(), Some(4));
+        assert_eq!(record.output.unwrap().get(), "\"24\"");
     }
 
     #[test]
     fn rejects_damaged_records() {
-        let base = [("n", "5"), ("submitted_ms", "1")];
+        let base = [("model", "factorial"), ("input", r#"{"n":5}"#), ("submitted_ms", "1")];
         let cases: &[(&[(&str, &str)], RecordError)] = &[
             (
-                &[("status", "queued"), ("n", "")],
-                RecordError::Invalid("n", "".into()),
+                &[("status", "queued"), ("model", "Bad Name")],
+                RecordError::Invalid("model", "Bad Name".into()),
             ),
             (
-                &[("n", "-1"), ("status", "queued"), ("submitted_ms", "1")],
-                RecordError::Invalid("n", "-1".into()),
+                &[("status", "queued"), ("input", "{")],
+                RecordError::Invalid("input", "{".into()),
+            ),
+            (
+                &[("status", "queued"), ("submitted_ms", "-1")],
+                RecordError::Invalid("submitted_ms", "-1".into()),
             ),
             (
                 &[("status", "weird")],
                 RecordError::Invalid("status", "weird".into()),
             ),
             (
-                &[("status", "done"), ("output", "120")],
-                RecordError::Inconsistent("done without a digit count"),
+                &[("status", "done"), ("output", "\"1x0\"")],
+                RecordError::Inconsistent("a factorial's output is not a decimal number"),
             ),
             (
-                &[("status", "done"), ("digits", "2"), ("output", "120")],
-                RecordError::Inconsistent("digit count does not match the output"),
-            ),
-            (
-                &[("status", "done"), ("digits", "3"), ("output", "1x0")],
-                RecordError::Inconsistent("output is not a decimal number"),
+                &[("status", "done"), ("output", "not json")],
+                RecordError::Invalid("output", "not json".into()),
             ),
             (
                 &[("status", "failed")],
                 RecordError::Inconsistent("failed without an error"),
+            ),
+            (
+                &[("status", "running"), ("phase", "")],
+                RecordError::Invalid("phase", "".into()),
             ),
         ];
         for (extra, expected) in cases {
@@ -398,24 +497,36 @@ mod tests {
                 "{extra:?}"
             );
         }
+        let old = hash(&[("n", "5"), ("status", "done"), ("submitted_ms", "1"), ("output", "1x0")]);
+        assert_eq!(
+            JobRecord::from_fields(old).unwrap_err(),
+            RecordError::Invalid("output", "1x0".into())
+        );
     }
 
     #[test]
     fn records_without_an_owner_still_read() {
         // Written by a server without authentication, or before owners existed.
-        let fields = hash(&[("n", "5"), ("status", "queued"), ("submitted_ms", "1")]);
+        let fields = hash(&[
+            ("model", "factorial"),
+            ("input", r#"{"n":5}"#),
+            ("status", "queued"),
+            ("submitted_ms", "1"),
+        ]);
         let record = JobRecord::from_fields(fields).unwrap();
         assert_eq!(record.owner, None);
         assert!(!record.to_fields().iter().any(|(name, _)| *name == "owner"));
-        let json = r#"{"n":5,"status":"queued","submitted_ms":1}"#;
-        let parsed: JobRecord = serde_json::from_str(json).unwrap();
-        assert_eq!(parsed, JobRecord::queued(5, 1));
-        let owned = JobRecord::queued(5, 1).owned_by(Some("bob"));
+        let owned = JobRecord::queued(FACTORIAL, factorial_input(5), 1).owned_by(Some("bob"));
         assert!(owned.to_fields().contains(&("owner", "bob".to_owned())));
     }
 
     #[test]
     fn requires_the_fields_every_record_has() {
+        let fields = hash(&[("model", "factorial"), ("status", "queued"), ("submitted_ms", "1")]);
+        assert_eq!(
+            JobRecord::from_fields(fields).unwrap_err(),
+            RecordError::Missing("input")
+        );
         let fields = hash(&[("status", "queued"), ("submitted_ms", "1")]);
         assert_eq!(
             JobRecord::from_fields(fields).unwrap_err(),
@@ -429,5 +540,10 @@ mod tests {
         let id = JobId::nil();
         assert_eq!(keys.job(&id), "t:job:00000000-0000-0000-0000-000000000000");
         assert!(keys.watchers(&id).starts_with("t:watch:"));
+        let ten = factorial_input(10);
+        assert_eq!(keys.result(FACTORIAL, ten.raw()), keys.result(FACTORIAL, factorial_input(10).raw()));
+        assert_ne!(keys.result(FACTORIAL, ten.raw()), keys.result("echo", ten.raw()));
+        assert_ne!(keys.result(FACTORIAL, ten.raw()), keys.result(FACTORIAL, factorial_input(11).raw()));
+        assert_eq!(keys.result(FACTORIAL, ten.raw()).len(), "t:result:".len() + 64);
     }
 }

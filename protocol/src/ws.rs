@@ -1,26 +1,11 @@
-//! The WebSocket protocol: text frames holding one JSON object each (or, from clients, a bare number).
-
-use std::sync::Arc;
+//! The WebSocket protocol's messages: text frames holding one JSON object each. What clients send is
+//! read by [`crate::frame`].
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use crate::record::{JobRecord, JobStatus, Phase};
+use crate::model::Json;
+use crate::record::{JobRecord, JobStatus};
 use crate::JobId;
-
-/// Longest client tag (`ref`), in characters.
-pub const MAX_REF_CHARS: usize = 64;
-
-/// What a client asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientMessage {
-    /// Compute n!. `tag` is the client's `ref`, echoed in `accepted` or `error`.
-    Submit { n: u64, tag: Option<String> },
-    /// Tell me about this job now, and push its result when it comes.
-    Resume { id: JobId },
-    /// Stop this job: it ends as `cancelled`, pushed to every socket that watches it (this one too).
-    Cancel { id: JobId },
-}
 
 /// Why a request could not be taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -38,6 +23,8 @@ pub enum ErrorCode {
     Busy,
     /// A cancel of a job that has already reached a final state.
     AlreadyFinished,
+    /// No worker serves the model the submit names.
+    UnknownModel,
 }
 
 /// An `error` message (also what [`parse_client_frame`] returns for a frame it refuses).
@@ -82,7 +69,8 @@ impl ErrorMessage {
         self
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    /// A `bad_request` error.
+    pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
     }
 }
@@ -92,20 +80,23 @@ impl ErrorMessage {
 pub struct Timings {
     /// From the server accepting the job to a worker starting it.
     pub queued_ms: u64,
-    /// The worker's time from start to the finished decimal string.
+    /// The worker's time from start to the finished output.
     pub compute_ms: u64,
     /// From the submit to the result leaving the server.
     pub total_ms: u64,
 }
 
 /// How a job ended, as the `status` of a `result` message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum Outcome {
-    /// n! has `digits` decimal digits.
+    /// The model's output, a JSON value (the factorial's: its decimal digits as a string, with
+    /// `digits` counting them).
     Done {
-        digits: u64,
-        output: Arc<str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digits: Option<u64>,
+        #[serde(deserialize_with = "crate::model::json_via_value")]
+        output: Json,
         timings: Timings,
     },
     /// No result; `error` says why.
@@ -114,13 +105,30 @@ pub enum Outcome {
     Cancelled {},
 }
 
+impl Outcome {
+    /// The output of a done job as text: a JSON string's content (the factorial's digits), or the
+    /// JSON text of any other value. `None` unless done.
+    pub fn output_text(&self) -> Option<String> {
+        match self {
+            Self::Done { output, .. } => Some(
+                serde_json::from_str::<String>(output.get())
+                    .unwrap_or_else(|_| output.get().to_owned()),
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// A `result` message: a job's final state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     /// The request ID.
     pub id: JobId,
-    /// The input.
-    pub n: u64,
+    /// The job's model.
+    pub model: String,
+    /// The factorial's input (factorial jobs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
     /// How it ended.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -133,24 +141,40 @@ pub enum ServerMessage {
     /// The job is queued and will be pushed here when it ends.
     Accepted {
         id: JobId,
-        n: u64,
+        model: String,
+        /// The factorial's input (factorial jobs only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        n: Option<u64>,
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         tag: Option<String>,
+        /// Workers serving the model when the job was accepted, where the server can tell; 0 means the
+        /// job waits, durably queued, until one starts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workers: Option<u32>,
     },
     /// Answer to a resume of a pending job (with the last progress reported, if any).
     Status {
         id: JobId,
-        n: u64,
+        model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        n: Option<u64>,
         status: JobStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fraction: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase: Option<String>,
+        /// As in `accepted`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workers: Option<u32>,
     },
     /// How far a running job is: pushed at most four times a second, only for jobs long enough to
     /// need it.
     Progress {
         id: JobId,
+        model: String,
         fraction: f64,
-        phase: Phase,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase: Option<String>,
     },
     /// The job's final state.
     Result(JobResult),
@@ -164,20 +188,29 @@ impl ServerMessage {
     /// `now_ms` is when the message leaves the server (for `total_ms`). A done record must carry its
     /// output.
     pub fn from_record(id: JobId, record: &JobRecord, now_ms: u64) -> Self {
+        let n = record.factorial_n();
         let outcome = match record.status {
             JobStatus::Queued | JobStatus::Running => {
                 return Self::Status {
                     id,
-                    n: record.n,
+                    model: record.model.clone(),
+                    n,
                     status: record.status,
                     fraction: record.progress,
+                    phase: record.phase.clone(),
+                    workers: None,
                 }
             }
             JobStatus::Done => {
                 let started = record.started_ms.unwrap_or(record.submitted_ms);
+                let output = record
+                    .output
+                    .clone()
+                    .unwrap_or_else(|| crate::model::json("null").expect("valid JSON"));
                 Outcome::Done {
-                    digits: record.digits.unwrap_or_default(),
-                    output: record.output.clone().unwrap_or_else(|| Arc::from("")),
+                    // The factorial's output is a string of digits: its length less the quotes.
+                    digits: n.map(|_| output.get().len().saturating_sub(2) as u64),
+                    output,
                     timings: Timings {
                         queued_ms: started.saturating_sub(record.submitted_ms),
                         compute_ms: record.compute_ms.unwrap_or_default(),
@@ -195,7 +228,8 @@ impl ServerMessage {
         };
         Self::Result(JobResult {
             id,
-            n: record.n,
+            model: record.model.clone(),
+            n,
             outcome,
         })
     }
@@ -205,211 +239,22 @@ impl ServerMessage {
         serde_json::to_string(self).expect("a server message always serialises")
     }
 }
-
-/// Reads one text frame from a client.
-///
-/// A frame is a JSON object with a `type`, or a bare whole number (a submit, so that a person can type
-/// numbers into `websocat`). Unknown fields are ignored so that newer clients work with older servers. The
-/// error says what is wrong, in words a client developer can act on, and echoes `ref` when it was valid.
-pub fn parse_client_frame(text: &str) -> Result<ClientMessage, ErrorMessage> {
-    let trimmed = text.trim();
-    // Checked before JSON: "007" is not JSON, and a long digit string would become a lossy float.
-    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
-        return match trimmed.parse::<u64>() {
-            Ok(n) => Ok(ClientMessage::Submit { n, tag: None }),
-            Err(_) => Err(too_large_for_u64()),
-        };
-    }
-    let value: Value = serde_json::from_str(trimmed).map_err(|_| {
-        ErrorMessage::bad_request("a frame must be a JSON object such as {\"type\":\"submit\",\"n\":10}, or a bare whole number")
-    })?;
-    match value {
-        Value::Number(_) => Ok(ClientMessage::Submit {
-            n: parse_n(Some(&value))?,
-            tag: None,
-        }),
-        Value::Object(object) => parse_object(&object),
-        _ => Err(ErrorMessage::bad_request(
-            "a frame must be a JSON object with a \"type\", or a bare whole number",
-        )),
-    }
-}
-
-fn parse_object(object: &Map<String, Value>) -> Result<ClientMessage, ErrorMessage> {
-    let kind = match object.get("type") {
-        None => return Err(ErrorMessage::bad_request("\"type\" is missing")),
-        Some(Value::String(kind)) => kind.as_str(),
-        Some(_) => return Err(ErrorMessage::bad_request("\"type\" must be a string")),
-    };
-    match kind {
-        "submit" => {
-            let tag = parse_tag(object.get("ref"))?;
-            let n = parse_n(object.get("n")).map_err(|e| e.with_tag(tag.clone()))?;
-            Ok(ClientMessage::Submit { n, tag })
-        }
-        "resume" => Ok(ClientMessage::Resume {
-            id: parse_id(object.get("id"))?,
-        }),
-        "cancel" => Ok(ClientMessage::Cancel {
-            id: parse_id(object.get("id"))?,
-        }),
-        other => Err(ErrorMessage::bad_request(format!(
-            "unknown type {:?}; expected \"submit\", \"resume\" or \"cancel\"",
-            other.chars().take(32).collect::<String>()
-        ))),
-    }
-}
-
-fn parse_tag(value: Option<&Value>) -> Result<Option<String>, ErrorMessage> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(tag)) if tag.chars().count() <= MAX_REF_CHARS => Ok(Some(tag.clone())),
-        Some(_) => Err(ErrorMessage::bad_request(format!(
-            "\"ref\" must be a string of at most {MAX_REF_CHARS} characters"
-        ))),
-    }
-}
-
-fn parse_n(value: Option<&Value>) -> Result<u64, ErrorMessage> {
-    let number = match value {
-        None | Some(Value::Null) => return Err(ErrorMessage::bad_request("\"n\" is missing")),
-        Some(Value::Number(number)) => number,
-        Some(_) => {
-            return Err(ErrorMessage::bad_request(
-                "\"n\" must be a number, such as 150000",
-            ))
-        }
-    };
-    if let Some(n) = number.as_u64() {
-        return Ok(n);
-    }
-    if number.as_i64().is_some() {
-        return Err(ErrorMessage::bad_request("\"n\" must not be negative"));
-    }
-    let float = number.as_f64().unwrap_or(f64::NAN);
-    if float < 0.0 {
-        Err(ErrorMessage::bad_request("\"n\" must not be negative"))
-    } else if float.fract() != 0.0 || !float.is_finite() {
-        Err(ErrorMessage::bad_request("\"n\" must be a whole number"))
-    } else if float >= u64::MAX as f64 {
-        Err(too_large_for_u64())
-    } else {
-        // A whole number written as a float (1e3, 10.0) is what the client meant.
-        Ok(float as u64)
-    }
-}
-
-fn parse_id(value: Option<&Value>) -> Result<JobId, ErrorMessage> {
-    match value {
-        None | Some(Value::Null) => Err(ErrorMessage::bad_request("\"id\" is missing")),
-        Some(Value::String(raw)) => JobId::try_parse(raw).map_err(|_| {
-            ErrorMessage::bad_request("malformed \"id\": expected a request ID such as 6f1f4a52-2d3e-4c4a-9b0e-1c2d3e4f5a6b")
-        }),
-        Some(_) => Err(ErrorMessage::bad_request("\"id\" must be a string")),
-    }
-}
-
-fn too_large_for_u64() -> ErrorMessage {
-    ErrorMessage::new(ErrorCode::TooLarge, "n is far above the maximum")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn submit(n: u64) -> ClientMessage {
-        ClientMessage::Submit { n, tag: None }
-    }
-
-    fn code_of(frame: &str) -> ErrorCode {
-        parse_client_frame(frame).unwrap_err().code
-    }
-
-    #[test]
-    fn bare_numbers_are_submits() {
-        assert_eq!(parse_client_frame("150000"), Ok(submit(150000)));
-        assert_eq!(parse_client_frame(" 7\n"), Ok(submit(7)));
-        assert_eq!(parse_client_frame("007"), Ok(submit(7)));
-        assert_eq!(parse_client_frame("1e3"), Ok(submit(1000)));
-        assert_eq!(code_of("99999999999999999999999"), ErrorCode::TooLarge);
-        assert_eq!(code_of("-5"), ErrorCode::BadRequest);
-        assert_eq!(code_of("2.5"), ErrorCode::BadRequest);
-        assert_eq!(code_of(""), ErrorCode::BadRequest);
-    }
-
-    #[test]
-    fn submit_objects() {
-        assert_eq!(
-            parse_client_frame(r#"{"type":"submit","n":10,"ref":"a","extra":1}"#),
-            Ok(ClientMessage::Submit {
-                n: 10,
-                tag: Some("a".into())
-            })
-        );
-        let err = parse_client_frame(r#"{"type":"submit","n":-1,"ref":"x"}"#).unwrap_err();
-        assert_eq!(
-            (err.code, err.tag.as_deref()),
-            (ErrorCode::BadRequest, Some("x"))
-        );
-        for bad in [
-            r#"{"type":"submit"}"#,
-            r#"{"type":"submit","n":null}"#,
-            r#"{"type":"submit","n":"5"}"#,
-            r#"{"type":"submit","n":1.5}"#,
-            r#"{"type":"submit","n":-3.0}"#,
-            r#"{"type":"submit","n":[1]}"#,
-            r#"{"type":"submit","n":1,"ref":5}"#,
-        ] {
-            assert_eq!(code_of(bad), ErrorCode::BadRequest, "{bad}");
-        }
-        let long_ref = format!(r#"{{"type":"submit","n":1,"ref":"{}"}}"#, "é".repeat(65));
-        assert_eq!(code_of(&long_ref), ErrorCode::BadRequest);
-        assert_eq!(
-            code_of(r#"{"type":"submit","n":1e30}"#),
-            ErrorCode::TooLarge
-        );
-    }
-
-    #[test]
-    fn resume_objects() {
-        let id = JobId::new_v4();
-        assert_eq!(
-            parse_client_frame(&format!(r#"{{"type":"resume","id":"{id}"}}"#)),
-            Ok(ClientMessage::Resume { id })
-        );
-        for bad in [
-            r#"{"type":"resume"}"#,
-            r#"{"type":"resume","id":"not-a-uuid"}"#,
-            r#"{"type":"resume","id":42}"#,
-        ] {
-            assert_eq!(code_of(bad), ErrorCode::BadRequest, "{bad}");
-        }
-    }
-
-    #[test]
-    fn other_frames_are_bad_requests() {
-        for bad in [
-            "hello",
-            "[1,2]",
-            "null",
-            "{}",
-            r#"{"type":5}"#,
-            r#"{"type":"explode"}"#,
-            "{\"type\":",
-        ] {
-            assert_eq!(code_of(bad), ErrorCode::BadRequest, "{bad}");
-        }
-    }
+    use crate::model::{factorial_input, json, json_string, FACTORIAL};
+    use serde_json::Value;
 
     #[test]
     fn server_messages_have_the_documented_shape() {
         let id = JobId::nil();
         let result = ServerMessage::Result(JobResult {
             id,
-            n: 3,
+            model: FACTORIAL.into(),
+            n: Some(3),
             outcome: Outcome::Done {
-                digits: 1,
-                output: Arc::from("6"),
+                digits: Some(1),
+                output: json_string("6"),
                 timings: Timings {
                     queued_ms: 1,
                     compute_ms: 2,
@@ -417,24 +262,42 @@ mod tests {
                 },
             },
         });
-        let json: Value = serde_json::from_str(&result.to_json()).unwrap();
+        let json_value: Value = serde_json::from_str(&result.to_json()).unwrap();
         assert_eq!(
-            json,
-            serde_json::json!({"type":"result","id":id,"n":3,"status":"done","digits":1,"output":"6",
+            json_value,
+            serde_json::json!({"type":"result","id":id,"model":"factorial","n":3,"status":"done","digits":1,"output":"6",
                 "timings":{"queued_ms":1,"compute_ms":2,"total_ms":3}})
         );
         assert_eq!(
-            serde_json::from_value::<ServerMessage>(json).unwrap(),
+            serde_json::from_value::<ServerMessage>(json_value).unwrap(),
             result
         );
+        let other = ServerMessage::Result(JobResult {
+            id,
+            model: "echo".into(),
+            n: None,
+            outcome: Outcome::Done {
+                digits: None,
+                output: json(r#"{"label":"positive","score":0.9}"#).unwrap(),
+                timings: Timings {
+                    queued_ms: 0,
+                    compute_ms: 0,
+                    total_ms: 0,
+                },
+            },
+        });
+        let text = other.to_json();
+        assert!(text.contains(r#""output":{"label":"positive","score":0.9}"#), "{text}");
+        assert_eq!(serde_json::from_str::<ServerMessage>(&text).unwrap(), other);
         let failed = ServerMessage::Result(JobResult {
             id,
-            n: 3,
+            model: FACTORIAL.into(),
+            n: Some(3),
             outcome: Outcome::Failed { error: "x".into() },
         });
         assert_eq!(
             serde_json::from_str::<Value>(&failed.to_json()).unwrap(),
-            serde_json::json!({"type":"result","id":id,"n":3,"status":"failed","error":"x"})
+            serde_json::json!({"type":"result","id":id,"model":"factorial","n":3,"status":"failed","error":"x"})
         );
         let error = ServerMessage::Error(
             ErrorMessage::new(ErrorCode::NotFound, "gone")
@@ -450,28 +313,35 @@ mod tests {
     #[test]
     fn from_record_maps_pending_and_final() {
         let id = JobId::new_v4();
-        let mut record = JobRecord::queued(4, 1000);
+        let mut record = JobRecord::queued(FACTORIAL, factorial_input(4), 1000);
+        record.progress = Some(0.5);
+        record.phase = Some("product".into());
         assert_eq!(
             ServerMessage::from_record(id, &record, 2000),
             ServerMessage::Status {
                 id,
-                n: 4,
+                model: FACTORIAL.into(),
+                n: Some(4),
                 status: JobStatus::Queued,
-                fraction: None
+                fraction: Some(0.5),
+                phase: Some("product".into()),
+                workers: None,
             }
         );
         record.status = JobStatus::Done;
         record.started_ms = Some(1005);
         record.compute_ms = Some(2);
-        record.digits = Some(2);
-        record.output = Some(Arc::from("24"));
+        record.output = Some(json_string("24"));
         let ServerMessage::Result(JobResult {
-            outcome: Outcome::Done { timings, .. },
+            outcome: Outcome::Done {
+                timings, digits, ..
+            },
             ..
         }) = ServerMessage::from_record(id, &record, 1010)
         else {
             panic!("expected a done result");
         };
+        assert_eq!(digits, Some(2));
         assert_eq!(
             timings,
             Timings {
