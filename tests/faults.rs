@@ -126,8 +126,7 @@ async fn a_result_stored_twice_or_published_twice_reaches_each_socket_once() {
         herald_engine::RedisStore::new(crate::helpers::REDIS_URL, env.backend.keys()).unwrap();
     let mut record = store.get(&id).await.unwrap().unwrap();
     record.status = herald_protocol::JobStatus::Done;
-    record.digits = Some(9);
-    record.output = Some("479001600".into());
+    record.output = Some(herald_protocol::model::json_string("479001600"));
     let herald_engine::backend::Finish::Applied { watchers } =
         store.finish(&id, &record).await.unwrap()
     else {
@@ -164,7 +163,7 @@ async fn a_result_stored_twice_or_published_twice_reaches_each_socket_once() {
     // The job message is still queued, as after a crash: a worker takes it, sees the stored result and
     // does not compute it again (no attempt counted).
     let _worker = env.spawn_worker(1).await;
-    let queue = env.backend.queue.clone();
+    let queue = env.factorial_queue();
     eventually("the job message to be consumed", || async {
         let (connection, channel) = env.amqp_channel().await;
         let declared = channel

@@ -76,6 +76,8 @@ pub struct TestEnv {
     pub backend: BackendArgs,
     /// Distributed or embedded.
     pub mode: Mode,
+    /// Models whose queues this environment may have used besides the factorial's (removed with it).
+    models: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl TestEnv {
@@ -91,16 +93,28 @@ impl TestEnv {
         let tag = &tag[..12];
         Self {
             mode,
+            models: Default::default(),
             backend: BackendArgs {
                 amqp_url: Some(AMQP_URL.into()),
                 redis_url: Some(REDIS_URL.into()),
-                queue: format!("herald-test.{tag}.jobs"),
+                queue: format!("herald-test.{tag}.{{model}}"),
                 reply_exchange: format!("herald-test.{tag}.replies"),
                 redis_prefix: format!("herald-test:{tag}:"),
                 max_n: 1_000_000,
                 max_queue_length: 100_000,
             },
         }
+    }
+
+    /// The job queue of `model` in this environment (removed with it).
+    pub fn job_queue(&self, model: &str) -> String {
+        self.models.lock().unwrap().insert(model.to_owned());
+        self.backend.job_queue(model)
+    }
+
+    /// The factorial's job queue.
+    pub fn factorial_queue(&self) -> String {
+        self.job_queue(herald_protocol::FACTORIAL)
     }
 
     /// Server settings for this environment, listening on a free port (embedded: computing two jobs
@@ -115,6 +129,9 @@ impl TestEnv {
             backend,
             concurrency: std::num::NonZeroUsize::new(2),
             job_time_limit_secs: 300,
+            models: Default::default(),
+            max_attempts: 3,
+            max_input_bytes: herald_protocol::model::DEFAULT_MAX_INPUT_BYTES,
             log: Default::default(),
             listen: "127.0.0.1:0".parse().unwrap(),
             job_ttl_secs: 600,
@@ -178,6 +195,7 @@ impl TestEnv {
     pub fn worker_settings(&self, concurrency: usize) -> herald_worker::Settings {
         herald_worker::Settings {
             backend: self.backend.clone(),
+            models: Default::default(),
             concurrency: std::num::NonZeroUsize::new(concurrency),
             prefetch: None,
             max_attempts: 3,
@@ -236,6 +254,8 @@ impl Drop for TestEnv {
             return;
         }
         let backend = self.backend.clone();
+        let mut models = std::mem::take(&mut *self.models.lock().unwrap());
+        models.insert(herald_protocol::FACTORIAL.to_owned());
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -246,10 +266,11 @@ impl Drop for TestEnv {
                     lapin::Connection::connect(backend.amqp_url(), Default::default()).await
                 {
                     if let Ok(channel) = conn.create_channel().await {
-                        for queue in [
-                            backend.queue.clone(),
-                            herald_engine::topology::dead_letter_queue(&backend.queue),
-                        ] {
+                        let queues = models.iter().flat_map(|model| {
+                            let queue = backend.job_queue(model);
+                            [herald_engine::topology::dead_letter_queue(&queue), queue]
+                        });
+                        for queue in queues {
                             let _ = channel
                                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                                 .await;
@@ -442,8 +463,16 @@ impl Client {
         self.send_json(serde_json::json!({"type": "submit", "n": n}))
             .await;
         match self.recv().await {
-            ServerMessage::Accepted { id, n: echoed, .. } => {
-                assert_eq!(echoed, n);
+            ServerMessage::Accepted {
+                id,
+                n: echoed,
+                model,
+                ..
+            } => {
+                assert_eq!(
+                    (model.as_str(), echoed),
+                    (herald_protocol::FACTORIAL, Some(n))
+                );
                 id
             }
             other => panic!("expected accepted, got {other:?}"),
@@ -464,15 +493,21 @@ impl Client {
         }
     }
 
-    /// The output of a done result for `id`.
+    /// The output of a done result for `id`: a string output's text (the factorial's digits, whose
+    /// count must match `digits`), any other output's JSON text.
     pub async fn output_of(&mut self, id: JobId) -> String {
-        match self.result_of(id).await {
-            Outcome::Done { output, digits, .. } => {
-                assert_eq!(digits as usize, output.len());
-                output.to_string()
-            }
-            other => panic!("expected done, got {other:?}"),
+        let outcome = self.result_of(id).await;
+        let text = outcome
+            .output_text()
+            .unwrap_or_else(|| panic!("expected done, got {outcome:?}"));
+        if let Outcome::Done {
+            digits: Some(digits),
+            ..
+        } = outcome
+        {
+            assert_eq!(digits as usize, text.len());
         }
+        text
     }
 
     /// The outputs of done results for all of `ids`, in whatever order they come (a worker with
@@ -481,12 +516,12 @@ impl Client {
         let mut outputs = std::collections::HashMap::new();
         while outputs.len() < ids.len() {
             match self.recv().await {
-                ServerMessage::Result(result) if ids.contains(&result.id) => match result.outcome {
-                    Outcome::Done { output, .. } => {
-                        assert!(outputs.insert(result.id, output.to_string()).is_none());
+                ServerMessage::Result(result) if ids.contains(&result.id) => {
+                    match result.outcome.output_text() {
+                        Some(output) => assert!(outputs.insert(result.id, output).is_none()),
+                        None => panic!("expected done, got {:?}", result.outcome),
                     }
-                    other => panic!("expected done, got {other:?}"),
-                },
+                }
                 other => panic!("expected a result of {ids:?}, got {other:?}"),
             }
         }
@@ -511,8 +546,11 @@ impl Client {
     /// Expects the next message to be a done result of `id`, and returns its digit count.
     pub async fn digits_of(&mut self, id: JobId) -> u64 {
         match self.result_of(id).await {
-            Outcome::Done { digits, .. } => digits,
-            other => panic!("expected done, got {other:?}"),
+            Outcome::Done {
+                digits: Some(digits),
+                ..
+            } => digits,
+            other => panic!("expected a done factorial, got {other:?}"),
         }
     }
 
@@ -778,7 +816,7 @@ impl TestEnv {
         let (connection, channel) = self.amqp_channel().await;
         let queue = channel
             .queue_declare(
-                herald_engine::topology::dead_letter_queue(&self.backend.queue)
+                herald_engine::topology::dead_letter_queue(&self.factorial_queue())
                     .as_str()
                     .into(),
                 lapin::options::QueueDeclareOptions {
@@ -793,13 +831,13 @@ impl TestEnv {
         queue.message_count()
     }
 
-    /// Publishes a raw message to the job queue, as any AMQP client could.
+    /// Publishes a raw message to the factorial's job queue, as any AMQP client could.
     pub async fn publish_raw(&self, body: &[u8]) {
         let (connection, channel) = self.amqp_channel().await;
         channel
             .basic_publish(
                 "".into(),
-                self.backend.queue.as_str().into(),
+                self.factorial_queue().as_str().into(),
                 Default::default(),
                 body,
                 Default::default(),

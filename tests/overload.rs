@@ -138,7 +138,7 @@ async fn a_client_that_stops_reading_is_closed_and_its_jobs_stay_resumable() {
                     assert!(matches!(
                         r.outcome,
                         herald_protocol::Outcome::Done {
-                            digits: 456_574,
+                            digits: Some(456_574),
                             ..
                         }
                     ));

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use herald_protocol::{ErrorCode, JobId, Outcome, ServerMessage};
+use herald_protocol::{ErrorCode, JobId, ServerMessage};
 use num_bigint::BigUint;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -115,7 +115,8 @@ async fn client(
                 }
             };
             match serde_json::from_str::<ServerMessage>(&text).expect("valid server message") {
-                ServerMessage::Accepted { id, n, tag } => {
+                ServerMessage::Accepted { id, n, tag, .. } => {
+                    let n = n.expect("a factorial job's accepted carries n");
                     assert_eq!(tag, Some(n.to_string()));
                     submits_in_flight -= 1;
                     pending.insert(id, n);
@@ -149,9 +150,9 @@ async fn client(
                     let n = pending
                         .remove(&result.id)
                         .unwrap_or_else(|| panic!("a result for an unknown job {}", result.id));
-                    match result.outcome {
-                        Outcome::Done { output, .. } => assert_eq!(output, reference(n, &cache)),
-                        other => panic!("job {} ended {other:?}", result.id),
+                    match result.outcome.output_text() {
+                        Some(output) => assert_eq!(*output, *reference(n, &cache)),
+                        None => panic!("job {} ended {:?}", result.id, result.outcome),
                     }
                     finished.insert(result.id, n);
                     tally.waiting.lock().unwrap().remove(&result.id);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_protocol::{Completion, JobId, JobMessage, JobRecord, JobStatus, ProgressMessage};
+use herald_protocol::{Completion, JobId, JobMessage, JobRecord, JobStatus, Json, ProgressMessage};
 
 pub use crate::store::StoreError;
 
@@ -80,7 +80,7 @@ pub struct Report {
 }
 
 /// Where job records live: the record of every job, the server instances that watch each job, and
-/// stored results by n.
+/// the results shared by jobs of the same model and input.
 ///
 /// Every method that changes state is atomic in every implementation: a job never moves back from a
 /// final state, and a watcher registered by a resume is either seen by the worker that finishes the
@@ -150,15 +150,25 @@ pub trait JobStore: Send + Sync + 'static {
         now_ms: u64,
     ) -> Result<Cancel, StoreError>;
 
-    /// A running job's worker checks in: stores `fraction` as its progress (if given), and learns
-    /// whether to stop and who watches.
-    async fn report(&self, id: &JobId, fraction: Option<f64>) -> Result<Report, StoreError>;
+    /// A running job's worker checks in: stores its progress (if given: the fraction and the phase),
+    /// and learns whether to stop and who watches.
+    async fn report(
+        &self,
+        id: &JobId,
+        progress: Option<(f64, Option<&str>)>,
+    ) -> Result<Report, StoreError>;
 
-    /// A stored result for `n`, if any.
-    async fn cached_result(&self, n: u64) -> Result<Option<String>, StoreError>;
+    /// The stored output of `model` for `input`, if any (a JSON value).
+    async fn cached_result(&self, model: &str, input: &Json) -> Result<Option<Json>, StoreError>;
 
-    /// Stores the result of `n`, expiring with job `id`'s record.
-    async fn cache_result(&self, id: &JobId, n: u64, output: &str) -> Result<(), StoreError>;
+    /// Stores the output of `model` for `input`, expiring with job `id`'s record.
+    async fn cache_result(
+        &self,
+        id: &JobId,
+        model: &str,
+        input: &Json,
+        output: &Json,
+    ) -> Result<(), StoreError>;
 }
 
 /// Why a notice could not be sent.
@@ -201,6 +211,6 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Whether the queue is usable now (connected, and this instance's notices arrive).
     fn is_ready(&self) -> bool;
 
-    /// Jobs waiting in the queue, where the queue can tell.
-    async fn depth(&self) -> Option<u64>;
+    /// Jobs of `model` waiting in the queue, where the queue can tell.
+    async fn depth(&self, model: &str) -> Option<u64>;
 }

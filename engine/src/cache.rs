@@ -1,11 +1,15 @@
-//! Identical inputs are computed once: a job for an n that this worker is already computing joins that
-//! computation, and a job for an n whose result is still stored is answered from it.
+//! Identical inputs are computed once: a job whose model and input this worker is already computing
+//! joins that computation, and one whose result is still stored is answered from it (for models whose
+//! results may be shared; see [`herald_models::Model::shares_results`]).
+//!
+//! Every computation runs as a flight, shared or not: that is where its progress is kept and where
+//! it learns that nobody waits for it any more.
 //!
 //! A computation runs in its own task, apart from the jobs that wait for it, so that one of them can
 //! be cancelled without stopping the work the others wait for. When the last job waiting for a
 //! computation leaves, the computation is stopped at its next checkpoint.
 //!
-//! Two workers that start the same n at the same moment each compute it (the cache is filled by
+//! Two workers that start the same input at the same moment each compute it (the cache is filled by
 //! whichever finishes first); coordinating them would cost a lock round trip on every job.
 
 use std::collections::HashMap;
@@ -13,24 +17,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use herald_protocol::JobId;
+use herald_models::{Model, Progress};
+use herald_protocol::{JobId, Json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::JobStore;
-use herald_models::compute::Progress;
-
-/// Below this n a computation is cheaper than a round trip to the store, so results are neither
-/// looked up nor stored.
-pub const MIN_CACHED_N: u64 = 2_000;
 
 /// How a computation ended, shared by every job that waited for it.
 #[derive(Debug, Clone)]
 pub enum Computed {
-    /// The decimal output.
-    Done(Arc<str>),
-    /// The computation failed (time limit, internal error) with this message.
+    /// The output.
+    Done(Json),
+    /// The computation failed (the model refused the input, the time limit, an internal error) with
+    /// this message.
     Failed(String),
+    /// The model's program went away during the job: worth another attempt.
+    Crashed(String),
     /// The worker is stopping, or nobody waits any more.
     Stopped,
 }
@@ -47,7 +50,7 @@ pub struct ComputeStats {
 /// What a running computation shares with the jobs that wait for it.
 pub struct FlightState {
     /// The latest progress of the computation.
-    pub progress: watch::Sender<Option<Progress>>,
+    pub progress: Arc<watch::Sender<Option<Progress>>>,
     /// Cancelled when no job waits any more: the computation should stop.
     pub abandoned: CancellationToken,
     done: watch::Sender<Option<Computed>>,
@@ -57,18 +60,25 @@ pub struct FlightState {
 impl FlightState {
     /// The state of a computation no other job can join (for inputs too small to share).
     pub fn detached() -> Arc<Self> {
-        Arc::new(Self {
-            progress: watch::channel(None).0,
-            abandoned: CancellationToken::new(),
-            done: watch::channel(None).0,
+        Self::new(&CancellationToken::new()).0
+    }
+
+    /// A computation's state, stopped with `stop` (the worker's), and where its outcome arrives.
+    fn new(stop: &CancellationToken) -> (Arc<Self>, watch::Receiver<Option<Computed>>) {
+        let (done, done_rx) = watch::channel(None);
+        let state = Arc::new(Self {
+            progress: Arc::new(watch::channel(None).0),
+            abandoned: stop.child_token(),
+            done,
             waiting: Mutex::new(1),
-        })
+        });
+        (state, done_rx)
     }
 }
 
 /// One job's membership in a computation; leaving (dropping it) may stop the computation.
 pub struct Flight {
-    n: u64,
+    key: String,
     state: Arc<FlightState>,
     done: watch::Receiver<Option<Computed>>,
     cache: Cache,
@@ -85,7 +95,7 @@ impl Flight {
 
     /// The latest progress reported.
     pub fn progress(&self) -> Option<Progress> {
-        *self.state.progress.borrow()
+        self.state.progress.borrow().clone()
     }
 }
 
@@ -102,10 +112,10 @@ impl Drop for Flight {
         if *waiting == 0 && self.state.done.borrow().is_none() {
             self.state.abandoned.cancel();
             if flights
-                .get(&self.n)
+                .get(&self.key)
                 .is_some_and(|f| Arc::ptr_eq(f, &self.state))
             {
-                flights.remove(&self.n);
+                flights.remove(&self.key);
             }
         }
     }
@@ -114,75 +124,90 @@ impl Drop for Flight {
 /// The in-flight table and the stored results.
 #[derive(Clone, Default)]
 pub struct Cache {
-    flights: Arc<Mutex<HashMap<u64, Arc<FlightState>>>>,
+    flights: Arc<Mutex<HashMap<String, Arc<FlightState>>>>,
     /// Counters.
     pub stats: Arc<ComputeStats>,
 }
 
 impl Cache {
-    /// Joins the computation of `n` running here, or starts one with `compute` in a task of its own.
+    /// Joins the computation under `key` running here, or starts one with `compute` in a task of its
+    /// own; a computation started here stops when `stop` is cancelled. A computation that must not
+    /// be shared gets a key of its own (the job's ID).
     pub fn join(
         &self,
-        n: u64,
+        key: String,
+        stop: &CancellationToken,
         compute: impl FnOnce(Arc<FlightState>) -> BoxFuture<'static, Computed>,
     ) -> Flight {
         let mut flights = self.flights.lock().expect("flight table never poisoned");
-        if let Some(state) = flights.get(&n) {
+        if let Some(state) = flights.get(&key) {
             *state.waiting.lock().expect("flight never poisoned") += 1;
             self.stats.reused.fetch_add(1, Ordering::Relaxed);
             return Flight {
-                n,
+                key,
                 state: state.clone(),
                 done: state.done.subscribe(),
                 cache: self.clone(),
             };
         }
-        let (done, done_rx) = watch::channel(None);
-        let state = Arc::new(FlightState {
-            progress: watch::channel(None).0,
-            abandoned: CancellationToken::new(),
-            done,
-            waiting: Mutex::new(1),
-        });
-        flights.insert(n, state.clone());
+        let (state, done_rx) = FlightState::new(stop);
+        flights.insert(key.clone(), state.clone());
         let work = compute(state.clone());
         let table = self.flights.clone();
         let finished = state.clone();
+        let owned_key = key.clone();
         tokio::spawn(async move {
             let outcome = work.await;
             let mut flights = table.lock().expect("flight table never poisoned");
-            if flights.get(&n).is_some_and(|f| Arc::ptr_eq(f, &finished)) {
-                flights.remove(&n);
+            if flights
+                .get(&owned_key)
+                .is_some_and(|f| Arc::ptr_eq(f, &finished))
+            {
+                flights.remove(&owned_key);
             }
             finished.done.send_replace(Some(outcome));
         });
         Flight {
-            n,
+            key,
             state,
             done: done_rx,
             cache: self.clone(),
         }
     }
 
-    /// A stored result for `n`, if any (errors count as a miss: the job is then simply computed).
-    pub async fn lookup(&self, store: &dyn JobStore, n: u64) -> Option<Arc<str>> {
-        if n < MIN_CACHED_N {
+    /// A stored output of `model` for `input`, if the model shares results (errors count as a
+    /// miss: the job is then simply computed).
+    pub async fn lookup(
+        &self,
+        store: &dyn JobStore,
+        model: &dyn Model,
+        input: &Json,
+    ) -> Option<Json> {
+        if !model.shares_results(input) {
             return None;
         }
-        let output = store.cached_result(n).await.ok().flatten()?;
-        // A damaged entry is ignored rather than served.
-        (!output.is_empty() && output.bytes().all(|b| b.is_ascii_digit())).then(|| {
-            self.stats.reused.fetch_add(1, Ordering::Relaxed);
-            Arc::from(output)
-        })
+        let output = store
+            .cached_result(model.name(), input)
+            .await
+            .ok()
+            .flatten()?;
+        self.stats.reused.fetch_add(1, Ordering::Relaxed);
+        Some(output)
     }
 
-    /// Stores the result of `n`, expiring with job `id`'s record (best effort).
-    pub async fn remember(&self, store: &dyn JobStore, id: &JobId, n: u64, output: &str) {
-        if n < MIN_CACHED_N {
+    /// Stores the output of `model` for `input`, expiring with job `id`'s record (best effort).
+    pub async fn remember(
+        &self,
+        store: &dyn JobStore,
+        id: &JobId,
+        model: &dyn Model,
+        input: &Json,
+        output: &Json,
+    ) {
+        if !model.shares_results(input) {
             return;
         }
-        if let Err(e) = store.cache_result(id, n, output).await {
+        if let Err(e) = store.cache_result(id, model.name(), input, output).await {
             tracing::debug!(error = %e, "could not cache a result");
         }
     }
@@ -192,6 +217,7 @@ impl Cache {
 mod tests {
     use super::*;
     use futures::FutureExt;
+    use herald_protocol::model::json_string;
 
     /// A computation that runs until it is abandoned, and says whether it was.
     fn endless(state: Arc<FlightState>) -> BoxFuture<'static, Computed> {
@@ -205,33 +231,50 @@ mod tests {
     #[tokio::test]
     async fn the_last_job_to_leave_stops_the_computation() {
         let cache = Cache::default();
-        let first = cache.join(7, endless);
-        let second = cache.join(7, |_| unreachable!("joins the running computation"));
+        let stop = CancellationToken::new();
+        let first = cache.join("7".into(), &stop, endless);
+        let second = cache.join("7".into(), &stop, |_| {
+            unreachable!("joins the running computation")
+        });
         let state = first.state.clone();
         drop(first);
         assert!(!state.abandoned.is_cancelled(), "another job still waits");
         drop(second);
         assert!(state.abandoned.is_cancelled());
         // A new job for the same n starts afresh rather than joining the abandoned computation.
-        let mut fresh = cache.join(7, |_| async { Computed::Done(Arc::from("5040")) }.boxed());
-        assert!(matches!(fresh.outcome().await, Computed::Done(out) if &*out == "5040"));
+        let mut fresh = cache.join("7".into(), &stop, |_| {
+            async { Computed::Done(json_string("5040")) }.boxed()
+        });
+        assert!(matches!(fresh.outcome().await, Computed::Done(out) if out.get() == "\"5040\""));
+    }
+
+    #[tokio::test]
+    async fn the_workers_stop_stops_every_computation() {
+        let cache = Cache::default();
+        let stop = CancellationToken::new();
+        let flight = cache.join("8".into(), &stop, endless);
+        stop.cancel();
+        assert!(flight.state.abandoned.is_cancelled());
     }
 
     #[tokio::test]
     async fn every_waiting_job_gets_the_outcome() {
         let cache = Cache::default();
+        let stop = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let mut first = cache.join(9, move |_| {
+        let mut first = cache.join("9".into(), &stop, move |_| {
             async move {
                 let _ = rx.await;
-                Computed::Done(Arc::from("362880"))
+                Computed::Done(json_string("362880"))
             }
             .boxed()
         });
-        let mut second = cache.join(9, |_| unreachable!());
+        let mut second = cache.join("9".into(), &stop, |_| unreachable!());
         tx.send(()).unwrap();
         for flight in [&mut first, &mut second] {
-            assert!(matches!(flight.outcome().await, Computed::Done(out) if &*out == "362880"));
+            assert!(
+                matches!(flight.outcome().await, Computed::Done(out) if out.get() == "\"362880\"")
+            );
         }
         assert_eq!(cache.stats.reused.load(Ordering::Relaxed), 1);
     }

@@ -1,7 +1,6 @@
-//! What a worker does with one job, whatever carried it: mark it running, compute it on a blocking
-//! thread within its time limit while reporting progress and watching for a cancel, store the final
-//! record, and tell the server instances that wait. The same code runs in `herald-worker` and in the
-//! server's embedded mode.
+//! What a worker does with one job, whatever carried it: mark it running, run its model within the time
+//! limit while reporting progress and watching for a cancel, store the final record, and tell the
+//! server instances that wait. The same code runs in `herald-worker` and in the server's embedded mode.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -9,23 +8,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use herald_models::{Model, Models, Run, RunError};
+use herald_protocol::record::result_digest;
 use herald_protocol::{
-    unix_ms, Completion, JobId, JobMessage, JobRecord, JobStatus, ProgressMessage,
+    unix_ms, Completion, JobId, JobMessage, JobRecord, JobStatus, Json, ProgressMessage,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Finish, Notifier, Start, Store, StoreError};
-use crate::cache::{Cache, Computed, FlightState, MIN_CACHED_N};
+use crate::cache::{Cache, Computed, FlightState};
 use crate::metrics::WorkerMetrics;
-use herald_models::compute;
 
 /// The limits a worker applies to every job.
 #[derive(Debug, Clone, Copy)]
 pub struct JobLimits {
-    /// Largest n computed; a larger one fails.
-    pub max_n: u64,
     /// Starts of one job before it fails for good.
     pub max_attempts: u32,
     /// Longest computation.
@@ -50,6 +48,8 @@ pub struct JobContext {
     pub stop: CancellationToken,
     /// Computations in flight and stored results, so identical inputs are computed once.
     pub cache: Cache,
+    /// The models this worker runs.
+    pub models: Models,
 }
 
 /// What is left to do once a job has been processed.
@@ -64,7 +64,8 @@ pub enum Processed {
         watchers: Vec<String>,
         dead_letter: bool,
     },
-    /// Stopped by the worker's shutdown before it finished: return the message to the queue.
+    /// Stopped by the worker's shutdown before it finished, or its model's program went away during
+    /// it (an attempt, counted when it started): return the message to the queue.
     Abandoned,
     /// The stored record is damaged: nothing sensible can be done with the job but to set it aside.
     Damaged,
@@ -83,6 +84,7 @@ pub enum Settle {
 }
 
 /// How waiting for a computation ended, for one job.
+#[derive(Debug)]
 enum Outcome {
     /// The computation ended (or was already stored).
     Computed(Computed),
@@ -95,10 +97,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Pause before a job whose completion could not be sent goes back to the queue.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
-
-/// Below this n a computation takes under 20 µs here (about 17 µs at 500; BENCHMARKS.md,
-/// "Throughput"), less than handing it to a blocking thread and back costs, so it runs in place.
-pub const INLINE_BELOW_N: u64 = 500;
 
 /// How often a running job checks for a cancel: a cancel takes effect within about this long (plus
 /// one checkpoint of the computation, about a millisecond).
@@ -196,50 +194,71 @@ impl JobContext {
                 cancel_requested,
             } => (attempts, submitted_ms, cancel_requested),
         };
-        let mut record = JobRecord::queued(job.n, submitted_ms);
+        let mut record = JobRecord::queued(&job.model, job.input.clone(), submitted_ms);
         record.started_ms = Some(started_ms);
         record.attempts = attempts;
         let mut dead_letter = false;
-        if cancel_requested {
-            // Cancelled while an earlier start ran, and that worker never finished it.
-            record.status = JobStatus::Cancelled;
-        } else if attempts > self.limits.max_attempts {
-            // Earlier starts never finished: the job killed its worker (or its connection) each time.
-            warn!(attempts, "job exceeded its attempts; failing it");
-            record.status = JobStatus::Failed;
-            record.error = Some(format!(
-                "gave up after {} attempts: the job stopped its worker each time",
-                self.limits.max_attempts
-            ));
-            dead_letter = true;
-        } else if job.n > self.limits.max_n {
-            // The server checks this too; a worker still refuses what would exhaust its memory.
-            record.status = JobStatus::Failed;
-            record.error = Some(format!(
-                "n is above this worker's maximum of {}",
-                self.limits.max_n
-            ));
-        } else {
-            info!(n = job.n, attempts, "job started");
-            self.metrics.attempts.observe(f64::from(attempts));
-            let clock = Instant::now();
-            match self.obtain(job.id, job.n).await {
-                Outcome::Cancelled => {
-                    info!("job cancelled while running");
-                    record.status = JobStatus::Cancelled;
-                }
-                Outcome::Computed(Computed::Done(output)) => {
-                    record.status = JobStatus::Done;
-                    record.compute_ms = Some(clock.elapsed().as_millis() as u64);
-                    record.digits = Some(output.len() as u64);
-                    record.output = Some(output);
-                }
-                Outcome::Computed(Computed::Failed(error)) => {
-                    record.status = JobStatus::Failed;
-                    record.error = Some(error);
-                }
-                Outcome::Computed(Computed::Stopped) => return Ok(Processed::Abandoned),
+        let model = self.models.get(&job.model).cloned();
+        let input = model.as_ref().map(|model| model.validate(&job.input));
+        match (model, input) {
+            _ if cancel_requested => {
+                // Cancelled while an earlier start ran, and that worker never finished it.
+                record.status = JobStatus::Cancelled;
             }
+            _ if attempts > self.limits.max_attempts => {
+                // Earlier starts never finished: the job stopped its worker (or its model's program,
+                // or the connection) each time.
+                warn!(attempts, "job exceeded its attempts; failing it");
+                record.status = JobStatus::Failed;
+                record.error = Some(format!(
+                    "gave up after {} attempts: each one ended without a result (the worker or the model's program stopped)",
+                    self.limits.max_attempts
+                ));
+                dead_letter = true;
+            }
+            (None, _) => {
+                // Only queues of models served here are consumed: this message is misrouted.
+                warn!(model = %job.model, "job for a model this worker does not serve");
+                record.status = JobStatus::Failed;
+                record.error = Some(format!("no worker here serves the model {:?}", job.model));
+                dead_letter = true;
+            }
+            (Some(_), Some(Err(refused))) => {
+                record.status = JobStatus::Failed;
+                record.error = Some(refused.to_string());
+            }
+            (Some(model), Some(Ok(input))) => {
+                info!(model = %job.model, attempts, "job started");
+                self.metrics.attempts.observe(f64::from(attempts));
+                let clock = Instant::now();
+                match self.obtain(job.id, &model, input).await {
+                    Outcome::Cancelled => {
+                        info!("job cancelled while running");
+                        record.status = JobStatus::Cancelled;
+                    }
+                    Outcome::Computed(Computed::Done(output)) => {
+                        record.status = JobStatus::Done;
+                        record.compute_ms = Some(clock.elapsed().as_millis() as u64);
+                        record.output = Some(output);
+                    }
+                    Outcome::Computed(Computed::Failed(error)) => {
+                        record.status = JobStatus::Failed;
+                        record.error = Some(error);
+                    }
+                    Outcome::Computed(Computed::Crashed(reason)) => {
+                        if attempts < self.limits.max_attempts {
+                            warn!(%reason, attempts, "the model's program went away during the job; returning it to the queue");
+                            return Ok(Processed::Abandoned);
+                        }
+                        warn!(%reason, attempts, "the model's program went away during the job's last attempt; failing it");
+                        record.status = JobStatus::Failed;
+                        record.error = Some(format!("gave up after {attempts} attempts: {reason}"));
+                        dead_letter = true;
+                    }
+                    Outcome::Computed(Computed::Stopped) => return Ok(Processed::Abandoned),
+                }
+            }
+            (Some(_), None) => unreachable!("an input is validated whenever the model is known"),
         }
         record.finished_ms = Some(unix_ms());
         let Some(finish) = self
@@ -266,26 +285,60 @@ impl JobContext {
         }
     }
 
-    /// The output for n: reused from a stored result or a computation in flight, or computed here.
-    /// While it waits, the job reports progress and checks for a cancel.
-    async fn obtain(&self, id: JobId, n: u64) -> Outcome {
-        if n < MIN_CACHED_N {
+    /// The output for `input`: reused from a stored result or a computation in flight, or computed
+    /// here. While it waits, the job reports progress and checks for a cancel.
+    async fn obtain(&self, id: JobId, model: &Arc<dyn Model>, input: Json) -> Outcome {
+        if model.is_quick(&input) {
             // Well under a millisecond: no progress to report, nothing to share, and no time for a
             // cancel to land, so none of the machinery below is worth its cost on the hot path.
-            return Outcome::Computed(self.compute(n, FlightState::detached()).await);
+            let run = Run::new(
+                id,
+                self.limits.time_limit,
+                self.stop.clone(),
+                FlightState::detached().progress.clone(),
+            );
+            self.cache
+                .stats
+                .computations
+                .fetch_add(1, Ordering::Relaxed);
+            return Outcome::Computed(computed(
+                model.run(input, run).await,
+                self.limits.time_limit,
+            ));
         }
-        if let Some(output) = self.cache.lookup(self.store.as_ref(), n).await {
-            info!("answered from a stored result of the same n");
-            return Outcome::Computed(Computed::Done(output));
+        let shares = model.shares_results(&input);
+        if shares {
+            if let Some(output) = self
+                .cache
+                .lookup(self.store.as_ref(), model.as_ref(), &input)
+                .await
+            {
+                info!("answered from a stored result of the same input");
+                return Outcome::Computed(Computed::Done(output));
+            }
         }
+        let key = if shares {
+            result_digest(model.name(), input.raw())
+        } else {
+            id.to_string()
+        };
         let context = self.clone();
-        let mut flight = self.cache.join(n, move |state| {
+        let running = model.clone();
+        let mut flight = self.cache.join(key, &self.stop, move |state| {
             async move {
-                let computed = context.compute(n, state).await;
+                let computed = context
+                    .compute(id, running.as_ref(), input.clone(), state)
+                    .await;
                 if let Computed::Done(output) = &computed {
                     context
                         .cache
-                        .remember(context.store.as_ref(), &id, n, output)
+                        .remember(
+                            context.store.as_ref(),
+                            &id,
+                            running.as_ref(),
+                            &input,
+                            output,
+                        )
                         .await;
                 }
                 computed
@@ -314,7 +367,10 @@ impl JobContext {
                     let progress = flight
                         .progress()
                         .filter(|p| due && last_sent.is_none_or(|(_, f)| p.fraction > f));
-                    match self.store.report(&id, progress.map(|p| p.fraction)).await {
+                    let reported = progress
+                        .as_ref()
+                        .map(|p| (p.fraction, p.phase.as_deref()));
+                    match self.store.report(&id, reported).await {
                         // Leaving the flight stops the computation if no other job waits for it.
                         Ok(report) if report.stop => return Outcome::Cancelled,
                         Ok(report) => {
@@ -322,8 +378,9 @@ impl JobContext {
                                 last_sent = Some((Instant::now(), progress.fraction));
                                 let message = ProgressMessage {
                                     id,
+                                    model: model.name().to_owned(),
                                     fraction: progress.fraction,
-                                    phase: progress.phase,
+                                    phase: progress.phase.map(|p| p.into_owned()),
                                 };
                                 self.notifier.progress(&report.watchers, &message).await;
                             }
@@ -336,18 +393,14 @@ impl JobContext {
         }
     }
 
-    async fn compute(&self, n: u64, flight: Arc<FlightState>) -> Computed {
-        if n < INLINE_BELOW_N {
-            self.cache
-                .stats
-                .computations
-                .fetch_add(1, Ordering::Relaxed);
-            return match compute::factorial_decimal(n, &mut |_| true) {
-                Ok(output) => Computed::Done(Arc::from(output)),
-                // A checkpoint that never says stop cannot interrupt it.
-                Err(_) => Computed::Failed("internal error while computing".into()),
-            };
-        }
+    /// Runs `model` on `input` in one of the worker's compute slots.
+    async fn compute(
+        &self,
+        id: JobId,
+        model: &dyn Model,
+        input: Json,
+        flight: Arc<FlightState>,
+    ) -> Computed {
         let Ok(_slot) = self.slots.clone().acquire_owned().await else {
             return Computed::Stopped;
         };
@@ -355,32 +408,13 @@ impl JobContext {
             .stats
             .computations
             .fetch_add(1, Ordering::Relaxed);
-        let stop = self.stop.clone();
-        let time_limit = self.limits.time_limit;
-        let computed = tokio::task::spawn_blocking(move || {
-            let clock = Instant::now();
-            let mut timed_out = false;
-            let output = compute::factorial_decimal(n, &mut |progress| {
-                if clock.elapsed() >= time_limit {
-                    timed_out = true;
-                }
-                flight.progress.send_replace(Some(progress));
-                !timed_out && !stop.is_cancelled() && !flight.abandoned.is_cancelled()
-            });
-            (output, timed_out)
-        })
-        .await;
-        match computed {
-            Ok((Ok(output), _)) => Computed::Done(Arc::from(output)),
-            Ok((Err(_), true)) => {
-                Computed::Failed(format!("time limit exceeded ({} s)", time_limit.as_secs()))
-            }
-            Ok((Err(_), false)) => Computed::Stopped,
-            Err(panic) => {
-                error!(error = %panic, "computation panicked");
-                Computed::Failed("internal error while computing".into())
-            }
-        }
+        let run = Run::new(
+            id,
+            self.limits.time_limit,
+            flight.abandoned.clone(),
+            flight.progress.clone(),
+        );
+        computed(model.run(input, run).await, self.limits.time_limit)
     }
 
     async fn republish(&self, job: JobMessage) -> Result<Processed, StoreError> {
@@ -405,5 +439,18 @@ impl JobContext {
             watchers,
             dead_letter: false,
         })
+    }
+}
+
+/// What a model's run means for the job.
+fn computed(result: Result<Json, RunError>, time_limit: Duration) -> Computed {
+    match result {
+        Ok(output) => Computed::Done(output),
+        Err(RunError::Failed(error)) => Computed::Failed(error),
+        Err(RunError::TimedOut) => {
+            Computed::Failed(format!("time limit exceeded ({} s)", time_limit.as_secs()))
+        }
+        Err(RunError::Crashed(reason)) => Computed::Crashed(reason),
+        Err(RunError::Stopped) => Computed::Stopped,
     }
 }

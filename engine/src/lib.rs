@@ -7,6 +7,7 @@
 //! mode runs that same code on an in-process queue.
 
 pub mod amqp;
+pub mod announce;
 pub mod backend;
 pub mod cache;
 pub mod jobs;

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_protocol::{JobId, JobMessage, JobRecord, JobStatus};
+use herald_protocol::record::result_digest;
+use herald_protocol::{JobId, JobMessage, JobRecord, JobStatus, Json};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -38,7 +39,8 @@ impl Entry {
 #[derive(Default)]
 struct Tables {
     jobs: HashMap<JobId, Entry>,
-    results: HashMap<u64, (Arc<str>, Instant)>,
+    /// Shared results by [`herald_protocol::record::result_digest`].
+    results: HashMap<String, (Json, Instant)>,
 }
 
 impl Tables {
@@ -227,6 +229,7 @@ impl JobStore for MemoryStore {
                 entry.record.status = JobStatus::Cancelled;
                 entry.record.finished_ms = Some(now_ms);
                 entry.record.progress = None;
+                entry.record.phase = None;
                 Ok(Cancel::Cancelled {
                     record: Box::new(entry.record.clone()),
                     watchers: entry.watchers(),
@@ -243,7 +246,11 @@ impl JobStore for MemoryStore {
         }
     }
 
-    async fn report(&self, id: &JobId, fraction: Option<f64>) -> Result<Report, StoreError> {
+    async fn report(
+        &self,
+        id: &JobId,
+        progress: Option<(f64, Option<&str>)>,
+    ) -> Result<Report, StoreError> {
         let mut tables = self.tables();
         let Some(entry) = tables
             .live(id)
@@ -254,8 +261,11 @@ impl JobStore for MemoryStore {
                 watchers: Vec::new(),
             });
         };
-        if let Some(fraction) = fraction {
+        if let Some((fraction, phase)) = progress {
             entry.record.progress = Some(fraction);
+            if let Some(phase) = phase {
+                entry.record.phase = Some(phase.to_owned());
+            }
         }
         Ok(Report {
             stop: entry.record.cancel_requested,
@@ -263,21 +273,29 @@ impl JobStore for MemoryStore {
         })
     }
 
-    async fn cached_result(&self, n: u64) -> Result<Option<String>, StoreError> {
+    async fn cached_result(&self, model: &str, input: &Json) -> Result<Option<Json>, StoreError> {
         let now = Instant::now();
         Ok(self
             .tables()
             .results
-            .get(&n)
+            .get(&result_digest(model, input.raw()))
             .filter(|(_, expires)| *expires > now)
-            .map(|(output, _)| output.to_string()))
+            .map(|(output, _)| output.clone()))
     }
 
-    async fn cache_result(&self, id: &JobId, n: u64, output: &str) -> Result<(), StoreError> {
+    async fn cache_result(
+        &self,
+        id: &JobId,
+        model: &str,
+        input: &Json,
+        output: &Json,
+    ) -> Result<(), StoreError> {
         let mut tables = self.tables();
         // The result lives as long as the job's record, as in Redis.
         if let Some(expires) = tables.live(id).map(|e| e.expires) {
-            tables.results.insert(n, (Arc::from(output), expires));
+            tables
+                .results
+                .insert(result_digest(model, input.raw()), (output.clone(), expires));
         }
         Ok(())
     }
@@ -296,12 +314,18 @@ impl MemoryQueue {
         let (jobs, receiver) = mpsc::channel(capacity.max(1));
         (Self { jobs, capacity }, receiver)
     }
+
+    /// Where [`run_pool`] puts back a job that must be tried again. Weak, so that the pool's receiver
+    /// still sees the queue close when the queue itself is dropped.
+    pub fn requeuer(&self) -> mpsc::WeakSender<JobMessage> {
+        self.jobs.downgrade()
+    }
 }
 
 #[async_trait]
 impl JobQueue for MemoryQueue {
     async fn publish(&self, job: &JobMessage) -> Result<(), PublishError> {
-        self.jobs.try_send(*job).map_err(|e| match e {
+        self.jobs.try_send(job.clone()).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PublishError::Full,
             mpsc::error::TrySendError::Closed(_) => {
                 PublishError::Unavailable("the worker pool has stopped".into())
@@ -313,7 +337,7 @@ impl JobQueue for MemoryQueue {
         !self.jobs.is_closed()
     }
 
-    async fn depth(&self) -> Option<u64> {
+    async fn depth(&self, _model: &str) -> Option<u64> {
         Some((self.capacity - self.jobs.capacity()) as u64)
     }
 }
@@ -324,6 +348,7 @@ impl JobQueue for MemoryQueue {
 pub async fn run_pool(
     context: JobContext,
     mut jobs: mpsc::Receiver<JobMessage>,
+    requeue: mpsc::WeakSender<JobMessage>,
     in_flight: usize,
     shutdown: CancellationToken,
     grace: Duration,
@@ -344,13 +369,20 @@ pub async fn run_pool(
             },
         };
         let context = context.clone();
-        let span = tracing::info_span!("job", id = %job.id);
+        let span = tracing::info_span!("job", id = %job.id, model = %job.model);
+        let (requeue, stopping) = (requeue.clone(), shutdown.clone());
         running.spawn(
             async move {
                 let _permit = permit;
+                let again = job.clone();
                 match context.handle(job).await {
                     Settle::Ack => {}
-                    // Only a stop at shutdown gives this in memory: the job ends with the process.
+                    // The job's attempt was counted when it started; it goes to the back of the
+                    // queue, as RabbitMQ would redeliver it.
+                    Settle::Requeue if !stopping.is_cancelled() => match requeue.upgrade() {
+                        Some(queue) if queue.send(again).await.is_ok() => {}
+                        _ => warn!("job left unfinished: the queue has stopped"),
+                    },
                     Settle::Requeue => warn!("job left unfinished at shutdown"),
                     Settle::DeadLetter => {
                         error!("job set aside: its record is damaged or it failed")
@@ -384,10 +416,12 @@ pub async fn run_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_protocol::model::{factorial_input, json_string};
+    use herald_protocol::FACTORIAL;
 
     fn store_with(id: &JobId, ttl: Duration) -> MemoryStore {
         let store = MemoryStore::new();
-        let record = JobRecord::queued(5, 1).owned_by(Some("alice"));
+        let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1).owned_by(Some("alice"));
         futures::executor::block_on(store.create(id, &record, Some("a"), ttl)).unwrap();
         store
     }
@@ -428,9 +462,16 @@ mod tests {
                 ..
             }
         ));
-        let report = store.report(&id, Some(0.25)).await.unwrap();
+        let report = store
+            .report(&id, Some((0.25, Some("product"))))
+            .await
+            .unwrap();
         assert!(!report.stop);
-        assert_eq!(store.get(&id).await.unwrap().unwrap().progress, Some(0.25));
+        let record = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (record.progress, record.phase.as_deref()),
+            (Some(0.25), Some("product"))
+        );
         assert_eq!(
             store.cancel(&id, Some("b"), None, 3).await.unwrap(),
             Cancel::Requested
@@ -471,16 +512,25 @@ mod tests {
     async fn records_and_results_expire_with_their_ttl() {
         let id = JobId::new_v4();
         let store = store_with(&id, Duration::from_secs(10));
-        store.cache_result(&id, 5, "120").await.unwrap();
+        let (input, output) = (factorial_input(5), json_string("120"));
+        store
+            .cache_result(&id, FACTORIAL, &input, &output)
+            .await
+            .unwrap();
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(store.get(&id).await.unwrap().is_some());
         assert_eq!(
-            store.cached_result(5).await.unwrap().as_deref(),
-            Some("120")
+            store.cached_result(FACTORIAL, &input).await.unwrap(),
+            Some(output)
         );
+        assert_eq!(store.cached_result("echo", &input).await.unwrap(), None);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(store.get(&id).await.unwrap().is_none());
-        assert!(store.cached_result(5).await.unwrap().is_none());
+        assert!(store
+            .cached_result(FACTORIAL, &input)
+            .await
+            .unwrap()
+            .is_none());
         assert_eq!(store.start(&id, 1).await.unwrap(), Start::Missing);
         store.sweep();
         assert!(store.is_empty());
@@ -491,13 +541,14 @@ mod tests {
         let (queue, mut jobs) = MemoryQueue::new(2);
         let job = JobMessage {
             id: JobId::new_v4(),
-            n: 3,
+            model: FACTORIAL.into(),
+            input: factorial_input(3),
         };
         queue.publish(&job).await.unwrap();
         queue.publish(&job).await.unwrap();
-        assert_eq!(queue.depth().await, Some(2));
+        assert_eq!(queue.depth(FACTORIAL).await, Some(2));
         assert!(matches!(queue.publish(&job).await, Err(PublishError::Full)));
         jobs.recv().await.unwrap();
-        assert_eq!(queue.depth().await, Some(1));
+        assert_eq!(queue.depth(FACTORIAL).await, Some(1));
     }
 }

@@ -3,7 +3,11 @@
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use clap::{Args, ValueEnum};
+use herald_models::{Factorial, Models};
+use herald_protocol::FACTORIAL;
 
 /// Where a worker finds RabbitMQ when `--amqp-url` is not given.
 pub const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
@@ -42,8 +46,10 @@ pub struct BackendArgs {
     /// redis://127.0.0.1:6379; a server given neither this nor --amqp-url runs embedded.
     #[arg(long, env = "HERALD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
-    /// Durable job queue that workers consume.
-    #[arg(long, env = "HERALD_QUEUE", default_value = "factorial_process")]
+    /// Name of each model's durable job queue, `{model}` standing for the model's name (so the
+    /// factorial's is factorial_process). Every model has a queue of its own, so one model's backlog
+    /// never delays another's jobs.
+    #[arg(long, env = "HERALD_QUEUE", default_value = crate::topology::DEFAULT_QUEUE_TEMPLATE)]
     pub queue: String,
     /// Exchange that workers publish completions to; each server instance binds its own reply queue.
     #[arg(long, env = "HERALD_REPLY_EXCHANGE", default_value = "herald.replies")]
@@ -51,7 +57,7 @@ pub struct BackendArgs {
     /// Prefix of every Redis key Herald writes.
     #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald:")]
     pub redis_prefix: String,
-    /// Largest n accepted (the server refuses above it; a worker fails such a job).
+    /// Largest n the factorial accepts (the server refuses above it; a worker fails such a job).
     #[arg(long, env = "HERALD_MAX_N", default_value_t = 1_000_000)]
     pub max_n: u64,
     /// Cap on jobs waiting in the queue (declared on the queue, overflow `reject-publish`); submits beyond
@@ -114,6 +120,48 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The flag both binaries take to choose their models (`herald-worker`, and `herald-server` in
+/// embedded mode).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ModelArgs {
+    /// A model to serve: `factorial` (the built-in), or NAME=COMMAND, a program speaking JSON lines
+    /// on stdin/stdout (docs/models.md), such as `sentiment=python3 examples/python/sentiment.py`.
+    /// Repeat the flag for several (in the environment, separate them with `;`). Default: the
+    /// factorial alone.
+    #[arg(long = "model", env = "HERALD_MODEL", value_delimiter = ';')]
+    pub models: Vec<String>,
+}
+
+impl ModelArgs {
+    /// The models named, started: the factorial (with `max_n`) unless others are named, each
+    /// program with `processes` copies kept running. Fails with the flag's name on a bad value or a
+    /// program that cannot start.
+    pub fn build(&self, max_n: u64, processes: usize) -> Result<Models, SettingsError> {
+        let _ = processes;
+        let mut models = Models::default();
+        let specs: Vec<&str> = self
+            .models
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if specs.is_empty() {
+            return Ok(models.with(Arc::new(Factorial::new(max_n))));
+        }
+        for spec in specs {
+            if spec == FACTORIAL {
+                models = models.with(Arc::new(Factorial::new(max_n)));
+                continue;
+            }
+            return Err(SettingsError::new(
+                "model",
+                format!("{spec:?}: programs as models are not available in this build yet"),
+            ));
+        }
+        Ok(models)
+    }
+}
+
 /// A setting that cannot work; the binaries refuse to start with it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting --{flag}: {reason}")]
@@ -142,15 +190,26 @@ impl BackendArgs {
             .map_err(|_| SettingsError::new("amqp-url", "not a valid amqp:// URL"))?;
         redis::IntoConnectionInfo::into_connection_info(self.redis_url())
             .map_err(|_| SettingsError::new("redis-url", "not a valid redis:// URL"))?;
+        if !self.queue.contains("{model}") {
+            return Err(SettingsError::new(
+                "queue",
+                "must contain {model}, which stands for each model's name (such as {model}_process)",
+            ));
+        }
+        // The longest queue name a model can give, with room for the dead-letter suffix.
+        let longest = crate::topology::job_queue(
+            &self.queue,
+            &"m".repeat(herald_protocol::model::MAX_MODEL_NAME),
+        );
         for (flag, name) in [
-            ("queue", &self.queue),
+            ("queue", &longest),
             ("reply-exchange", &self.reply_exchange),
         ] {
             // AMQP short strings; the `amq.` prefix is reserved by the broker.
             if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
                 return Err(SettingsError::new(
                     flag,
-                    "must be 1 to 200 bytes and not start with \"amq.\"",
+                    "must be 1 to 200 bytes (with a 64-byte model name) and not start with \"amq.\"",
                 ));
             }
         }
@@ -174,6 +233,11 @@ impl BackendArgs {
     /// The Redis URL given, or the local default.
     pub fn redis_url(&self) -> &str {
         self.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL)
+    }
+
+    /// The job queue of `model`.
+    pub fn job_queue(&self, model: &str) -> String {
+        crate::topology::job_queue(&self.queue, model)
     }
 
     /// The Redis key layout these settings choose.

@@ -1,5 +1,5 @@
-//! The Redis job store: the record of every job, the server instances that watch it, and stored
-//! results by n.
+//! The Redis job store: the record of every job, the server instances that watch it, and the results
+//! shared by jobs of the same model and input.
 //!
 //! Every state change that must not race another is one Lua script, so Redis applies it atomically: a job
 //! never moves back from a final state, and a watcher registered by a resume is either seen by the worker
@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_protocol::{JobId, JobRecord, JobStatus, Keys, RecordError};
+use herald_protocol::{JobId, JobRecord, JobStatus, Json, Keys, RecordError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
@@ -69,7 +69,7 @@ static FINISH: LazyLock<Script> = LazyLock::new(|| {
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1} end
 if status ~= 'queued' and status ~= 'running' then return {0} end
-redis.call('HDEL', KEYS[1], 'progress')
+redis.call('HDEL', KEYS[1], 'progress', 'phase')
 redis.call('HSET', KEYS[1], unpack(ARGV))
 local reply = {1}
 local counts = redis.call('HGETALL', KEYS[2])
@@ -114,7 +114,8 @@ return redis.call('HGETALL', KEYS[1])
 
 // KEYS[1] job, KEYS[2] watchers, ARGV[1] now, ARGV[2] watcher ('' for none), ARGV[3] (optional)
 // identity. Returns {-1} missing (or not the identity's), {0, status} already final,
-// {1, n, submitted_ms, watcher...} cancelled while queued, {2} cancel requested of a running job.
+// {1, model, input, submitted_ms, watcher...} cancelled while queued, {2} cancel requested of a
+// running job.
 static CANCEL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -123,8 +124,9 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1} end
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_ms', ARGV[1])
-  redis.call('HDEL', KEYS[1], 'progress')
-  local reply = {1, redis.call('HGET', KEYS[1], 'n'), redis.call('HGET', KEYS[1], 'submitted_ms')}
+  redis.call('HDEL', KEYS[1], 'progress', 'phase')
+  local reply = {1, redis.call('HGET', KEYS[1], 'model') or '', redis.call('HGET', KEYS[1], 'input') or '',
+    redis.call('HGET', KEYS[1], 'submitted_ms')}
   local counts = redis.call('HGETALL', KEYS[2])
   for i = 1, #counts, 2 do
     if tonumber(counts[i + 1]) > 0 then table.insert(reply, counts[i]) end
@@ -145,13 +147,15 @@ return {0, status}
     )
 });
 
-// KEYS[1] job, KEYS[2] watchers, ARGV[1] progress ('' for none). Returns {stop, watcher...}.
+// KEYS[1] job, KEYS[2] watchers, ARGV[1] progress ('' for none), ARGV[2] phase ('' for none).
+// Returns {stop, watcher...}.
 static REPORT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then return {1} end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'phase', ARGV[2]) end
 local reply = {0}
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then reply[1] = 1 end
 local counts = redis.call('HGETALL', KEYS[2])
@@ -271,11 +275,6 @@ impl RedisStore {
                 ))
             }
         }
-    }
-
-    /// The key of the stored result of n.
-    fn result_key(&self, n: u64) -> String {
-        format!("{}result:{n}", self.keys.prefix())
     }
 }
 
@@ -486,16 +485,24 @@ impl JobStore for RedisStore {
                     Cancel::Final(status.parse()?)
                 }
                 1 => {
-                    let mut field = |name: &'static str| -> Result<u64, StoreError> {
-                        let raw: String = match reply.next() {
-                            Some(v) => redis::from_redis_value(v)?,
-                            None => return Err(RecordError::Missing(name).into()),
-                        };
-                        raw.parse()
-                            .map_err(|_| RecordError::Invalid(name, raw).into())
+                    let mut field = |name: &'static str| -> Result<String, StoreError> {
+                        match reply.next() {
+                            Some(v) => Ok(redis::from_redis_value(v)?),
+                            None => Err(RecordError::Missing(name).into()),
+                        }
                     };
-                    let mut record = JobRecord::queued(field("n")?, field("submitted_ms")?);
-                    record.status = JobStatus::Cancelled;
+                    let (model, input, submitted) =
+                        (field("model")?, field("input")?, field("submitted_ms")?);
+                    let fields = HashMap::from([
+                        ("model".to_owned(), model),
+                        ("input".to_owned(), input),
+                        ("submitted_ms".to_owned(), submitted),
+                        (
+                            "status".to_owned(),
+                            JobStatus::Cancelled.as_str().to_owned(),
+                        ),
+                    ]);
+                    let mut record = JobRecord::from_fields(fields)?;
                     record.finished_ms = Some(now_ms);
                     Cancel::Cancelled {
                         record: Box::new(record),
@@ -510,15 +517,21 @@ impl JobStore for RedisStore {
         .await
     }
 
-    async fn report(&self, id: &JobId, fraction: Option<f64>) -> Result<Report, StoreError> {
+    async fn report(
+        &self,
+        id: &JobId,
+        progress: Option<(f64, Option<&str>)>,
+    ) -> Result<Report, StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
-        let fraction = fraction.map(|f| f.to_string()).unwrap_or_default();
+        let fraction = progress.map(|(f, _)| f.to_string()).unwrap_or_default();
+        let phase = progress.and_then(|(_, p)| p).unwrap_or_default();
         self.run(|mut conn| async move {
             let reply: Vec<redis::Value> = REPORT
                 .key(&job)
                 .key(&watchers)
                 .arg(fraction)
+                .arg(phase)
                 .invoke_async(&mut conn)
                 .await?;
             let mut reply = reply.into_iter();
@@ -536,22 +549,31 @@ impl JobStore for RedisStore {
         .await
     }
 
-    async fn cached_result(&self, n: u64) -> Result<Option<String>, StoreError> {
-        let key = self.result_key(n);
-        self.run(
-            |mut conn| async move { Ok(redis::cmd("GET").arg(&key).query_async(&mut conn).await?) },
-        )
-        .await
+    async fn cached_result(&self, model: &str, input: &Json) -> Result<Option<Json>, StoreError> {
+        let key = self.keys.result(model, input.raw());
+        let text: Option<String> =
+            self.run(|mut conn| async move {
+                Ok(redis::cmd("GET").arg(&key).query_async(&mut conn).await?)
+            })
+            .await?;
+        // A damaged entry is no result: the job is computed instead.
+        Ok(text.and_then(|text| herald_protocol::model::json(&text).ok()))
     }
 
-    async fn cache_result(&self, id: &JobId, n: u64, output: &str) -> Result<(), StoreError> {
+    async fn cache_result(
+        &self,
+        id: &JobId,
+        model: &str,
+        input: &Json,
+        output: &Json,
+    ) -> Result<(), StoreError> {
         let job = self.keys.job(id);
-        let key = self.result_key(n);
+        let key = self.keys.result(model, input.raw());
         self.run(|mut conn| async move {
             STORE_RESULT
                 .key(&job)
                 .key(&key)
-                .arg(output)
+                .arg(output.get())
                 .invoke_async::<()>(&mut conn)
                 .await?;
             Ok(())

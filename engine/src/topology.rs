@@ -4,6 +4,15 @@ use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
+/// What `--queue` names each model's job queue after: `{model}` stands for the model's name, so the
+/// factorial's queue is `factorial_process` by default.
+pub const DEFAULT_QUEUE_TEMPLATE: &str = "{model}_process";
+
+/// The job queue of `model` under `template` (see [`DEFAULT_QUEUE_TEMPLATE`]).
+pub fn job_queue(template: &str, model: &str) -> String {
+    template.replace("{model}", model)
+}
+
 /// Name of the dead-letter queue of `queue`: messages that are not jobs, and jobs that failed for good.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")

@@ -145,7 +145,7 @@ pub fn parse_tag(tag: Option<&str>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_protocol::{parse_client_frame, ClientMessage, ErrorCode};
+    use herald_protocol::{parse_client_frame, ClientMessage, ErrorCode, Submit, SubmitInput};
 
     #[test]
     fn submit_frames_are_what_the_server_parses() {
@@ -154,10 +154,11 @@ mod tests {
         };
         assert_eq!(
             parse_client_frame(text.as_str()),
-            Ok(ClientMessage::Submit {
-                n: 150_000,
+            Ok(ClientMessage::Submit(Submit {
+                model: None,
+                input: SubmitInput::N(150_000),
                 tag: Some("42".into())
-            })
+            }))
         );
     }
 

@@ -42,6 +42,9 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a computation goes through them.
+    pub const ALL: [Self; 2] = [Self::Product, Self::Decimal];
+
     /// The name reported in progress messages.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -53,15 +53,12 @@ impl JobMessage {
         let wire: WireJob = serde_json::from_slice(body)?;
         let (model, input) = match (wire.model, wire.input, wire.n) {
             (Some(model), Some(input), _) => {
-                check_model_name(&model).map_err(|_| {
-                    RecordError::Invalid("model", model.chars().take(32).collect())
-                })?;
+                check_model_name(&model)
+                    .map_err(|_| RecordError::Invalid("model", model.chars().take(32).collect()))?;
                 (model, input)
             }
             (None, None, Some(n)) => (FACTORIAL.to_owned(), factorial_input(n)),
-            _ => {
-                return Err(RecordError::Inconsistent("a job needs a model and an input").into())
-            }
+            _ => return Err(RecordError::Inconsistent("a job needs a model and an input").into()),
         };
         Ok(Self {
             id: wire.id,
@@ -151,8 +148,14 @@ impl ProgressMessage {
         if !(0.0..=1.0).contains(&progress.fraction) {
             return Err(RecordError::Inconsistent("a fraction must be within 0..=1").into());
         }
-        if progress.phase.as_deref().is_some_and(|p| check_phase(p).is_err()) {
-            return Err(RecordError::Inconsistent("a phase must be 1 to 32 printable characters").into());
+        if progress
+            .phase
+            .as_deref()
+            .is_some_and(|p| check_phase(p).is_err())
+        {
+            return Err(
+                RecordError::Inconsistent("a phase must be 1 to 32 printable characters").into(),
+            );
         }
         check_model_name(&progress.model)
             .map_err(|_| RecordError::Inconsistent("a progress message's model name is invalid"))?;
@@ -184,11 +187,21 @@ mod tests {
             input: json(r#"{"text":"hi","big":123456789012345678901234567890}"#).unwrap(),
         };
         let decoded = JobMessage::decode(&other.encode()).unwrap();
-        assert_eq!(decoded.input.get(), other.input.get(), "inputs travel as written");
+        assert_eq!(
+            decoded.input.get(),
+            other.input.get(),
+            "inputs travel as written"
+        );
         // What an older server published.
         let id = job.id;
         let old = JobMessage::decode(format!(r#"{{"id":"{id}","n":42}}"#).as_bytes()).unwrap();
-        assert_eq!(old, JobMessage { id, ..factorial_job(42) });
+        assert_eq!(
+            old,
+            JobMessage {
+                id,
+                ..factorial_job(42)
+            }
+        );
         for bad in [
             &b"not json"[..],
             br#"{"n":5}"#,
@@ -219,7 +232,10 @@ mod tests {
             format!(r#"{{"id":"{id}","model":"factorial","fraction":1.5}}"#),
             format!(r#"{{"id":"{id}","model":"factorial","fraction":-0.1}}"#),
             format!(r#"{{"id":"{id}","model":"factorial","fraction":0.5,"phase":""}}"#),
-            format!(r#"{{"id":"{id}","model":"factorial","fraction":0.5,"phase":"{}"}}"#, "x".repeat(33)),
+            format!(
+                r#"{{"id":"{id}","model":"factorial","fraction":0.5,"phase":"{}"}}"#,
+                "x".repeat(33)
+            ),
             format!(r#"{{"id":"{id}","model":"Bad","fraction":0.5}}"#),
             format!(r#"{{"id":"{id}","phase":"product"}}"#),
         ] {

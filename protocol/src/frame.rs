@@ -4,8 +4,8 @@
 //! Frames are read as raw JSON: a submit's `input` is kept exactly as written, and `n` is read from
 //! its text, so that no number is rounded on its way to a model.
 
-use std::collections::HashMap;
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 
 use crate::model::{check_model_name, Json, FACTORIAL};
 use crate::number::{parse_digits, whole_number, NumberError};
@@ -112,6 +112,20 @@ fn parse_object(object: &HashMap<String, &RawValue>) -> Result<ClientMessage, Er
             "unknown type {:?}; expected \"submit\", \"resume\" or \"cancel\"",
             other.chars().take(32).collect::<String>()
         ))),
+    }
+}
+
+/// Reads the body of `POST /jobs`: a JSON object with `model` (optional: the factorial) and `input`
+/// (or the factorial's `n`), checked as a WebSocket submit is.
+pub fn parse_submit_body(text: &str) -> Result<Submit, ErrorMessage> {
+    let object: HashMap<String, &RawValue> = serde_json::from_str(text).map_err(|_| {
+        ErrorMessage::bad_request(
+            "the body must be a JSON object such as {\"model\":\"factorial\",\"input\":{\"n\":10}}",
+        )
+    })?;
+    match parse_submit(&object, None)? {
+        ClientMessage::Submit(submit) => Ok(submit),
+        _ => unreachable!("parse_submit only makes submits"),
     }
 }
 
@@ -261,7 +275,11 @@ mod tests {
         ] {
             assert_eq!(code_of(bad), ErrorCode::BadRequest, "{bad}");
             if !bad.contains("ref") {
-                assert!(message_of(bad).contains("\"n\""), "{bad}: {}", message_of(bad));
+                assert!(
+                    message_of(bad).contains("\"n\""),
+                    "{bad}: {}",
+                    message_of(bad)
+                );
             }
         }
         let long_ref = format!(r#"{{"type":"submit","n":1,"ref":"{}"}}"#, "é".repeat(65));
@@ -273,7 +291,8 @@ mod tests {
 
     #[test]
     fn submits_naming_a_model() {
-        let frame = r#"{"type":"submit","model":"sentiment","input":{"text":"good", "x": 1.50},"ref":"r"}"#;
+        let frame =
+            r#"{"type":"submit","model":"sentiment","input":{"text":"good", "x": 1.50},"ref":"r"}"#;
         let Ok(ClientMessage::Submit(submit)) = parse_client_frame(frame) else {
             panic!("a model submit");
         };
@@ -282,7 +301,11 @@ mod tests {
         let SubmitInput::Json(input) = submit.input else {
             panic!("a JSON input");
         };
-        assert_eq!(input.get(), r#"{"text":"good", "x": 1.50}"#, "kept as written");
+        assert_eq!(
+            input.get(),
+            r#"{"text":"good", "x": 1.50}"#,
+            "kept as written"
+        );
         let Ok(ClientMessage::Submit(factorial)) =
             parse_client_frame(r#"{"type":"submit","model":"factorial","n":12}"#)
         else {

@@ -5,6 +5,7 @@
 //! outside the process and are never trusted.
 
 pub mod amqp;
+pub mod api;
 pub mod frame;
 pub mod model;
 pub mod number;

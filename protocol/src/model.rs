@@ -130,7 +130,16 @@ mod tests {
         for good in ["factorial", "sentiment", "e5-small_v2", "7b"] {
             assert!(check_model_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "Sentiment", "-x", "a b", "a.b", "a/b", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Sentiment",
+            "-x",
+            "a b",
+            "a.b",
+            "a/b",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(check_model_name(bad).is_err(), "{bad}");
         }
     }

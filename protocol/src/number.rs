@@ -79,7 +79,15 @@ mod tests {
         assert_eq!(read("1000000"), Ok(1_000_000));
         assert_eq!(read("1000001"), Err(NumberError::TooLarge));
         assert_eq!(read(&"9".repeat(500)), Err(NumberError::TooLarge));
-        for not_whole in ["1e3", "10.0", "1000000.0000000001", "1e-400", "1e309", "2.5", "1E2"] {
+        for not_whole in [
+            "1e3",
+            "10.0",
+            "1000000.0000000001",
+            "1e-400",
+            "1e309",
+            "2.5",
+            "1E2",
+        ] {
             assert_eq!(read(not_whole), Err(NumberError::NotWhole), "{not_whole}");
         }
         for negative in ["-0", "-1", "-0.0", "-1e3"] {

@@ -225,9 +225,13 @@ impl JobRecord {
         let mut fields = fields;
         let (model, input) = match fields.remove("model") {
             Some(model) => {
-                check_model_name(&model).map_err(|_| RecordError::Invalid("model", clip(&model)))?;
-                let input = fields.remove("input").ok_or(RecordError::Missing("input"))?;
-                let input = json(&input).map_err(|_| RecordError::Invalid("input", clip(&input)))?;
+                check_model_name(&model)
+                    .map_err(|_| RecordError::Invalid("model", clip(&model)))?;
+                let input = fields
+                    .remove("input")
+                    .ok_or(RecordError::Missing("input"))?;
+                let input =
+                    json(&input).map_err(|_| RecordError::Invalid("input", clip(&input)))?;
                 (model, input)
             }
             None => {
@@ -242,7 +246,9 @@ impl JobRecord {
             }
         };
         let output = match fields.remove("output") {
-            Some(text) => Some(json(&text).map_err(|_| RecordError::Invalid("output", clip(&text)))?),
+            Some(text) => {
+                Some(json(&text).map_err(|_| RecordError::Invalid("output", clip(&text)))?)
+            }
             None => None,
         };
         let record = Self {
@@ -432,7 +438,11 @@ mod tests {
         other.progress = Some(0.5);
         other.phase = Some("loading".into());
         let back = JobRecord::from_fields(fields_of(&other)).unwrap();
-        assert_eq!(back.input.get(), r#"{"text": [1, 2.50, "é"]}"#, "inputs are kept as written");
+        assert_eq!(
+            back.input.get(),
+            r#"{"text": [1, 2.50, "é"]}"#,
+            "inputs are kept as written"
+        );
         assert_eq!(back, other);
     }
 
@@ -453,7 +463,11 @@ mod tests {
 
     #[test]
     fn rejects_damaged_records() {
-        let base = [("model", "factorial"), ("input", r#"{"n":5}"#), ("submitted_ms", "1")];
+        let base = [
+            ("model", "factorial"),
+            ("input", r#"{"n":5}"#),
+            ("submitted_ms", "1"),
+        ];
         let cases: &[(&[(&str, &str)], RecordError)] = &[
             (
                 &[("status", "queued"), ("model", "Bad Name")],
@@ -497,7 +511,12 @@ mod tests {
                 "{extra:?}"
             );
         }
-        let old = hash(&[("n", "5"), ("status", "done"), ("submitted_ms", "1"), ("output", "1x0")]);
+        let old = hash(&[
+            ("n", "5"),
+            ("status", "done"),
+            ("submitted_ms", "1"),
+            ("output", "1x0"),
+        ]);
         assert_eq!(
             JobRecord::from_fields(old).unwrap_err(),
             RecordError::Invalid("output", "1x0".into())
@@ -522,7 +541,11 @@ mod tests {
 
     #[test]
     fn requires_the_fields_every_record_has() {
-        let fields = hash(&[("model", "factorial"), ("status", "queued"), ("submitted_ms", "1")]);
+        let fields = hash(&[
+            ("model", "factorial"),
+            ("status", "queued"),
+            ("submitted_ms", "1"),
+        ]);
         assert_eq!(
             JobRecord::from_fields(fields).unwrap_err(),
             RecordError::Missing("input")
@@ -541,9 +564,21 @@ mod tests {
         assert_eq!(keys.job(&id), "t:job:00000000-0000-0000-0000-000000000000");
         assert!(keys.watchers(&id).starts_with("t:watch:"));
         let ten = factorial_input(10);
-        assert_eq!(keys.result(FACTORIAL, ten.raw()), keys.result(FACTORIAL, factorial_input(10).raw()));
-        assert_ne!(keys.result(FACTORIAL, ten.raw()), keys.result("echo", ten.raw()));
-        assert_ne!(keys.result(FACTORIAL, ten.raw()), keys.result(FACTORIAL, factorial_input(11).raw()));
-        assert_eq!(keys.result(FACTORIAL, ten.raw()).len(), "t:result:".len() + 64);
+        assert_eq!(
+            keys.result(FACTORIAL, ten.raw()),
+            keys.result(FACTORIAL, factorial_input(10).raw())
+        );
+        assert_ne!(
+            keys.result(FACTORIAL, ten.raw()),
+            keys.result("echo", ten.raw())
+        );
+        assert_ne!(
+            keys.result(FACTORIAL, ten.raw()),
+            keys.result(FACTORIAL, factorial_input(11).raw())
+        );
+        assert_eq!(
+            keys.result(FACTORIAL, ten.raw()).len(),
+            "t:result:".len() + 64
+        );
     }
 }

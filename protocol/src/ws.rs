@@ -25,6 +25,8 @@ pub enum ErrorCode {
     AlreadyFinished,
     /// No worker serves the model the submit names.
     UnknownModel,
+    /// The request contradicts the job's state (an output asked of a job that has none).
+    Conflict,
 }
 
 /// An `error` message (also what [`parse_client_frame`] returns for a frame it refuses).
@@ -287,7 +289,10 @@ mod tests {
             },
         });
         let text = other.to_json();
-        assert!(text.contains(r#""output":{"label":"positive","score":0.9}"#), "{text}");
+        assert!(
+            text.contains(r#""output":{"label":"positive","score":0.9}"#),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<ServerMessage>(&text).unwrap(), other);
         let failed = ServerMessage::Result(JobResult {
             id,

@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 
+use herald_protocol::model::{factorial_input, json};
 use herald_protocol::{
-    parse_client_frame, ClientMessage, Completion, ErrorCode, JobMessage, JobRecord, ServerMessage,
+    parse_client_frame, ClientMessage, Completion, ErrorCode, JobMessage, JobRecord,
+    ProgressMessage, ServerMessage, Submit, SubmitInput, FACTORIAL,
 };
 use proptest::prelude::*;
 
@@ -14,12 +16,15 @@ fn frame_like() -> impl Strategy<Value = String> {
         any::<String>(),
         "[0-9]{0,30}",
         r#"\{"type":"(submit|resume|x)","(n|id|ref)":[-0-9.e"a-f]{0,40}\}"#,
+        r#"\{"type":"submit","model":"[a-zA-Z_./-]{0,8}","(input|n)":[-0-9.e"a-f\[\]{}:,]{0,40}\}"#,
         proptest::collection::vec(
             prop_oneof![
                 Just("{".to_owned()),
                 Just("}".to_owned()),
                 Just("\"type\":\"submit\"".to_owned()),
                 Just("\"n\":".to_owned()),
+                Just("\"input\":".to_owned()),
+                Just("\"model\":\"echo\"".to_owned()),
                 Just(",".to_owned()),
                 "[-0-9.e+]{1,12}",
                 any::<String>(),
@@ -36,8 +41,13 @@ proptest! {
     #[test]
     fn client_frames_never_panic_and_errors_explain_themselves(frame in frame_like()) {
         match parse_client_frame(&frame) {
-            Ok(ClientMessage::Submit { tag, .. }) => {
-                prop_assert!(tag.is_none_or(|t| t.chars().count() <= 64));
+            Ok(ClientMessage::Submit(submit)) => {
+                prop_assert!(submit.tag.as_ref().is_none_or(|t| t.chars().count() <= 64));
+                prop_assert!(herald_protocol::model::check_model_name(submit.model()).is_ok());
+                if let SubmitInput::Json(input) = &submit.input {
+                    // What is kept is valid JSON, as written.
+                    prop_assert!(json(input.get()).is_ok());
+                }
             }
             Ok(ClientMessage::Resume { .. } | ClientMessage::Cancel { .. }) => {}
             Err(error) => {
@@ -54,7 +64,7 @@ proptest! {
     fn bare_whole_numbers_are_always_submits(n in any::<u64>(), pad in "[ \t\n]{0,3}") {
         prop_assert_eq!(
             parse_client_frame(&format!("{pad}{n}{pad}")),
-            Ok(ClientMessage::Submit { n, tag: None })
+            Ok(ClientMessage::Submit(Submit { model: None, input: SubmitInput::N(n), tag: None }))
         );
     }
 
@@ -62,11 +72,16 @@ proptest! {
     fn amqp_payloads_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = JobMessage::decode(&body);
         let _ = Completion::decode(&body);
+        let _ = ProgressMessage::decode(&body);
     }
 
     #[test]
     fn job_messages_round_trip(id in any::<u128>(), n in any::<u64>()) {
-        let job = JobMessage { id: uuid::Uuid::from_u128(id), n };
+        let job = JobMessage {
+            id: uuid::Uuid::from_u128(id),
+            model: FACTORIAL.into(),
+            input: factorial_input(n),
+        };
         prop_assert_eq!(JobMessage::decode(&job.encode()).unwrap(), job);
     }
 
@@ -75,10 +90,14 @@ proptest! {
         fields in proptest::collection::hash_map(
             prop_oneof![
                 Just("n".to_owned()), Just("status".to_owned()), Just("submitted_ms".to_owned()),
+                Just("model".to_owned()), Just("input".to_owned()), Just("phase".to_owned()),
                 Just("digits".to_owned()), Just("output".to_owned()), Just("error".to_owned()),
                 Just("attempts".to_owned()), any::<String>(),
             ],
-            prop_oneof![any::<String>(), "[0-9]{1,5}", "(queued|running|done|failed|cancelled)"],
+            prop_oneof![
+                any::<String>(), "[0-9]{1,5}", "(queued|running|done|failed|cancelled)",
+                "(factorial|echo)", r#"\{"n":[0-9]{1,3}\}"#, r#""[0-9]{1,5}""#,
+            ],
             0..10,
         )
     ) {

@@ -364,7 +364,11 @@ mod tests {
             identity: None,
             key: ClientKey::for_address([127, 0, 0, 1].into()),
         };
-        let record = JobRecord::queued(5, 1);
+        let record = JobRecord::queued(
+            herald_protocol::FACTORIAL,
+            herald_protocol::model::factorial_input(5),
+            1,
+        );
         assert!(
             !alice.may_read(&record),
             "an ownerless job belongs to nobody"

@@ -3,8 +3,9 @@
 //! lost, and then re-reads from Redis every job a local socket waits for, since completions published
 //! while the reply queue was gone are lost to it.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ const REREAD_CONCURRENCY: usize = 16;
 pub struct BrokerConfig {
     /// RabbitMQ URL (it may hold a password, so its `Debug` shows nothing).
     pub url: herald_engine::Secret,
-    /// Job queue.
+    /// Name of each model's job queue (`{model}` stands for the model's name).
     pub queue: String,
     /// Job queue length cap.
     pub max_queue_length: u32,
@@ -47,6 +48,11 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The job queue of `model`.
+    pub fn job_queue(&self, model: &str) -> String {
+        topology::job_queue(&self.queue, model)
+    }
+
     /// This instance's reply queue.
     pub fn reply_queue(&self) -> String {
         format!("{}.{}", self.reply_exchange, self.instance)
@@ -74,7 +80,9 @@ impl Connected {
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare_job_queue(&publish, &config.queue, config.max_queue_length).await?;
+        // The factorial's queue always; other models' queues when their first job is published.
+        let factorial = config.job_queue(herald_protocol::FACTORIAL);
+        topology::declare_job_queue(&publish, &factorial, config.max_queue_length).await?;
         topology::declare_reply_exchange(&publish, &config.reply_exchange).await?;
         let replies = connection.create_channel().await?;
         let reply_queue = config.reply_queue();
@@ -123,6 +131,8 @@ impl Connected {
 pub struct Broker {
     config: BrokerConfig,
     publish: RwLock<Option<Channel>>,
+    /// Job queues declared on the current connection.
+    declared: Mutex<HashSet<String>>,
     consuming: AtomicBool,
     /// Completions this instance publishes itself (of jobs cancelled while queued), on the same
     /// channel as the jobs.
@@ -139,11 +149,11 @@ impl JobQueue for Broker {
         self.consuming.load(Ordering::Relaxed)
     }
 
-    async fn depth(&self) -> Option<u64> {
+    async fn depth(&self, model: &str) -> Option<u64> {
         let channel = self.channel()?;
         let declared = channel
             .queue_declare(
-                self.config.queue.as_str().into(),
+                self.config.job_queue(model).as_str().into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
@@ -159,11 +169,13 @@ impl JobQueue for Broker {
 impl Broker {
     /// A broker whose first connection is `connected`; call [`Broker::supervise`] to run it.
     pub fn new(config: BrokerConfig, connected: &Connected) -> Self {
+        let factorial = config.job_queue(herald_protocol::FACTORIAL);
         let notifier = Arc::new(AmqpNotifier::new(config.reply_exchange.clone()));
         notifier.set_channel(Some(connected.publish.clone()));
         Self {
             config,
             publish: RwLock::new(Some(connected.publish.clone())),
+            declared: Mutex::new(HashSet::from([factorial])),
             consuming: AtomicBool::new(true),
             notifier,
         }
@@ -178,14 +190,35 @@ impl Broker {
 
     fn set_channel(&self, channel: Option<Channel>) {
         self.notifier.set_channel(channel.clone());
+        // A new connection may reach a broker that lost the queues (a new node): declare them again.
+        self.declared
+            .lock()
+            .expect("declared lock never poisoned")
+            .clear();
         *self.publish.write().expect("publish lock never poisoned") = channel;
     }
 
-    /// Publishes a persistent job message and waits for the broker's confirm.
+    /// Publishes a persistent job message to its model's queue (declared first if this connection has
+    /// not declared it yet) and waits for the broker's confirm.
     async fn publish_job(&self, job: &JobMessage) -> Result<(), PublishError> {
         let channel = self
             .channel()
             .ok_or_else(|| PublishError::Unavailable("not connected".into()))?;
+        let queue = self.config.job_queue(&job.model);
+        let known = self
+            .declared
+            .lock()
+            .expect("declared lock never poisoned")
+            .contains(&queue);
+        if !known {
+            topology::declare_job_queue(&channel, &queue, self.config.max_queue_length)
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            self.declared
+                .lock()
+                .expect("declared lock never poisoned")
+                .insert(queue.clone());
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -194,7 +227,7 @@ impl Broker {
         let confirmation = channel
             .basic_publish(
                 "".into(),
-                self.config.queue.as_str().into(),
+                queue.as_str().into(),
                 // Mandatory: if the queue is gone the broker returns the message instead of dropping it.
                 BasicPublishOptions {
                     mandatory: true,

@@ -76,7 +76,7 @@ impl Hub {
         for session in sessions.iter() {
             let _ = session
                 .events
-                .try_send(SessionEvent::Progress(Box::new(*progress)));
+                .try_send(SessionEvent::Progress(Box::new(progress.clone())));
         }
     }
 

@@ -1,13 +1,21 @@
-//! Taking a job in (store its record, then queue it, so that a client holding its ID can always learn
-//! its fate) and cancelling one. Shared by the WebSocket and the HTTP API, and by both modes.
+//! Taking a job in (check its model and input, store its record, then queue it, so that a client
+//! holding its ID can always learn its fate) and cancelling one. Shared by the WebSocket and the HTTP
+//! API, and by both modes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_engine::backend::{Cancel, JobQueue, Notifier, PublishError};
 use herald_engine::Store;
-use herald_protocol::{unix_ms, Completion, ErrorCode, ErrorMessage, JobId, JobMessage, JobRecord};
+use herald_models::InputError;
+use herald_protocol::model::factorial_input;
+use herald_protocol::{
+    unix_ms, Completion, ErrorCode, ErrorMessage, JobId, JobMessage, JobRecord, Json, SubmitInput,
+    FACTORIAL,
+};
 use tracing::{error, info, warn};
+
+use crate::directory::Directory;
 
 /// How long a client should wait before submitting again when the queue is full.
 pub const BUSY_RETRY_AFTER_MS: u64 = 1000;
@@ -42,6 +50,26 @@ impl Refusal {
     }
 }
 
+/// A job ready to be taken: its model is served and its input passed the checks this server can make.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The model.
+    pub model: String,
+    /// The input, as validated.
+    pub input: Json,
+    /// Workers serving the model now, where known.
+    pub workers: Option<u32>,
+}
+
+impl Prepared {
+    /// `n`, for a factorial job.
+    pub fn n(&self) -> Option<u64> {
+        (self.model == FACTORIAL)
+            .then(|| herald_protocol::model::factorial_n(self.input.raw()))
+            .flatten()
+    }
+}
+
 /// The server's job intake.
 #[derive(Clone)]
 pub struct Jobs {
@@ -55,11 +83,61 @@ pub struct Jobs {
     pub instance: String,
     /// How long records live.
     pub ttl: Duration,
+    /// The models jobs may name.
+    pub directory: Arc<Directory>,
+    /// Largest input, in bytes of JSON text.
+    pub max_input_bytes: usize,
 }
 
 impl Jobs {
+    /// Checks a submit's model and input: the model must be served, the input within
+    /// `--max-input-bytes` and, where this server has the model's code, valid for it.
+    pub async fn prepare(
+        &self,
+        model: Option<&str>,
+        input: SubmitInput,
+    ) -> Result<Prepared, ErrorMessage> {
+        let name = model.unwrap_or(FACTORIAL);
+        let served = self.directory.lookup(name).await.map_err(|served| {
+            ErrorMessage::new(
+                ErrorCode::UnknownModel,
+                format!(
+                    "no worker serves the model {name:?}; served: {}",
+                    served.join(", ")
+                ),
+            )
+        })?;
+        let input = match input {
+            SubmitInput::N(n) => factorial_input(n),
+            SubmitInput::Json(input) => input,
+        };
+        if input.get().len() > self.max_input_bytes {
+            return Err(ErrorMessage::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the input is {} bytes; the limit is {} (--max-input-bytes)",
+                    input.get().len(),
+                    self.max_input_bytes
+                ),
+            ));
+        }
+        let input = match &served.model {
+            Some(model) => model.validate(&input).map_err(|refused| match refused {
+                InputError::Invalid(message) => ErrorMessage::bad_request(message),
+                InputError::TooLarge(message) => ErrorMessage::new(ErrorCode::TooLarge, message),
+            })?,
+            None => input,
+        };
+        Ok(Prepared {
+            model: name.to_owned(),
+            input,
+            workers: served.workers,
+        })
+    }
+
     /// Stores the record of job `id` (status `queued`, belonging to `owner`), registering this instance
-    /// as a watcher if `watched`, then publishes the job and waits for the broker's confirm.
+    /// as a watcher if `watched`, then publishes the job to its model's queue and waits for the
+    /// broker's confirm.
     ///
     /// If the publish fails, the record is deleted again: the client never got the ID, and nothing is
     /// left half-stored. (Should the broker have taken the message after all, its worker finds no record
@@ -67,17 +145,22 @@ impl Jobs {
     pub async fn submit(
         &self,
         id: JobId,
-        n: u64,
+        job: &Prepared,
         watched: bool,
         owner: Option<&str>,
     ) -> Result<(), Refusal> {
-        let record = JobRecord::queued(n, unix_ms()).owned_by(owner);
+        let record = JobRecord::queued(&job.model, job.input.clone(), unix_ms()).owned_by(owner);
         let watcher = watched.then_some(self.instance.as_str());
         if let Err(e) = self.store.create(&id, &record, watcher, self.ttl).await {
             warn!(%id, error = %e, "could not store a new job");
             return Err(Refusal::Unavailable);
         }
-        let refusal = match self.queue.publish(&JobMessage { id, n }).await {
+        let message = JobMessage {
+            id,
+            model: job.model.clone(),
+            input: job.input.clone(),
+        };
+        let refusal = match self.queue.publish(&message).await {
             Ok(()) => return Ok(()),
             Err(PublishError::Full) => Refusal::Busy,
             Err(e) => {

@@ -5,7 +5,9 @@
 //! same interfaces, running the same job code.
 
 pub mod auth;
+pub mod backend;
 pub mod broker;
+pub mod directory;
 pub mod http;
 pub mod hub;
 pub mod jobs;
@@ -19,18 +21,11 @@ pub mod settings;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use herald_engine::memory::{self, MemoryQueue, MemoryStore};
-use herald_engine::metrics::WorkerMetrics;
-use herald_engine::{
-    JobContext, JobLimits, JobStore, RedisStore, SettingsError, Store, StoreError,
-};
-use herald_protocol::JobMessage;
+use herald_engine::{SettingsError, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -116,37 +111,11 @@ impl AppState {
 /// How often idle clients are dropped from the rate limiter's table.
 const FORGET_IDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How often embedded mode drops expired records.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
-/// In-process jobs per computation slot in embedded mode: small jobs are mostly waiting, so more of
-/// them must be in hand than there are cores (as the worker's AMQP prefetch).
-const EMBEDDED_JOBS_PER_SLOT: usize = 32;
-
-/// Longest wait for embedded jobs to finish when the server stops.
-const EMBEDDED_GRACE: Duration = Duration::from_secs(5);
-
-/// What the server runs on.
-enum Backend {
-    /// RabbitMQ and Redis, shared with workers and other instances.
-    Distributed {
-        broker: Arc<broker::Broker>,
-        connected: Box<broker::Connected>,
-    },
-    /// Everything in this process.
-    Embedded {
-        context: JobContext,
-        jobs: mpsc::Receiver<JobMessage>,
-        store: Arc<MemoryStore>,
-        in_flight: usize,
-    },
-}
-
 /// A server bound to its port and connected to its backends, ready to [`run`](Application::run).
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    backend: Backend,
+    running: backend::Running,
 }
 
 impl Application {
@@ -180,81 +149,21 @@ impl Application {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let hub: Arc<hub::Hub> = Arc::default();
         let stats: Arc<Stats> = Arc::default();
-        let (store, queue, notifier, backend): (
-            Store,
-            Arc<dyn herald_engine::JobQueue>,
-            Arc<dyn herald_engine::Notifier>,
-            Backend,
-        ) = if settings.embedded()? {
-            info!(
-                    concurrency = settings.concurrency(),
-                    "EMBEDDED mode: jobs are queued, computed and kept in this process (nothing \
-                     survives a restart, and no other instance can share them); to scale out, start \
-                     with --amqp-url and --redis-url (HERALD_AMQP_URL, HERALD_REDIS_URL) and run \
-                     herald-worker processes"
-                );
-            let memory_store = Arc::new(MemoryStore::new());
-            let store: Store = memory_store.clone();
-            let capacity = settings.backend.max_queue_length as usize;
-            let (queue, jobs) = MemoryQueue::new(capacity);
-            let notifier = Arc::new(hub::HubNotifier {
-                hub: hub.clone(),
-                store: store.clone(),
-                stats: stats.clone(),
-            });
-            let context = JobContext {
-                store: store.clone(),
-                notifier: notifier.clone(),
-                metrics: Arc::new(WorkerMetrics::new(&mut registry)),
-                limits: JobLimits {
-                    max_n: settings.backend.max_n,
-                    max_attempts: 3,
-                    time_limit: Duration::from_secs(settings.job_time_limit_secs),
-                },
-                slots: Arc::new(Semaphore::new(settings.concurrency())),
-                stop: CancellationToken::new(),
-                cache: herald_engine::cache::Cache::default(),
-            };
-            let backend = Backend::Embedded {
-                context,
-                jobs,
-                store: memory_store,
-                in_flight: settings.concurrency() * EMBEDDED_JOBS_PER_SLOT,
-            };
-            (store, Arc::new(queue), notifier, backend)
+        let backends = if settings.embedded()? {
+            backend::embedded(&settings, &hub, &stats, &mut registry)?
         } else {
-            let backend = &settings.backend;
-            let redis = RedisStore::new(backend.redis_url(), backend.keys())?;
-            redis.ping().await?;
-            let store: Store = Arc::new(redis);
-            let config = broker::BrokerConfig {
-                url: backend.amqp_url().into(),
-                queue: backend.queue.clone(),
-                max_queue_length: backend.max_queue_length,
-                reply_exchange: backend.reply_exchange.clone(),
-                instance: instance.clone(),
-            };
-            let connected = broker::Connected::open(&config).await?;
-            let broker = Arc::new(broker::Broker::new(config, &connected));
-            let notifier = broker.notifier.clone();
-            (
-                store,
-                broker.clone(),
-                notifier,
-                Backend::Distributed {
-                    broker,
-                    connected: Box::new(connected),
-                },
-            )
+            backend::distributed(&settings, &instance).await?
         };
         let listener = TcpListener::bind(settings.listen).await?;
         let state = AppState {
             jobs: jobs::Jobs {
-                store,
-                queue,
-                notifier,
+                store: backends.store,
+                queue: backends.queue,
+                notifier: backends.notifier,
                 instance,
                 ttl: settings.job_ttl(),
+                directory: backends.directory,
+                max_input_bytes: settings.max_input_bytes,
             },
             settings: Arc::new(settings),
             hub,
@@ -269,7 +178,7 @@ impl Application {
         Ok(Self {
             listener,
             state,
-            backend,
+            running: backends.running,
         })
     }
 
@@ -296,42 +205,17 @@ impl Application {
         let Self {
             listener,
             mut state,
-            backend,
+            running,
         } = self;
         state.shutdown = shutdown.clone();
-        let backend_task = match backend {
-            Backend::Distributed { broker, connected } => tokio::spawn(broker.supervise(
-                *connected,
-                state.hub.clone(),
-                state.jobs.store.clone(),
-                state.stats.clone(),
-                shutdown.clone(),
-            )),
-            Backend::Embedded {
-                context,
-                jobs,
-                store,
-                in_flight,
-            } => {
-                let stopped = shutdown.clone();
-                tokio::spawn(async move {
-                    let mut every = tokio::time::interval(SWEEP_EVERY);
-                    loop {
-                        tokio::select! {
-                            _ = stopped.cancelled() => return,
-                            _ = every.tick() => { store.sweep(); }
-                        }
-                    }
-                });
-                tokio::spawn(memory::run_pool(
-                    context,
-                    jobs,
-                    in_flight,
-                    shutdown.clone(),
-                    EMBEDDED_GRACE,
-                ))
-            }
-        };
+        let backend_task = running.start(&state.hub, &state.jobs.store, &state.stats, &shutdown);
+        tokio::spawn(
+            state
+                .jobs
+                .directory
+                .clone()
+                .keep_refreshing(shutdown.clone()),
+        );
         let limits = state.limits.clone();
         let stopped = shutdown.clone();
         tokio::spawn(async move {

@@ -8,6 +8,18 @@ use herald_protocol::{ErrorMessage, JobId, JobRecord, ProgressMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::jobs::Prepared;
+
+/// How a submit of a session went.
+pub struct Submitted {
+    /// The request ID it was given.
+    pub id: JobId,
+    /// The client's `ref`.
+    pub tag: Option<String>,
+    /// The job taken, or why not.
+    pub outcome: Result<Prepared, ErrorMessage>,
+}
+
 /// Identifies one WebSocket session on this instance.
 pub type SessionId = u64;
 
@@ -30,12 +42,7 @@ pub enum SessionEvent {
     /// A watched job finished (from the hub).
     Finished(JobId, Arc<JobRecord>),
     /// A submit of this session was stored and published, or not.
-    Submitted {
-        id: JobId,
-        n: u64,
-        tag: Option<String>,
-        outcome: Result<(), Box<ErrorMessage>>,
-    },
+    Submitted(Box<Submitted>),
     /// The answer to a resume: the record, `None` when there is none, or why it could not be read.
     Resumed {
         id: JobId,

@@ -1,5 +1,5 @@
 //! The server's Prometheus metrics, served at `GET /metrics`: jobs submitted, results pushed (by
-//! status), time to result, sockets open, messages pushed and the job queue's depth. In embedded
+//! status), time to result, sockets open, messages pushed, and each model's queue depth and workers. In embedded
 //! mode the in-process workers' metrics are in the same registry.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,6 +23,13 @@ pub struct ViaLabel {
     pub via: &'static str,
 }
 
+/// The label of a model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// The model's name.
+    pub model: String,
+}
+
 /// What the server counts.
 #[derive(Clone)]
 pub struct ServerMetrics {
@@ -39,8 +46,10 @@ pub struct ServerMetrics {
     pub sockets_open: Gauge,
     /// Messages (frames) pushed to WebSocket clients.
     pub messages_pushed: Counter,
-    /// Jobs waiting in the job queue, read when scraped.
-    pub queue_depth: Gauge,
+    /// Jobs waiting in each model's queue, read when scraped.
+    pub queue_depth: Family<ModelLabel, Gauge>,
+    /// Workers announcing each model, read when scraped (distributed mode).
+    pub model_workers: Family<ModelLabel, Gauge>,
 }
 
 impl ServerMetrics {
@@ -53,7 +62,8 @@ impl ServerMetrics {
             cancels: Counter::default(),
             sockets_open: Gauge::default(),
             messages_pushed: Counter::default(),
-            queue_depth: Gauge::default(),
+            queue_depth: Family::default(),
+            model_workers: Family::default(),
         };
         registry.register(
             "herald_jobs_submitted",
@@ -87,8 +97,13 @@ impl ServerMetrics {
         );
         registry.register(
             "herald_queue_depth",
-            "Jobs waiting in the job queue",
+            "Jobs waiting in each model's job queue",
             metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "herald_model_workers",
+            "Workers announcing each model (distributed mode)",
+            metrics.model_workers.clone(),
         );
         metrics
     }

@@ -17,7 +17,7 @@ use futures::SinkExt;
 use herald_engine::backend::Cancel;
 use herald_protocol::{
     parse_client_frame, unix_ms, ClientMessage, ErrorCode, ErrorMessage, JobId, JobRecord,
-    JobStatus, ServerMessage,
+    JobStatus, ProgressMessage, ServerMessage, Submit,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -27,7 +27,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::auth::Caller;
 use crate::jobs::unavailable;
 use crate::limits::{retry_after_ms, SocketSlot};
-use crate::mailbox::{SessionEvent, SessionHandle};
+use crate::mailbox::{SessionEvent, SessionHandle, Submitted};
 use crate::AppState;
 
 /// Events a session can hold before it counts as overloaded.
@@ -159,7 +159,7 @@ impl Session {
 
     fn on_text(&mut self, text: &str) {
         match parse_client_frame(text) {
-            Ok(ClientMessage::Submit { n, tag }) => self.submit(n, tag),
+            Ok(ClientMessage::Submit(submit)) => self.submit(submit),
             Ok(ClientMessage::Resume { id }) => self.resume(id),
             Ok(ClientMessage::Cancel { id }) => self.cancel(id),
             Err(error) => self.send(&ServerMessage::Error(error)),
@@ -179,13 +179,8 @@ impl Session {
         })
     }
 
-    fn submit(&mut self, n: u64, tag: Option<String>) {
-        let max_n = self.state.settings.backend.max_n;
-        if n > max_n {
-            let error =
-                ErrorMessage::new(ErrorCode::TooLarge, format!("n must be at most {max_n}"));
-            return self.send(&ServerMessage::Error(error.with_tag(tag)));
-        }
+    fn submit(&mut self, submit: Submit) {
+        let Submit { model, input, tag } = submit;
         if let Some(busy) = self.busy() {
             return self.send(&ServerMessage::Error(busy.with_tag(tag)));
         }
@@ -208,17 +203,16 @@ impl Session {
         let owner = self.caller.identity.clone();
         tokio::spawn(async move {
             // Runs to the end even if the session goes away, so a record is never left half-submitted.
-            let outcome = jobs
-                .submit(id, n, true, owner.as_deref())
-                .await
-                .map_err(|r| Box::new(r.to_error()));
-            let registered = outcome.is_ok();
-            let event = SessionEvent::Submitted {
-                id,
-                n,
-                tag,
-                outcome,
+            let outcome = match jobs.prepare(model.as_deref(), input).await {
+                Ok(job) => jobs
+                    .submit(id, &job, true, owner.as_deref())
+                    .await
+                    .map(|()| job)
+                    .map_err(|r| r.to_error()),
+                Err(refused) => Err(refused),
             };
+            let registered = outcome.is_ok();
+            let event = SessionEvent::Submitted(Box::new(Submitted { id, tag, outcome }));
             if events.send(event).await.is_err() && registered {
                 // The session left while this ran: release the registration it can no longer release.
                 release(&jobs.store, &jobs.instance, id, 1).await;
@@ -347,10 +341,17 @@ impl Session {
             SessionEvent::Progress(progress) => {
                 // Only once the client knows the job: progress never comes before `accepted`.
                 if let Some(Watch::Pending { .. }) = self.watches.get(&progress.id) {
+                    let ProgressMessage {
+                        id,
+                        model,
+                        fraction,
+                        phase,
+                    } = *progress;
                     self.send(&ServerMessage::Progress {
-                        id: progress.id,
-                        fraction: progress.fraction,
-                        phase: progress.phase,
+                        id,
+                        model,
+                        fraction,
+                        phase,
                     });
                 }
             }
@@ -360,26 +361,36 @@ impl Session {
                 // Already answered: a duplicate completion.
                 None => {}
             },
-            SessionEvent::Submitted {
-                id,
-                n,
-                tag,
-                outcome,
-            } => match outcome {
-                Ok(()) => {
+            SessionEvent::Submitted(submitted) => match *submitted {
+                Submitted {
+                    id,
+                    tag,
+                    outcome: Ok(job),
+                } => {
                     self.state
                         .metrics
                         .submitted
                         .get_or_create(&crate::metrics::ViaLabel { via: "websocket" })
                         .inc();
-                    self.send(&ServerMessage::Accepted { id, n, tag });
-                    info!(%id, n, "job accepted");
+                    let n = job.n();
+                    self.send(&ServerMessage::Accepted {
+                        id,
+                        model: job.model.clone(),
+                        n,
+                        tag,
+                        workers: job.workers,
+                    });
+                    info!(%id, model = %job.model, n, "job accepted");
                     let pending = Watch::Pending { registrations: 1 };
                     if let Some(Watch::Submitting(Some(early))) = self.watches.insert(id, pending) {
                         self.deliver(id, &early);
                     }
                 }
-                Err(error) => {
+                Submitted {
+                    id,
+                    tag,
+                    outcome: Err(error),
+                } => {
                     self.forget(id);
                     self.send(&ServerMessage::Error(error.with_tag(tag)));
                 }

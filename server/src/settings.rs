@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::num::NonZeroUsize;
 
 use clap::Parser;
-use herald_engine::settings::LogArgs;
+use herald_engine::settings::{LogArgs, ModelArgs};
 use herald_engine::{BackendArgs, Secret, SettingsError};
 
 use crate::auth;
@@ -75,6 +75,17 @@ pub struct Settings {
     /// "time limit exceeded".
     #[arg(long, env = "HERALD_JOB_TIME_LIMIT_SECS", default_value_t = 300)]
     pub job_time_limit_secs: u64,
+    /// Embedded mode only: the models to run (as herald-worker's --model). Distributed servers take
+    /// jobs for the models workers announce.
+    #[command(flatten)]
+    pub models: ModelArgs,
+    /// Embedded mode only: starts of one job before it is failed (a job whose model's program keeps
+    /// dying on it).
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Largest job input, in bytes of JSON text; a larger one is refused with `too_large`.
+    #[arg(long, env = "HERALD_MAX_INPUT_BYTES", default_value_t = herald_protocol::model::DEFAULT_MAX_INPUT_BYTES)]
+    pub max_input_bytes: usize,
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
@@ -110,11 +121,29 @@ impl Settings {
 /// Upper bound of the rate settings: beyond it a limit is no limit, and a typo should not pass.
 const MAX_RATE: u32 = 1_000_000;
 
+/// Upper bound of --max-input-bytes: a submit travels whole in one WebSocket frame and one message.
+const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
+
 impl Settings {
     /// Checks every value before anything connects (and reads --auth-tokens-file).
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.backend.validate()?;
         self.embedded()?;
+        if !self.embedded()? && !self.models.models.is_empty() {
+            return Err(SettingsError::new(
+                "model",
+                "is for embedded mode; in distributed mode give it to herald-worker, whose announcements tell the server what is served",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(SettingsError::new("max-attempts", "must be at least 1"));
+        }
+        if self.max_input_bytes == 0 || self.max_input_bytes > MAX_INPUT_BYTES {
+            return Err(SettingsError::new(
+                "max-input-bytes",
+                format!("must be from 1 to {MAX_INPUT_BYTES}"),
+            ));
+        }
         if self.concurrency.is_some_and(|c| c.get() > 1024) {
             return Err(SettingsError::new("concurrency", "must be at most 1024"));
         }
@@ -258,6 +287,9 @@ impl fmt::Debug for Settings {
             .field("max_sockets_per_client", &self.max_sockets_per_client)
             .field("concurrency", &self.concurrency)
             .field("job_time_limit_secs", &self.job_time_limit_secs)
+            .field("models", &self.models)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_input_bytes", &self.max_input_bytes)
             .field("log", &self.log)
             .finish()
     }

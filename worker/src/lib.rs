@@ -29,6 +29,7 @@ use herald_engine::{amqp, cache, topology};
 use herald_engine::{
     JobContext, JobLimits, JobStore, RedisStore, SettingsError, Settle, Store, StoreError,
 };
+use herald_models::Models;
 
 pub use settings::Settings;
 
@@ -60,7 +61,8 @@ struct Amqp {
 }
 
 impl Amqp {
-    async fn open(settings: &Settings) -> lapin::Result<Self> {
+    /// Connects and declares the reply exchange and the job queue of each of `models`.
+    async fn open(settings: &Settings, models: &[String]) -> lapin::Result<Self> {
         let backend = &settings.backend;
         let connection = Connection::connect(
             settings.backend.amqp_url(),
@@ -72,7 +74,10 @@ impl Amqp {
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare_job_queue(&consume, &backend.queue, backend.max_queue_length).await?;
+        for model in models {
+            let queue = backend.job_queue(model);
+            topology::declare_job_queue(&consume, &queue, backend.max_queue_length).await?;
+        }
         topology::declare_reply_exchange(&consume, &backend.reply_exchange).await?;
         consume
             .basic_qos(settings.prefetch(), BasicQosOptions::default())
@@ -88,7 +93,9 @@ impl Amqp {
 /// A connected worker, ready to [`run`](Worker::run).
 pub struct Worker {
     settings: Settings,
+    models: Models,
     amqp: Amqp,
+    redis: RedisStore,
     store: Store,
     cache: cache::Cache,
     notifier: Arc<amqp::AmqpNotifier>,
@@ -101,16 +108,21 @@ impl Worker {
     pub async fn connect(settings: Settings) -> Result<Self, WorkerError> {
         settings.validate()?;
         let backend = &settings.backend;
+        let models = settings
+            .models
+            .build(backend.max_n, settings.concurrency())?;
         let store = RedisStore::new(backend.redis_url(), backend.keys())?;
         store.ping().await?;
-        let amqp = Amqp::open(&settings).await?;
+        let amqp = Amqp::open(&settings, &models.names()).await?;
         let notifier = Arc::new(amqp::AmqpNotifier::new(backend.reply_exchange.clone()));
         notifier.set_channel(Some(amqp.publish.clone()));
         let mut registry = Registry::default();
         let metrics = Arc::new(WorkerMetrics::new(&mut registry));
         Ok(Self {
             settings,
+            models,
             amqp,
+            redis: store.clone(),
             store: Arc::new(store),
             cache: cache::Cache::default(),
             notifier,
@@ -130,7 +142,9 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let Self {
             settings,
+            models,
             amqp,
+            redis,
             store,
             cache,
             notifier,
@@ -158,20 +172,24 @@ impl Worker {
             notifier: notifier.clone(),
             metrics,
             limits: JobLimits {
-                max_n: settings.backend.max_n,
                 max_attempts: settings.max_attempts,
                 time_limit: settings.job_time_limit(),
             },
             slots: Arc::new(Semaphore::new(settings.concurrency())),
             stop: CancellationToken::new(),
             cache,
+            models,
         };
+        let names = context.models.names();
+        let worker_id = format!("herald-worker-{}", uuid::Uuid::new_v4().simple());
+        let announcing =
+            tokio::spawn(redis.keep_announcing(worker_id, names.clone(), shutdown.clone()));
         let mut running = JoinSet::new();
         let mut connected = Some(amqp);
         let last = loop {
             let amqp = match connected.take() {
                 Some(amqp) => amqp,
-                None => match reconnect(&settings, &shutdown).await {
+                None => match reconnect(&settings, &names, &shutdown).await {
                     Some(amqp) => {
                         notifier.set_channel(Some(amqp.publish.clone()));
                         amqp
@@ -179,7 +197,7 @@ impl Worker {
                     None => break None,
                 },
             };
-            match consume(&settings, &amqp, &context, &mut running, &shutdown).await {
+            match consume(&settings, &names, &amqp, &context, &mut running, &shutdown).await {
                 Ok(()) => break Some(amqp),
                 Err(e) => warn!(error = %e, "lost rabbitmq; reconnecting"),
             }
@@ -206,20 +224,25 @@ impl Worker {
                 warn!(error = %e, "could not close the connection cleanly");
             }
         }
+        let _ = announcing.await;
         info!("worker stopped");
         Ok(())
     }
 }
 
 /// Connects again, backing off; `None` if shutdown comes first.
-async fn reconnect(settings: &Settings, shutdown: &CancellationToken) -> Option<Amqp> {
+async fn reconnect(
+    settings: &Settings,
+    models: &[String],
+    shutdown: &CancellationToken,
+) -> Option<Amqp> {
     let mut backoff = Duration::from_millis(100);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
-        match Amqp::open(settings).await {
+        match Amqp::open(settings, models).await {
             Ok(amqp) => {
                 info!("reconnected to rabbitmq");
                 return Some(amqp);
@@ -232,34 +255,40 @@ async fn reconnect(settings: &Settings, shutdown: &CancellationToken) -> Option<
     }
 }
 
-/// Consumes on one connection until shutdown (`Ok`, consumer cancelled) or the connection fails (`Err`).
+/// Consumes every model's queue on one connection until shutdown (`Ok`, consumers cancelled) or the
+/// connection fails (`Err`).
 async fn consume(
     settings: &Settings,
+    models: &[String],
     amqp: &Amqp,
     context: &JobContext,
     running: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> lapin::Result<()> {
-    let tag = format!("herald-worker-{}", uuid::Uuid::new_v4().simple());
-    let mut consumer = amqp
-        .consume
-        .basic_consume(
-            settings.backend.queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    info!(
-        queue = %settings.backend.queue,
-        concurrency = settings.concurrency(),
-        "consuming jobs"
-    );
+    let mut tags = Vec::with_capacity(models.len());
+    let mut consumers = Vec::with_capacity(models.len());
+    for model in models {
+        let queue = settings.backend.job_queue(model);
+        let tag = format!("herald-worker-{}", uuid::Uuid::new_v4().simple());
+        let consumer = amqp
+            .consume
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        info!(%queue, %model, concurrency = settings.concurrency(), "consuming jobs");
+        tags.push(tag);
+        consumers.push(consumer);
+    }
+    let mut deliveries = futures::stream::select_all(consumers);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(_) = running.join_next(), if !running.is_empty() => {}
-            next = consumer.next() => match next {
+            next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
                     let task = JobTask {
                         context: context.clone(),
@@ -275,12 +304,14 @@ async fn consume(
             },
         }
     }
-    if let Err(e) = amqp
-        .consume
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await
-    {
-        warn!(error = %e, "could not cancel the consumer");
+    for tag in tags {
+        if let Err(e) = amqp
+            .consume
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await
+        {
+            warn!(error = %e, "could not cancel a consumer");
+        }
     }
     Ok(())
 }
@@ -300,7 +331,7 @@ impl JobTask {
                 return;
             }
         };
-        let span = tracing::info_span!("job", id = %job.id);
+        let span = tracing::info_span!("job", id = %job.id, model = %job.model);
         async move {
             let how = self.context.handle(job).await;
             settle(&delivery, how).await;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 
 use clap::Parser;
-use herald_engine::settings::{BackendArgs, LogArgs, SettingsError};
+use herald_engine::settings::{BackendArgs, LogArgs, ModelArgs, SettingsError};
 
 /// Settings of `herald-worker`.
 #[derive(Debug, Clone, Parser)]
@@ -17,6 +17,9 @@ pub struct Settings {
     /// RabbitMQ, Redis and the names in them.
     #[command(flatten)]
     pub backend: BackendArgs,
+    /// The models this worker serves.
+    #[command(flatten)]
+    pub models: ModelArgs,
     /// Jobs computed at once; default: the number of cores.
     #[arg(long, env = "HERALD_CONCURRENCY")]
     pub concurrency: Option<NonZeroUsize>,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use herald_protocol::{ErrorCode, JobId, Outcome, Phase, ServerMessage};
+use herald_protocol::{ErrorCode, JobId, Outcome, ServerMessage};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use tokio::time::{sleep_until, Instant};
@@ -78,7 +78,7 @@ pub struct RoundReport {
     /// The first progress's fraction, at which the cancel was sent (after `--delay`).
     pub fraction: Option<f64>,
     /// The first progress's phase.
-    pub phase: Option<Phase>,
+    pub phase: Option<String>,
     /// From the cancel to the job's result, ms.
     pub cancel_ms: Option<f64>,
     /// What arrived about this job between its cancel and its result (`progress`, `error
@@ -263,9 +263,15 @@ impl Tally {
             outcome,
             detail,
             accepted_ms: round.accepted.map(|at| ms(at - round.submitted)),
-            progress_ms: round.progress.map(|(at, _, _)| ms(at - round.submitted)),
-            fraction: round.progress.map(|(_, fraction, _)| fraction),
-            phase: round.progress.map(|(_, _, phase)| phase),
+            progress_ms: round
+                .progress
+                .as_ref()
+                .map(|(at, _, _)| ms(*at - round.submitted)),
+            fraction: round.progress.as_ref().map(|(_, fraction, _)| *fraction),
+            phase: round
+                .progress
+                .as_ref()
+                .and_then(|(_, _, phase)| phase.clone()),
             cancel_ms: after.map(ms),
             after_cancel: round.after_cancel.clone(),
         });
@@ -421,7 +427,7 @@ struct Round {
     submitted: Instant,
     id: Option<JobId>,
     accepted: Option<Instant>,
-    progress: Option<(Instant, f64, Phase)>,
+    progress: Option<(Instant, f64, Option<String>)>,
     cancel_sent: Option<Instant>,
     after_cancel: BTreeMap<String, u64>,
 }
@@ -452,11 +458,11 @@ impl Round {
     /// Takes one message from the server, received at `now`.
     fn on_message(&mut self, message: &ServerMessage, now: Instant) -> Step {
         match message {
-            ServerMessage::Accepted { id, n, tag } => {
+            ServerMessage::Accepted { id, n, tag, .. } => {
                 if self.id.is_some() || parse_tag(tag.as_deref()) != Some(self.seq) {
                     return Step::Unexpected("accepted for no pending submit");
                 }
-                if *n != self.n {
+                if *n != Some(self.n) {
                     return Step::Unexpected("accepted with another n");
                 }
                 self.id = Some(*id);
@@ -467,6 +473,7 @@ impl Round {
                 id,
                 fraction,
                 phase,
+                ..
             } if self.ours(*id) => {
                 if self.cancel_sent.is_some() {
                     self.count_after_cancel(message);
@@ -475,7 +482,7 @@ impl Round {
                     // A further progress while --delay runs: the cancel is already due.
                     Step::Wait
                 } else {
-                    self.progress = Some((now, *fraction, *phase));
+                    self.progress = Some((now, *fraction, phase.clone()));
                     Step::Running(*id)
                 }
             }
@@ -495,7 +502,11 @@ impl Round {
                         _,
                     ) => (
                         RoundOutcome::Done,
-                        format!("{digits} digits, compute_ms {}", timings.compute_ms),
+                        format!(
+                            "{} digits, compute_ms {}",
+                            digits.unwrap_or_default(),
+                            timings.compute_ms
+                        ),
                     ),
                     (Outcome::Failed { error }, _) => (RoundOutcome::Failed, error.clone()),
                 };
@@ -666,31 +677,35 @@ mod tests {
     fn accepted(seq: u64, n: u64) -> ServerMessage {
         ServerMessage::Accepted {
             id: id(ID),
-            n,
+            model: herald_protocol::FACTORIAL.into(),
+            n: Some(n),
             tag: Some(seq.to_string()),
+            workers: None,
         }
     }
 
     fn progress(job: &str, fraction: f64) -> ServerMessage {
         ServerMessage::Progress {
             id: id(job),
+            model: herald_protocol::FACTORIAL.into(),
             fraction,
-            phase: Phase::Product,
+            phase: Some("product".into()),
         }
     }
 
     fn result(job: &str, n: u64, outcome: Outcome) -> ServerMessage {
         ServerMessage::Result(JobResult {
             id: id(job),
-            n,
+            model: herald_protocol::FACTORIAL.into(),
+            n: Some(n),
             outcome,
         })
     }
 
     fn done() -> Outcome {
         Outcome::Done {
-            digits: 5_565_709,
-            output: "1".into(),
+            digits: Some(5_565_709),
+            output: herald_protocol::model::json_string("1"),
             timings: Timings {
                 queued_ms: 0,
                 compute_ms: 900,

@@ -444,17 +444,17 @@ impl Driver {
         match message {
             // Long jobs report progress; the load generator measures only their end.
             ServerMessage::Progress { .. } => {}
-            ServerMessage::Accepted { id, n, tag } => {
+            ServerMessage::Accepted { id, n, tag, .. } => {
                 let Some(sent) = parse_tag(tag.as_deref()).and_then(|t| flight.by_tag.remove(&t))
                 else {
                     return stats
                         .problems
                         .unexpected("accepted for no pending submit", text);
                 };
-                if n != self.n {
+                if n != Some(self.n) {
                     stats
                         .problems
-                        .wrong(&format!("accepted n={n} for n={}", self.n));
+                        .wrong(&format!("accepted n={n:?} for n={}", self.n));
                 }
                 if self.pool.measured(sent.seq) {
                     stats.accepted.record(now - sent.at);
@@ -477,10 +477,12 @@ impl Driver {
                         output,
                         timings,
                     } => {
-                        let checked = if result.n == self.n {
-                            check_output(self.n, Some(digits), &output).map_err(|e| e.to_string())
+                        // The factorial's output is the JSON string of its digits.
+                        let digits_text = output.get().trim_matches('"');
+                        let checked = if result.n == Some(self.n) {
+                            check_output(self.n, digits, digits_text).map_err(|e| e.to_string())
                         } else {
-                            Err(format!("result n={} for n={}", result.n, self.n))
+                            Err(format!("result n={:?} for n={}", result.n, self.n))
                         };
                         if let Err(why) = checked {
                             stats.failed += 1;

@@ -1,0 +1,195 @@
+//! What the server runs on, built from its settings: RabbitMQ and Redis shared with workers and other
+//! instances (distributed mode), or an in-process queue, store and worker pool (embedded mode). Both
+//! give the same interfaces to the sessions and the HTTP API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_engine::memory::{self, MemoryQueue, MemoryStore};
+use herald_engine::metrics::WorkerMetrics;
+use herald_engine::{JobContext, JobLimits, JobQueue, JobStore, Notifier, RedisStore, Store};
+use herald_models::Factorial;
+use herald_protocol::JobMessage;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::directory::Directory;
+use crate::hub::{self, Hub};
+use crate::{broker, ServerError, Settings, Stats};
+
+/// How often embedded mode drops expired records.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// In-process jobs per computation slot in embedded mode: small jobs are mostly waiting, so more of
+/// them must be in hand than there are cores (as the worker's AMQP prefetch).
+const EMBEDDED_JOBS_PER_SLOT: usize = 32;
+
+/// Longest wait for embedded jobs to finish when the server stops.
+const EMBEDDED_GRACE: Duration = Duration::from_secs(5);
+
+/// The backends' interfaces, and what must run for them.
+pub struct Backends {
+    /// The job store.
+    pub store: Store,
+    /// Where jobs are queued.
+    pub queue: Arc<dyn JobQueue>,
+    /// How this instance tells watchers of a job it ended itself (a cancel of a queued job).
+    pub notifier: Arc<dyn Notifier>,
+    /// The models jobs may name.
+    pub directory: Arc<Directory>,
+    /// What must run while the server serves.
+    pub running: Running,
+}
+
+/// What runs besides the sessions.
+pub enum Running {
+    /// The link to RabbitMQ, supervised and reconnected.
+    Distributed {
+        broker: Arc<broker::Broker>,
+        connected: Box<broker::Connected>,
+    },
+    /// The in-process worker pool, and the sweep of expired records.
+    Embedded {
+        context: JobContext,
+        jobs: mpsc::Receiver<JobMessage>,
+        requeue: mpsc::WeakSender<JobMessage>,
+        store: Arc<MemoryStore>,
+        in_flight: usize,
+    },
+}
+
+/// Embedded mode: everything in this process. The in-process workers' metrics go to `registry`, and
+/// their notices straight to `hub`.
+pub fn embedded(
+    settings: &Settings,
+    hub: &Arc<Hub>,
+    stats: &Arc<Stats>,
+    registry: &mut Registry,
+) -> Result<Backends, ServerError> {
+    info!(
+        concurrency = settings.concurrency(),
+        "EMBEDDED mode: jobs are queued, computed and kept in this process (nothing survives a \
+         restart, and no other instance can share them); to scale out, start with --amqp-url and \
+         --redis-url (HERALD_AMQP_URL, HERALD_REDIS_URL) and run herald-worker processes"
+    );
+    let memory_store = Arc::new(MemoryStore::new());
+    let store: Store = memory_store.clone();
+    let (queue, jobs) = MemoryQueue::new(settings.backend.max_queue_length as usize);
+    let notifier = Arc::new(hub::HubNotifier {
+        hub: hub.clone(),
+        store: store.clone(),
+        stats: stats.clone(),
+    });
+    let models = settings
+        .models
+        .build(settings.backend.max_n, settings.concurrency())?;
+    info!(models = ?models.names(), "serving models");
+    let context = JobContext {
+        store: store.clone(),
+        notifier: notifier.clone(),
+        metrics: Arc::new(WorkerMetrics::new(registry)),
+        limits: JobLimits {
+            max_attempts: settings.max_attempts,
+            time_limit: Duration::from_secs(settings.job_time_limit_secs),
+        },
+        slots: Arc::new(Semaphore::new(settings.concurrency())),
+        stop: CancellationToken::new(),
+        cache: herald_engine::cache::Cache::default(),
+        models: models.clone(),
+    };
+    let running = Running::Embedded {
+        context,
+        jobs,
+        requeue: queue.requeuer(),
+        store: memory_store,
+        in_flight: settings.concurrency() * EMBEDDED_JOBS_PER_SLOT,
+    };
+    Ok(Backends {
+        store,
+        queue: Arc::new(queue),
+        notifier,
+        directory: Arc::new(Directory::embedded(models)),
+        running,
+    })
+}
+
+/// Distributed mode: Redis and RabbitMQ, this instance's reply queue bound with `instance`.
+pub async fn distributed(settings: &Settings, instance: &str) -> Result<Backends, ServerError> {
+    let backend = &settings.backend;
+    let redis = RedisStore::new(backend.redis_url(), backend.keys())?;
+    redis.ping().await?;
+    let directory = Arc::new(Directory::distributed(
+        Arc::new(Factorial::new(backend.max_n)),
+        redis.clone(),
+    ));
+    directory.refresh().await;
+    let config = broker::BrokerConfig {
+        url: backend.amqp_url().into(),
+        queue: backend.queue.clone(),
+        max_queue_length: backend.max_queue_length,
+        reply_exchange: backend.reply_exchange.clone(),
+        instance: instance.to_owned(),
+    };
+    let connected = broker::Connected::open(&config).await?;
+    let broker = Arc::new(broker::Broker::new(config, &connected));
+    Ok(Backends {
+        store: Arc::new(redis),
+        queue: broker.clone(),
+        notifier: broker.notifier.clone(),
+        directory,
+        running: Running::Distributed {
+            broker,
+            connected: Box::new(connected),
+        },
+    })
+}
+
+impl Running {
+    /// Starts what must run until `shutdown`; the handle ends once it has stopped.
+    pub fn start(
+        self,
+        hub: &Arc<Hub>,
+        store: &Store,
+        stats: &Arc<Stats>,
+        shutdown: &CancellationToken,
+    ) -> JoinHandle<()> {
+        match self {
+            Self::Distributed { broker, connected } => tokio::spawn(broker.supervise(
+                *connected,
+                hub.clone(),
+                store.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            )),
+            Self::Embedded {
+                context,
+                jobs,
+                requeue,
+                store,
+                in_flight,
+            } => {
+                let stopped = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(SWEEP_EVERY);
+                    loop {
+                        tokio::select! {
+                            _ = stopped.cancelled() => return,
+                            _ = every.tick() => { store.sweep(); }
+                        }
+                    }
+                });
+                tokio::spawn(memory::run_pool(
+                    context,
+                    jobs,
+                    requeue,
+                    in_flight,
+                    shutdown.clone(),
+                    EMBEDDED_GRACE,
+                ))
+            }
+        }
+    }
+}

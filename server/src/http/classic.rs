@@ -1,0 +1,175 @@
+//! The classic polling API, for clients written before Herald pushed results: `GET /factorial?no=N`
+//! submits a factorial and answers its request ID as text, `GET /factorial/result?id=ID` says where a
+//! job stands. Errors are plain text.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_protocol::{JobId, JobStatus, SubmitInput, FACTORIAL};
+use serde::Serialize;
+
+use super::{cancel_job, output_file, path_id, read_job, ApiError, Failure};
+use crate::auth;
+use crate::AppState;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Failed(failure) => failure.into_text(),
+            Self::Auth(e) => e.into_response(),
+        }
+    }
+}
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, Failure> {
+    let Ok(Query(params)) = params else {
+        return Err(Failure::bad_request("malformed query string"));
+    };
+    params
+        .get(name)
+        .map(String::as_str)
+        .ok_or_else(|| Failure::bad_request(format!("missing query parameter `{name}`")))
+}
+
+/// `GET /factorial?no=N`: queue a factorial job; the body is its request ID.
+pub async fn submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let raw = param(&params, "no")?.trim();
+    let max_n = state.settings.backend.max_n;
+    let n: u64 = match raw.parse() {
+        Ok(n) if n <= max_n => n,
+        Ok(_) => return Err(Failure::bad_request(format!("`no` must be at most {max_n}")).into()),
+        Err(_) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(Failure::bad_request(format!("`no` must be at most {max_n}")).into())
+        }
+        Err(_) => {
+            return Err(Failure::bad_request("`no` must be a whole number such as 150000").into())
+        }
+    };
+    let job = state
+        .jobs
+        .prepare(Some(FACTORIAL), SubmitInput::N(n))
+        .await
+        .map_err(|refused| Failure::bad_request(refused.message))?;
+    state.limits.submit(&caller.key).map_err(|wait| Failure {
+        retry_after: Some(wait),
+        ..Failure::new(
+            herald_protocol::ErrorCode::Busy,
+            format!(
+                "too many submits from this client; try again in {} s",
+                crate::limits::retry_after_secs(wait)
+            ),
+        )
+    })?;
+    let id = JobId::new_v4();
+    state
+        .jobs
+        .submit(id, &job, false, caller.identity.as_deref())
+        .await?;
+    state
+        .metrics
+        .submitted
+        .get_or_create(&crate::metrics::ViaLabel { via: "http" })
+        .inc();
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        id.to_string(),
+    )
+        .into_response())
+}
+
+/// The classic result document.
+#[derive(Debug, Serialize)]
+pub struct ClassicResult {
+    /// n for a factorial job; any other job's input as it was given.
+    input: serde_json::Value,
+    status: &'static str,
+    /// The factorial's digits ("" until done); any other job's output as JSON text.
+    output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `GET /factorial/result?id=ID`: where a job stands, in the classic polling shape. With
+/// authentication, another identity's job is answered exactly like an unknown one.
+pub async fn result(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<ClassicResult>, ApiError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let raw = param(&params, "id")?;
+    let id = JobId::try_parse(raw.trim())
+        .map_err(|_| Failure::bad_request("malformed `id`: expected a request ID"))?;
+    let record = read_job(&state, &caller, id).await?;
+    let status = match record.status {
+        JobStatus::Queued | JobStatus::Running => "processing",
+        JobStatus::Done => "done",
+        JobStatus::Failed => "failed",
+        JobStatus::Cancelled => "cancelled",
+    };
+    let (input, output) = match record.factorial_n() {
+        Some(n) => (
+            serde_json::Value::from(n),
+            record
+                .output
+                .as_ref()
+                .map(|o| o.get().trim_matches('"').to_owned())
+                .unwrap_or_default(),
+        ),
+        None => (
+            serde_json::from_str(record.input.get()).unwrap_or_default(),
+            record
+                .output
+                .as_ref()
+                .map(|o| o.get().to_owned())
+                .unwrap_or_default(),
+        ),
+    };
+    Ok(Json(ClassicResult {
+        input,
+        status,
+        output,
+        error: record.error,
+    }))
+}
+
+/// `DELETE /factorial/ID`: cancels a job (as `DELETE /jobs/ID`).
+pub async fn cancel(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let id = path_id(id)?;
+    let (code, answer) = cancel_job(&state, &caller, id).await?;
+    Ok((code, Json(answer)).into_response())
+}
+
+/// `GET /factorial/ID/output`: the whole output as a file, so that a large result can be fetched
+/// without a JSON message around it.
+pub async fn output(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let id = path_id(id)?;
+    let record = read_job(&state, &caller, id).await?;
+    Ok(output_file(id, record)?)
+}

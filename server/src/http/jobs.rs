@@ -1,0 +1,152 @@
+//! The jobs API, for programs: `POST /jobs` submits a job of any model, `GET /jobs/<id>` shows it,
+//! `DELETE /jobs/<id>` cancels it, `GET /jobs/<id>/output` downloads its output, and `GET /models`
+//! lists the models served. Bodies and errors are JSON.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_protocol::api::{Accepted, JobView};
+use herald_protocol::frame::parse_submit_body;
+use herald_protocol::{ErrorCode, JobId};
+use serde::Serialize;
+
+use super::{cancel_job, output_file, path_id, read_job, ApiError, Failure};
+use crate::auth;
+use crate::AppState;
+
+/// An error of the jobs API: its body is JSON (`{"code","message"}`).
+pub struct JsonError(ApiError);
+
+impl<T: Into<ApiError>> From<T> for JsonError {
+    fn from(error: T) -> Self {
+        Self(error.into())
+    }
+}
+
+impl IntoResponse for JsonError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            ApiError::Failed(failure) => failure.into_json(),
+            ApiError::Auth(e) => e.into_response(),
+        }
+    }
+}
+
+/// `POST /jobs` with `{"model":"NAME","input":…}` (no model: the factorial, which also takes `"n"`):
+/// 202 with the job's ID and `Location: /jobs/<id>`.
+pub async fn submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, JsonError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| Failure::bad_request("the body must be UTF-8 JSON"))?;
+    let submit = parse_submit_body(text)?;
+    let job = state
+        .jobs
+        .prepare(submit.model.as_deref(), submit.input)
+        .await?;
+    state.limits.submit(&caller.key).map_err(|wait| Failure {
+        retry_after: Some(wait),
+        ..Failure::new(
+            ErrorCode::Busy,
+            "too many submits from this client; slow down",
+        )
+    })?;
+    let id = JobId::new_v4();
+    state
+        .jobs
+        .submit(id, &job, false, caller.identity.as_deref())
+        .await?;
+    state
+        .metrics
+        .submitted
+        .get_or_create(&crate::metrics::ViaLabel { via: "http" })
+        .inc();
+    tracing::info!(%id, model = %job.model, "job accepted");
+    let accepted = Accepted {
+        id,
+        model: job.model,
+        workers: job.workers,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/jobs/{id}"))],
+        Json(accepted),
+    )
+        .into_response())
+}
+
+/// `GET /jobs/<id>`: the job, whole (its output once done).
+pub async fn show(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>, JsonError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let id = path_id(id)?;
+    let record = read_job(&state, &caller, id).await?;
+    Ok(Json(JobView::new(id, &record)))
+}
+
+/// `DELETE /jobs/<id>`: cancels the job; 200 `cancelled` when it was queued, 202 `cancelling` when it
+/// was running, 409 when it had already finished.
+pub async fn cancel(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, JsonError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let id = path_id(id)?;
+    let (code, answer) = cancel_job(&state, &caller, id).await?;
+    Ok((code, Json(answer)).into_response())
+}
+
+/// `GET /jobs/<id>/output`: the output as a file (the factorial's as text, others' as JSON).
+pub async fn output(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, JsonError> {
+    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let id = path_id(id)?;
+    let record = read_job(&state, &caller, id).await?;
+    Ok(output_file(id, record)?)
+}
+
+/// The models served.
+#[derive(Debug, Serialize)]
+pub struct ModelList {
+    models: Vec<ModelEntry>,
+}
+
+/// One model served.
+#[derive(Debug, Serialize)]
+struct ModelEntry {
+    name: String,
+    /// Workers serving it now (distributed mode); absent in embedded mode, where the server runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers: Option<u32>,
+}
+
+/// `GET /models`: the models jobs may name, with their workers in distributed mode.
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    let models = state
+        .jobs
+        .directory
+        .served()
+        .into_iter()
+        .map(|(name, workers)| ModelEntry { name, workers })
+        .collect();
+    Json(ModelList { models })
+}

@@ -1,0 +1,270 @@
+//! HTTP routes: the page, the WebSocket upgrade, the jobs API (`/jobs`), the classic polling API
+//! (`/factorial`), and the operations endpoints.
+//!
+//! `/`, `/healthz`, `/readyz` and `/metrics` are open to all. The others check, in this order: the page's
+//! origin (`/ws` only, 403), the caller's token when authentication is on (401, before any upgrade), the
+//! input (400), and the caller's limits (`busy`, or 429 over HTTP).
+
+mod classic;
+mod jobs;
+mod ops;
+mod socket;
+
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::Path;
+use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use herald_engine::backend::Cancel;
+use herald_protocol::{ErrorCode, ErrorMessage, JobId, JobRecord, JobStatus, FACTORIAL};
+use tracing::warn;
+
+use crate::auth::{AuthError, Caller};
+use crate::jobs::Refusal;
+use crate::limits;
+use crate::AppState;
+
+/// All of the server's routes.
+pub fn router(state: AppState) -> Router {
+    // A submit's body is its input plus a little: larger ones are refused before they are read whole.
+    let body_limit = state.settings.max_input_bytes + herald_protocol::FRAME_OVERHEAD_BYTES;
+    Router::new()
+        .route("/", get(ops::index))
+        .route("/ws", get(socket::upgrade))
+        .route(
+            "/jobs",
+            axum::routing::post(jobs::submit)
+                .layer(axum::extract::DefaultBodyLimit::max(body_limit)),
+        )
+        .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route("/jobs/{id}/output", get(jobs::output))
+        .route("/models", get(jobs::models))
+        .route("/factorial", get(classic::submit))
+        .route("/factorial/result", get(classic::result))
+        .route("/factorial/{id}", axum::routing::delete(classic::cancel))
+        .route("/factorial/{id}/output", get(classic::output))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The span of one request: method and path only. The query may hold a token (`/ws?token=`), and
+/// headers hold them too, so neither is recorded.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+}
+
+/// Why an HTTP request failed: the protocol's error code and a sentence for the client. The classic
+/// API answers it as plain text, the jobs API as JSON; internal details stay in the logs.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: ErrorMessage,
+    /// How long to wait before trying again, for `busy` and `unavailable`.
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorMessage::new(code, message),
+            retry_after: None,
+        }
+    }
+
+    /// A `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// An unknown ID (or another identity's job: the two read the same, so IDs cannot be probed).
+    pub fn not_found() -> Self {
+        Self::new(
+            ErrorCode::NotFound,
+            "no such job: the ID is unknown or its record expired",
+        )
+    }
+
+    /// RabbitMQ or Redis cannot be reached.
+    pub fn unavailable() -> Self {
+        Self::from(crate::jobs::unavailable())
+    }
+
+    /// The HTTP status of this failure.
+    pub fn status(&self) -> StatusCode {
+        match self.error.code {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::NotFound | ErrorCode::UnknownModel => StatusCode::NOT_FOUND,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::AlreadyFinished | ErrorCode::Conflict => StatusCode::CONFLICT,
+        }
+    }
+
+    /// Adds the `Retry-After` header where it applies.
+    fn finish(&self, mut response: Response) -> Response {
+        let retry_after = match (self.retry_after, self.error.code) {
+            (Some(wait), _) => Some(limits::retry_after_secs(wait)),
+            (None, ErrorCode::Busy | ErrorCode::Unavailable) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
+    }
+
+    /// This failure as plain text.
+    pub fn into_text(self) -> Response {
+        let response = (self.status(), self.error.message.clone()).into_response();
+        self.finish(response)
+    }
+
+    /// This failure as the jobs API's JSON body.
+    pub fn into_json(self) -> Response {
+        let body = herald_protocol::api::ApiErrorBody {
+            code: self.error.code,
+            message: self.error.message.clone(),
+        };
+        let response = (self.status(), axum::Json(body)).into_response();
+        self.finish(response)
+    }
+}
+
+impl From<ErrorMessage> for Failure {
+    fn from(error: ErrorMessage) -> Self {
+        let retry_after = error.retry_after_ms.map(Duration::from_millis);
+        Self { error, retry_after }
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Self {
+        Self::from(refusal.to_error())
+    }
+}
+
+/// An HTTP error: a failure, or a request that did not prove an identity (authentication on).
+#[derive(Debug)]
+pub enum ApiError {
+    /// A failure of the request itself.
+    Failed(Failure),
+    /// 401, with `WWW-Authenticate`.
+    Auth(AuthError),
+}
+
+impl<T: Into<Failure>> From<T> for ApiError {
+    fn from(failure: T) -> Self {
+        Self::Failed(failure.into())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        Self::Auth(error)
+    }
+}
+
+/// The job ID in a path.
+fn path_id(id: Result<Path<String>, PathRejection>) -> Result<JobId, Failure> {
+    let Ok(Path(raw)) = id else {
+        return Err(Failure::bad_request("malformed path"));
+    };
+    JobId::try_parse(raw.trim())
+        .map_err(|_| Failure::bad_request("malformed job ID in the path: expected a request ID"))
+}
+
+/// Reads job `id` for `caller`: with authentication, another identity's job reads as unknown.
+async fn read_job(state: &AppState, caller: &Caller, id: JobId) -> Result<JobRecord, Failure> {
+    match state.jobs.store.get(&id).await {
+        Ok(Some(record)) if caller.may_read(&record) => Ok(record),
+        Ok(_) => Err(Failure::not_found()),
+        Err(e) => {
+            warn!(%id, error = %e, "could not read a job");
+            Err(Failure::unavailable())
+        }
+    }
+}
+
+/// Cancels job `id` for `caller`: 200 `cancelled` when it was queued, 202 `cancelling` when it was
+/// running; a finished job is `already_finished` (409), an unknown one `not_found`.
+async fn cancel_job(
+    state: &AppState,
+    caller: &Caller,
+    id: JobId,
+) -> Result<(StatusCode, herald_protocol::api::CancelAnswer), Failure> {
+    let outcome = state
+        .jobs
+        .cancel(id, false, caller.identity.as_deref())
+        .await?;
+    let (code, status) = match outcome {
+        Cancel::Missing => return Err(Failure::not_found()),
+        Cancel::Final(status) => {
+            return Err(Failure::new(
+                ErrorCode::AlreadyFinished,
+                format!("the job already finished ({status}); there is nothing to cancel"),
+            ))
+        }
+        Cancel::Cancelled { .. } => (StatusCode::OK, "cancelled"),
+        Cancel::Requested => (StatusCode::ACCEPTED, "cancelling"),
+    };
+    state.metrics.cancels.inc();
+    Ok((
+        code,
+        herald_protocol::api::CancelAnswer {
+            id,
+            status: status.into(),
+        },
+    ))
+}
+
+/// A done job's output as a file: the factorial's digits as text, any other model's output as JSON.
+/// A job without an output (pending, failed or cancelled) is a conflict.
+fn output_file(id: JobId, record: JobRecord) -> Result<Response, Failure> {
+    let output = match (record.status, &record.output) {
+        (JobStatus::Done, Some(output)) => output.clone(),
+        (JobStatus::Done, None) => {
+            warn!(%id, "a done record without its output");
+            return Err(Failure::unavailable());
+        }
+        (status, _) => {
+            return Err(Failure::new(
+                ErrorCode::Conflict,
+                format!("the job has no output: it is {status}"),
+            ))
+        }
+    };
+    let (content_type, name, body) = match record.factorial_n() {
+        Some(n) if record.model == FACTORIAL => (
+            "text/plain; charset=utf-8",
+            format!("factorial-{n}.txt"),
+            // The stored output is the JSON string of the digits: the digits are inside its quotes.
+            output.get().trim_matches('"').to_owned(),
+        ),
+        _ => (
+            "application/json",
+            format!("{}-{id}.json", record.model),
+            output.get().to_owned(),
+        ),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,56 @@
+//! The page and the operations endpoints: `/`, `/readyz` and `/metrics` (`/healthz` is a plain "ok").
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+
+use crate::AppState;
+
+/// The browser page, built into the binary so it is served wherever the server runs.
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
+
+/// `GET /`: the page.
+pub async fn index() -> Html<&'static str> {
+    Html(INDEX_HTML)
+}
+
+/// `GET /readyz`: 200 when the job queue is usable (with RabbitMQ: connected, reply queue consuming)
+/// and the store answers, else 503. Embedded mode is ready as soon as it runs.
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if !state.jobs.queue.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "job queue unavailable");
+    }
+    if state.jobs.store.ping().await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "job store unavailable");
+    }
+    (StatusCode::OK, "ready")
+}
+
+/// `GET /metrics`: the OpenMetrics text format. Each served model's queue depth is read now (a
+/// passive declare with RabbitMQ); if it cannot be, the last value stays.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    for (model, workers) in state.jobs.directory.served() {
+        if let Some(depth) = state.jobs.queue.depth(&model).await {
+            state
+                .metrics
+                .queue_depth
+                .get_or_create(&crate::metrics::ModelLabel {
+                    model: model.clone(),
+                })
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+        if let Some(workers) = workers {
+            state
+                .metrics
+                .model_workers
+                .get_or_create(&crate::metrics::ModelLabel { model })
+                .set(i64::from(workers));
+        }
+    }
+    let text = herald_engine::metrics::render(&state.registry);
+    (
+        [(header::CONTENT_TYPE, herald_engine::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response()
+}
