@@ -38,8 +38,13 @@ fn main() {
         let builtin = measure(&factorial, jobs).await;
         let executable = measure(&program, jobs).await;
         program.shutdown().await;
-        println!("{jobs} jobs each, input {{\"n\":10}}, one at a time, after {WARMUP} warm-up jobs");
-        println!("{:<40} {:>10} {:>10} {:>10} {:>10}", "µs per job", "p50", "p90", "p99", "mean");
+        println!(
+            "{jobs} jobs each, input {{\"n\":10}}, one at a time, after {WARMUP} warm-up jobs"
+        );
+        println!(
+            "{:<40} {:>10} {:>10} {:>10} {:>10}",
+            "µs per job", "p50", "p90", "p99", "mean"
+        );
         report("factorial (in process)", &builtin);
         report(&format!("`{command}`"), &executable);
         println!(
@@ -56,7 +61,10 @@ async fn measure(model: &dyn Model, jobs: usize) -> Vec<Duration> {
     for i in 0..WARMUP + jobs {
         let run = Run::detached(JobId::new_v4(), Duration::from_secs(60));
         let started = Instant::now();
-        model.run(input.clone(), run).await.expect("the job succeeds");
+        model
+            .run(input.clone(), run)
+            .await
+            .expect("the job succeeds");
         if i >= WARMUP {
             times.push(started.elapsed());
         }

@@ -3,7 +3,7 @@
 //! of the program running per compute slot ([`slot`]), so a model loads once, not per job.
 
 mod process;
-pub mod slot;
+mod slot;
 pub mod spec;
 pub mod wire;
 
@@ -22,6 +22,7 @@ use self::process::{Ending, Process};
 use self::slot::{stop_error, Job, Slot, Stats};
 use crate::model::{InputError, Model, Run, RunError};
 
+pub use slot::restart_delay;
 pub use spec::{command_words, parse_model_spec, ModelSpec, BUILTIN_MODELS};
 
 /// Default cap on one line between the worker and a program (a job's input, a program's output),

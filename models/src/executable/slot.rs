@@ -344,7 +344,7 @@ fn excerpt(line: &[u8]) -> String {
 /// The wait before starting a program again after `failures` failures in a row: none after the
 /// first (a program that crashed on one input serves the next job at once), then 0.25 s doubling
 /// up to [`MAX_RESTART_DELAY`].
-pub(super) fn restart_delay(failures: u32) -> Duration {
+pub fn restart_delay(failures: u32) -> Duration {
     if failures <= 1 {
         return Duration::ZERO;
     }
@@ -357,5 +357,21 @@ pub(super) fn stop_error(stop: Stop) -> RunError {
     match stop {
         Stop::Stopped => RunError::Stopped,
         Stop::TimedOut => RunError::TimedOut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_to_a_ceiling() {
+        let delays: Vec<_> = (0..=9).map(restart_delay).collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            delays,
+            [0, 0, 250, 500, 1000, 2000, 4000, 8000, 16000, 30000].map(ms)
+        );
+        assert_eq!(restart_delay(u32::MAX), MAX_RESTART_DELAY);
     }
 }
