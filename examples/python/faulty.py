@@ -17,7 +17,8 @@ Input: {"do": WHAT, ...}; WHAT is one of
   size               answer the length of the job's line, in bytes
 
 Options: --exit-at-start CODE (print to stderr and exit at once), --live SECONDS (exit with status
-5 that long after starting, whatever it is doing).
+5 that long after starting, whatever it is doing), --answer-early (read the first 64 bytes of the
+first job, answer {"pid": <its PID>}, then read nothing more).
 """
 
 import json
@@ -90,6 +91,10 @@ def main():
     if "--live" in args:
         seconds = float(args[args.index("--live") + 1])
         threading.Timer(seconds, lambda: os._exit(5)).start()
+    if "--answer-early" in args:
+        sys.stdin.buffer.read(64)
+        send({"output": {"pid": PID}})
+        sleep_forever(reporting=False)
     for line in sys.stdin:
         serve(line)
 

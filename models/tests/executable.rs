@@ -362,6 +362,30 @@ async fn a_large_input_reaches_the_program_whole() {
 }
 
 #[tokio::test]
+async fn a_program_that_answers_before_reading_its_whole_job_is_replaced() {
+    let model = Executable::start(
+        "early",
+        &format!("{} --answer-early", example("faulty.py")),
+        options(1),
+    )
+    .await
+    .unwrap();
+    // Far more than a pipe holds: the worker is still writing when the answer comes, and the rest
+    // of the line must not become the start of the next job's.
+    let big = input(&format!(r#""{}""#, "x".repeat(1 << 20)));
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let output = model
+            .run(big.clone(), Run::detached(JobId::new_v4(), PATIENCE))
+            .await
+            .unwrap();
+        pids.push(value(&output)["pid"].as_u64().unwrap() as u32);
+    }
+    assert_ne!(pids[0], pids[1]);
+    gone(pids[0]).await;
+}
+
+#[tokio::test]
 async fn a_second_answer_replaces_the_program() {
     let model = start("faulty.py", options(1)).await;
     let first = echo_pid(&model).await;

@@ -115,8 +115,8 @@ fn stderr_text(stderr: &[String]) -> String {
 
 /// A model computed by a program: see the module's documentation.
 ///
-/// Jobs wait in a queue of the model's own until a slot is free. Dropping it ends the programs
-/// once they are idle; [`Executable::shutdown`] ends them at once and waits until they are gone.
+/// Jobs wait in a queue of the model's own until a slot is free. Dropping it ends the programs in
+/// the background; [`Executable::shutdown`] ends them and waits until they are gone.
 pub struct Executable {
     name: String,
     max_line_bytes: usize,
@@ -209,6 +209,14 @@ impl Executable {
         for slot in slots {
             let _ = slot.await;
         }
+    }
+}
+
+impl Drop for Executable {
+    /// The slots end their programs in the background: at once if idle, else as soon as their job
+    /// is abandoned (nobody can wait for it any more), and no new program is started.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

@@ -48,10 +48,18 @@ pub(super) struct Slot {
     pub stats: Arc<Stats>,
 }
 
+/// Whether the job's line was written whole before the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whole {
+    Yes,
+    No,
+}
+
 /// How a job's exchange with the program ended.
 enum Exchange {
-    /// The program answered: the program is fine and serves the next job.
-    Answered(Result<Json, RunError>),
+    /// The program answered: it serves the next job, unless it answered before the whole job line
+    /// was written (the rest of it would be read as the next job's start).
+    Answered(Result<Json, RunError>, Whole),
     /// The job must stop (cancel, time limit, shutdown): the program is stopped mid-job.
     Stopped(Stop),
     /// Nobody waits for the answer any more: the program is stopped mid-job.
@@ -152,10 +160,22 @@ impl Slot {
             }
         };
         match exchange {
-            Exchange::Answered(answer) => {
+            Exchange::Answered(answer, Whole::Yes) => {
                 let _ = job.reply.send(answer);
                 *failures = 0;
                 return Some(process);
+            }
+            Exchange::Answered(answer, Whole::No) => {
+                let _ = job.reply.send(answer);
+                *failures = 0;
+                self.replace(
+                    process,
+                    Ending::Terminate,
+                    "answered before it had read its whole job line",
+                    None,
+                    Some(id),
+                )
+                .await;
             }
             Exchange::Stopped(stop) => {
                 // Answered first: the stop takes effect for the job at once, the program's end
@@ -288,15 +308,18 @@ async fn talk(process: &mut Process, line: &[u8], run: &Run) -> Exchange {
     let write = stdin.write_all(line);
     tokio::pin!(write);
     let mut written = false;
+    let whole = |written| if written { Whole::Yes } else { Whole::No };
     loop {
         tokio::select! {
             biased;
             line = process.stdout.next() => match line {
                 Some(Ok(line)) => match read(line.clone()).await {
                     Ok(Message::Progress(progress)) => run.report(progress),
-                    Ok(Message::Output(output)) => return Exchange::Answered(Ok(output)),
+                    Ok(Message::Output(output)) => {
+                        return Exchange::Answered(Ok(output), whole(written))
+                    }
                     Ok(Message::Error(message)) => {
-                        return Exchange::Answered(Err(RunError::Failed(message)))
+                        return Exchange::Answered(Err(RunError::Failed(message)), whole(written))
                     }
                     Err(why) => return Exchange::Broken(why.0, Some(excerpt(&line))),
                 },
