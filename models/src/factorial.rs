@@ -129,9 +129,7 @@ impl Model for Factorial {
 }
 
 fn not_an_input() -> InputError {
-    InputError::Invalid(
-        "the factorial's input is {\"n\": N}, N a whole number such as 150000".into(),
-    )
+    InputError::Invalid("the factorial's input is {\"n\": N}, N a whole number such as 150000".into())
 }
 
 #[cfg(test)]
@@ -153,31 +151,12 @@ mod tests {
     fn inputs_are_checked_and_made_canonical() {
         assert_eq!(validate(r#"{"n": 10}"#).unwrap(), r#"{"n":10}"#);
         assert_eq!(validate("10").unwrap(), r#"{"n":10}"#);
-        assert_eq!(
-            validate(r#"{"n":1000000,"note":"x"}"#).unwrap(),
-            r#"{"n":1000000}"#
-        );
-        for invalid in [
-            r#"{"n":-1}"#,
-            r#"{"n":1e3}"#,
-            r#"{"n":"5"}"#,
-            r#"{"m":5}"#,
-            "[5]",
-            "-0",
-        ] {
-            assert!(
-                matches!(validate(invalid), Err(InputError::Invalid(_))),
-                "{invalid}"
-            );
+        assert_eq!(validate(r#"{"n":1000000,"note":"x"}"#).unwrap(), r#"{"n":1000000}"#);
+        for invalid in [r#"{"n":-1}"#, r#"{"n":1e3}"#, r#"{"n":"5"}"#, r#"{"m":5}"#, "[5]", "-0"] {
+            assert!(matches!(validate(invalid), Err(InputError::Invalid(_))), "{invalid}");
         }
-        for too_large in [
-            r#"{"n":1000001}"#,
-            &format!(r#"{{"n":{}}}"#, "9".repeat(40)),
-        ] {
-            assert!(
-                matches!(validate(too_large), Err(InputError::TooLarge(_))),
-                "{too_large}"
-            );
+        for too_large in [r#"{"n":1000001}"#, &format!(r#"{{"n":{}}}"#, "9".repeat(40))] {
+            assert!(matches!(validate(too_large), Err(InputError::TooLarge(_))), "{too_large}");
         }
     }
 
