@@ -342,7 +342,10 @@ async fn the_server_counts_what_it_does(mode: Mode) {
     assert_eq!(sample(&page, "herald_sockets_open"), Some(1.0));
     // accepted and result, twice.
     assert_eq!(sample(&page, "herald_messages_pushed_total"), Some(4.0));
-    assert_eq!(sample(&page, "herald_queue_depth"), Some(0.0));
+    assert_eq!(
+        sample(&page, "herald_queue_depth{model=\"factorial\"}"),
+        Some(0.0)
+    );
     if mode == Mode::Embedded {
         // The in-process workers count in the same registry.
         assert_eq!(

@@ -6,8 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
-use herald_models::{Factorial, Models};
-use herald_protocol::FACTORIAL;
+use herald_models::{
+    parse_model_spec, Executable, ExecutableOptions, Factorial, Model, ModelSpec, Models,
+};
 
 /// Where a worker finds RabbitMQ when `--amqp-url` is not given.
 pub const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
@@ -133,30 +134,59 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The models named, started: the factorial (with `max_n`) unless others are named, each
-    /// program with `processes` copies kept running. Fails with the flag's name on a bad value or a
-    /// program that cannot start.
-    pub fn build(&self, max_n: u64, processes: usize) -> Result<Models, SettingsError> {
-        let _ = processes;
-        let mut models = Models::default();
-        let specs: Vec<&str> = self
-            .models
+    /// Checks every value (without starting anything).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut names = std::collections::BTreeSet::new();
+        for spec in self.specs() {
+            let spec =
+                parse_model_spec(spec).map_err(|reason| SettingsError::new("model", reason))?;
+            if !names.insert(spec.name().to_owned()) {
+                return Err(SettingsError::new(
+                    "model",
+                    format!("the model `{}` is named twice", spec.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn specs(&self) -> impl Iterator<Item = &str> {
+        self.models
             .iter()
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
-            .collect();
-        if specs.is_empty() {
+    }
+
+    /// The models named, started: the factorial (with `max_n`) unless others are named, each
+    /// program with `slots` copies kept running (one per compute slot). Fails with the flag's name on a
+    /// bad value or a program that cannot start.
+    pub async fn build(&self, max_n: u64, slots: usize) -> Result<Models, SettingsError> {
+        self.validate()?;
+        let mut models = Models::default();
+        if self.specs().next().is_none() {
             return Ok(models.with(Arc::new(Factorial::new(max_n))));
         }
-        for spec in specs {
-            if spec == FACTORIAL {
-                models = models.with(Arc::new(Factorial::new(max_n)));
-                continue;
-            }
-            return Err(SettingsError::new(
-                "model",
-                format!("{spec:?}: programs as models are not available in this build yet"),
-            ));
+        for spec in self.specs() {
+            let spec =
+                parse_model_spec(spec).map_err(|reason| SettingsError::new("model", reason))?;
+            let model: Arc<dyn Model> = match spec {
+                ModelSpec::Builtin(_) => Arc::new(Factorial::new(max_n)),
+                ModelSpec::Program { name, command } => {
+                    let options = ExecutableOptions {
+                        slots,
+                        ..ExecutableOptions::default()
+                    };
+                    match Executable::start(&name, &command, options).await {
+                        Ok(model) => Arc::new(model),
+                        Err(e) => {
+                            // The ones already started end with the process; end them now.
+                            models.shutdown().await;
+                            return Err(SettingsError::new("model", e.to_string()));
+                        }
+                    }
+                }
+            };
+            models = models.with(model);
         }
         Ok(models)
     }

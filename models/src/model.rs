@@ -44,6 +44,10 @@ pub trait Model: Send + Sync + 'static {
     /// Computes the output for a validated input: a JSON value. Reports progress through `run` and
     /// returns soon after [`Run::should_stop`] says so.
     async fn run(&self, input: Json, run: Run) -> Result<Json, RunError>;
+
+    /// Releases what the model holds (its programs, for an executable model) once no job will run
+    /// any more: the worker calls it last, when it stops.
+    async fn shutdown(&self) {}
 }
 
 /// Why an input was refused.
@@ -199,6 +203,13 @@ impl Models {
     /// Whether none is served.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    /// Shuts every model down (see [`Model::shutdown`]).
+    pub async fn shutdown(&self) {
+        for model in self.by_name.values() {
+            model.shutdown().await;
+        }
     }
 }
 

@@ -63,7 +63,7 @@ pub enum Running {
 
 /// Embedded mode: everything in this process. The in-process workers' metrics go to `registry`, and
 /// their notices straight to `hub`.
-pub fn embedded(
+pub async fn embedded(
     settings: &Settings,
     hub: &Arc<Hub>,
     stats: &Arc<Stats>,
@@ -85,7 +85,8 @@ pub fn embedded(
     });
     let models = settings
         .models
-        .build(settings.backend.max_n, settings.concurrency())?;
+        .build(settings.backend.max_n, settings.concurrency())
+        .await?;
     info!(models = ?models.names(), "serving models");
     let context = JobContext {
         store: store.clone(),
@@ -181,14 +182,19 @@ impl Running {
                         }
                     }
                 });
-                tokio::spawn(memory::run_pool(
+                let models = context.models.clone();
+                let pool = memory::run_pool(
                     context,
                     jobs,
                     requeue,
                     in_flight,
                     shutdown.clone(),
                     EMBEDDED_GRACE,
-                ))
+                );
+                tokio::spawn(async move {
+                    pool.await;
+                    models.shutdown().await;
+                })
             }
         }
     }

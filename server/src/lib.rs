@@ -150,7 +150,7 @@ impl Application {
         let hub: Arc<hub::Hub> = Arc::default();
         let stats: Arc<Stats> = Arc::default();
         let backends = if settings.embedded()? {
-            backend::embedded(&settings, &hub, &stats, &mut registry)?
+            backend::embedded(&settings, &hub, &stats, &mut registry).await?
         } else {
             backend::distributed(&settings, &instance).await?
         };

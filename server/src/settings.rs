@@ -135,6 +135,7 @@ impl Settings {
                 "is for embedded mode; in distributed mode give it to herald-worker, whose announcements tell the server what is served",
             ));
         }
+        self.models.validate()?;
         if self.max_attempts == 0 {
             return Err(SettingsError::new("max-attempts", "must be at least 1"));
         }

@@ -110,7 +110,8 @@ impl Worker {
         let backend = &settings.backend;
         let models = settings
             .models
-            .build(backend.max_n, settings.concurrency())?;
+            .build(backend.max_n, settings.concurrency())
+            .await?;
         let store = RedisStore::new(backend.redis_url(), backend.keys())?;
         store.ping().await?;
         let amqp = Amqp::open(&settings, &models.names()).await?;
@@ -225,6 +226,7 @@ impl Worker {
             }
         }
         let _ = announcing.await;
+        context.models.shutdown().await;
         info!("worker stopped");
         Ok(())
     }

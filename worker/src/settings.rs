@@ -50,6 +50,7 @@ impl Settings {
     /// Checks every value; see [`BackendArgs::validate`].
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.backend.validate()?;
+        self.models.validate()?;
         if self.concurrency() > 1024 {
             return Err(SettingsError::new("concurrency", "must be at most 1024"));
         }

@@ -287,6 +287,10 @@ impl Model for Executable {
         false
     }
 
+    async fn shutdown(&self) {
+        Executable::shutdown(self).await;
+    }
+
     async fn run(&self, input: Json, run: Run) -> Result<Json, RunError> {
         if let Some(stop) = run.should_stop() {
             return Err(stop_error(stop));
