@@ -1,6 +1,7 @@
 //! Holds the reference docs to the code: `docs/configuration.md` against the binaries' real `--help`,
-//! and `docs/protocol.md` against the protocol crate's message types and frame parser, so that a
-//! renamed flag, a new error code or an example that drifted from the wire format fails a test.
+//! and `docs/protocol.md` against the protocol crate's message types, frame parser and HTTP API
+//! documents, so that a renamed flag, a new error code or an example that drifted from the wire
+//! format fails a test.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -408,4 +409,82 @@ fn docs_protocol_examples_are_what_the_crate_reads_and_writes() {
         blocks += 1;
     }
     assert!(blocks >= 4, "only {blocks} AMQP payloads found");
+}
+
+/// The keys of a JSON object, or `None` if `json` is not one.
+fn keys(json: &Value) -> Option<BTreeSet<&str>> {
+    json.as_object()
+        .map(|object| object.keys().map(String::as_str).collect())
+}
+
+#[test]
+fn docs_protocol_http_documents_are_what_the_api_writes() {
+    use herald_protocol::api::{Accepted, ApiErrorBody, CancelAnswer, JobView};
+    let doc = read_doc("docs/protocol.md");
+    let mut checked = BTreeMap::<&str, usize>::new();
+    let mut in_example = false;
+    for line in doc.lines() {
+        // Examples are ```text blocks (the ```json blocks are AMQP payloads, checked above), where
+        // the documents are the lines that start with `{`.
+        if line.starts_with("```") {
+            in_example = line == "```text";
+            continue;
+        }
+        if !in_example || !line.starts_with('{') {
+            continue;
+        }
+        let json: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let object = keys(&json).unwrap_or_else(|| panic!("not an object: {line}"));
+        // Each document is read as the type the server writes it from and written back unchanged,
+        // so a misspelt or invented field fails.
+        let (kind, same) = if object.contains("code") {
+            (
+                "error",
+                round_trip!(ApiErrorBody, json) == Some(json.clone()),
+            )
+        } else if object.contains("submitted_ms") {
+            ("job", round_trip!(JobView, json) == Some(json.clone()))
+        } else if object.contains("status") && object.contains("id") {
+            (
+                "cancel",
+                round_trip!(CancelAnswer, json) == Some(json.clone()),
+            )
+        } else if object.contains("id") {
+            (
+                "accepted",
+                round_trip!(Accepted, json) == Some(json.clone()),
+            )
+        } else if object.contains("models") {
+            // `GET /models`: the server's own type; each entry a name and, distributed, workers.
+            let entries = json["models"].as_array().expect("a list of models");
+            let valid = entries.iter().all(|entry| {
+                keys(entry)
+                    .is_some_and(|k| k.contains("name") && k.is_subset(&["name", "workers"].into()))
+                    && entry["name"].is_string()
+                    && entry.get("workers").is_none_or(Value::is_u64)
+            });
+            ("models", valid)
+        } else if !object.contains("status") {
+            // A model's output, downloaded from `GET /jobs/ID/output`: any JSON.
+            ("output", true)
+        } else {
+            // The classic result document.
+            let valid = object.is_subset(&["input", "status", "output", "error"].into())
+                && ["processing", "done", "failed", "cancelled"]
+                    .contains(&json["status"].as_str().unwrap_or(""))
+                && json["output"].is_string();
+            ("classic", valid)
+        };
+        assert!(
+            same,
+            "protocol.md shows an HTTP {kind} document the API does not write: {line}"
+        );
+        *checked.entry(kind).or_default() += 1;
+    }
+    for kind in ["error", "job", "cancel", "accepted", "models", "classic"] {
+        assert!(
+            checked.get(kind).is_some_and(|n| *n > 0),
+            "protocol.md shows no HTTP {kind} document: {checked:?}"
+        );
+    }
 }

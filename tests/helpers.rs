@@ -30,6 +30,16 @@ pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Longest wait for any one expected message: a guard against a hung test, not a timing assertion.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A command line running the example model `file` of `examples/python/` with `args`.
+pub fn example_model(file: &str, args: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/python")
+        .join(file);
+    format!("python3 {} {args}", path.display())
+        .trim_end()
+        .to_owned()
+}
+
 /// Logs of the apps under test, shown for failing tests (`RUST_LOG=debug` for more).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -146,6 +156,40 @@ impl TestEnv {
             submit_burst: 1,
             max_sockets_per_client: 0,
         }
+    }
+
+    /// A whole Herald serving `models` (`--model` values), computing `concurrency` jobs at once: one
+    /// embedded server, or a server and a worker (distributed), each model's queue removed with this
+    /// environment. Returns once the server takes jobs for every model.
+    pub async fn spawn_app_with_models(
+        &self,
+        models: &[String],
+        concurrency: usize,
+        time_limit_secs: u64,
+    ) -> TestServer {
+        for spec in models {
+            self.job_queue(spec.split('=').next().unwrap_or(spec));
+        }
+        let mut settings = self.server_settings();
+        settings.concurrency = std::num::NonZeroUsize::new(concurrency);
+        settings.job_time_limit_secs = time_limit_secs;
+        let server = if self.mode == Mode::Embedded {
+            settings.models.models = models.to_vec();
+            self.spawn_server_with(settings).await
+        } else {
+            let mut server = self.spawn_server_with(settings).await;
+            let mut worker = self.worker_settings(concurrency);
+            worker.models.models = models.to_vec();
+            worker.job_time_limit_secs = time_limit_secs;
+            server.workers.push(self.spawn_worker_with(worker).await);
+            server
+        };
+        for spec in models {
+            server
+                .until_model_served(spec.split('=').next().unwrap_or(spec))
+                .await;
+        }
+        server
     }
 
     /// Starts a server with default test settings.
@@ -333,6 +377,27 @@ impl TestServer {
         Client::connect(&self.ws_url()).await
     }
 
+    /// Waits until `GET /models` lists `model` (a worker's announcement reached the server).
+    pub async fn until_model_served(&self, model: &str) {
+        let url = self.http_url("/models");
+        eventually(&format!("the model {model} to be served"), || {
+            let url = url.clone();
+            async move {
+                let Ok(response) = reqwest::get(&url).await else {
+                    return false;
+                };
+                let text = response.text().await.unwrap_or_default();
+                let body: Value = serde_json::from_str(&text).unwrap_or_default();
+                body["models"].as_array().is_some_and(|models| {
+                    models
+                        .iter()
+                        .any(|m| m["name"] == model && m["workers"].as_u64().is_none_or(|w| w > 0))
+                })
+            }
+        })
+        .await;
+    }
+
     /// Completions received on this instance's reply queue so far.
     pub fn completions_received(&self) -> u64 {
         self.stats
@@ -456,6 +521,21 @@ impl Client {
     /// The next text frame as a typed message, `progress` included.
     pub async fn recv_any(&mut self) -> ServerMessage {
         serde_json::from_value(self.recv_json().await).expect("a valid server message")
+    }
+
+    /// Submits `input` to `model` and returns the request ID from `accepted`.
+    pub async fn submit_to(&mut self, model: &str, input: Value) -> JobId {
+        self.send_json(serde_json::json!({"type": "submit", "model": model, "input": input}))
+            .await;
+        match self.recv().await {
+            ServerMessage::Accepted {
+                id, model: echoed, ..
+            } => {
+                assert_eq!(echoed, model);
+                id
+            }
+            other => panic!("expected accepted, got {other:?}"),
+        }
     }
 
     /// Submits `n` and returns the request ID from `accepted`.
@@ -811,12 +891,17 @@ impl TestEnv {
         (connection, channel)
     }
 
-    /// Messages ready in the dead-letter queue.
+    /// Messages ready in the factorial's dead-letter queue.
     pub async fn dead_letters(&self) -> u32 {
+        self.dead_letters_of(herald_protocol::FACTORIAL).await
+    }
+
+    /// Messages ready in the dead-letter queue of `model`.
+    pub async fn dead_letters_of(&self, model: &str) -> u32 {
         let (connection, channel) = self.amqp_channel().await;
         let queue = channel
             .queue_declare(
-                herald_engine::topology::dead_letter_queue(&self.factorial_queue())
+                herald_engine::topology::dead_letter_queue(&self.job_queue(model))
                     .as_str()
                     .into(),
                 lapin::options::QueueDeclareOptions {

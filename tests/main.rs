@@ -13,6 +13,7 @@ mod hostile;
 mod http_api;
 mod instances;
 mod live;
+mod models;
 mod overload;
 mod shutdown;
 mod soak;

@@ -303,6 +303,7 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
     let job_prefix = format!("{}job:", env.backend.redis_prefix);
     let watch_prefix = format!("{}watch:", env.backend.redis_prefix);
     let result_prefix = format!("{}result:", env.backend.redis_prefix);
+    let workers = format!("{}workers", env.backend.redis_prefix);
     let mut records = 0;
     for key in &keys {
         let ttl: i64 = redis::cmd("PTTL")
@@ -321,9 +322,12 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
                 .unwrap();
             assert_eq!(status, "done", "{key} never finished");
         } else {
-            // Besides records: watcher counts, and cached results of identical inputs; all expire.
+            // Besides records: watcher counts, cached results of identical inputs, and the workers'
+            // announcements; all expire.
             assert!(
-                key.starts_with(&watch_prefix) || key.starts_with(&result_prefix),
+                key.starts_with(&watch_prefix)
+                    || key.starts_with(&result_prefix)
+                    || *key == workers,
                 "unexpected key {key}"
             );
         }

@@ -25,9 +25,9 @@ pub enum Start {
     /// Already in a final state (a redelivery after the result was stored, or a job cancelled while
     /// queued): do not compute again.
     Final,
-    /// Marked running; compute it.
+    /// Pending: compute it (marked running if the start counted).
     Run {
-        /// Starts so far, this one included.
+        /// Starts so far, this one included if it counted.
         attempts: u32,
         /// When the server accepted it.
         submitted_ms: u64,
@@ -133,8 +133,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// The server instances waiting for a job.
     async fn watchers(&self, id: &JobId) -> Result<Vec<String>, StoreError>;
 
-    /// Marks a pending job running (counting the attempt), or says why not.
-    async fn start(&self, id: &JobId, now_ms: u64) -> Result<Start, StoreError>;
+    /// Marks a pending job running and counts the attempt (`count`), or only reads where it stands
+    /// (a job about to wait for a compute slot); or says why it must not run.
+    async fn start(&self, id: &JobId, now_ms: u64, count: bool) -> Result<Start, StoreError>;
 
     /// Stores a final record unless the job is already final, and returns who waits for it.
     async fn finish(&self, id: &JobId, record: &JobRecord) -> Result<Finish, StoreError>;

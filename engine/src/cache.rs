@@ -130,6 +130,14 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// Whether a computation under `key` runs here now, for a job to join.
+    pub fn joinable(&self, key: &str) -> bool {
+        self.flights
+            .lock()
+            .expect("flight table never poisoned")
+            .contains_key(key)
+    }
+
     /// Joins the computation under `key` running here, or starts one with `compute` in a task of its
     /// own; a computation started here stops when `stop` is cancelled. A computation that must not
     /// be shared gets a key of its own (the job's ID).

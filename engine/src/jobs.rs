@@ -13,7 +13,7 @@ use herald_protocol::record::result_digest;
 use herald_protocol::{
     unix_ms, Completion, JobId, JobMessage, JobRecord, JobStatus, Json, ProgressMessage,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -83,9 +83,38 @@ pub enum Settle {
     DeadLetter,
 }
 
+/// How a job's start went, as the store told it.
+struct Started {
+    /// Starts so far, this one included if it was counted.
+    attempts: u32,
+    /// Whether this start was counted.
+    counted: bool,
+    /// When the server accepted the job.
+    submitted_ms: u64,
+    /// When this start happened.
+    at_ms: u64,
+    /// A cancel came while an earlier start ran: end it as cancelled without computing.
+    cancel_requested: bool,
+}
+
+impl Started {
+    /// Starts before this one: each ended without a result.
+    fn tried(&self) -> u32 {
+        if self.counted {
+            self.attempts.saturating_sub(1)
+        } else {
+            self.attempts
+        }
+    }
+}
+
 /// How waiting for a computation ended, for one job.
 #[derive(Debug)]
 enum Outcome {
+    /// Nothing more to do with the job, as the store says (see [`JobContext::start`]).
+    Over(Processed),
+    /// Earlier starts never finished: fail it for good.
+    GaveUp,
     /// The computation ended (or was already stored).
     Computed(Computed),
     /// A client cancelled this job.
@@ -175,45 +204,32 @@ impl JobContext {
     }
 
     async fn try_process(&self, job: JobMessage) -> Result<Processed, StoreError> {
-        let started_ms = unix_ms();
-        let Some(start) = self
-            .persist("start the job", || self.store.start(&job.id, started_ms))
-            .await?
-        else {
-            return Ok(Processed::Abandoned);
-        };
-        let (attempts, submitted_ms, cancel_requested) = match start {
-            Start::Missing => {
-                warn!("job record is missing (expired or never stored); dropping the job");
-                return Ok(Processed::Nothing);
-            }
-            Start::Final => return self.republish(job).await,
-            Start::Run {
-                attempts,
-                submitted_ms,
-                cancel_requested,
-            } => (attempts, submitted_ms, cancel_requested),
-        };
-        let mut record = JobRecord::queued(&job.model, job.input.clone(), submitted_ms);
-        record.started_ms = Some(started_ms);
-        record.attempts = attempts;
-        let mut dead_letter = false;
         let model = self.models.get(&job.model).cloned();
         let input = model.as_ref().map(|model| model.validate(&job.input));
+        // A job that must wait for a compute slot counts its attempt only once it has one (see
+        // `obtain`): one still waiting in this worker's hand when the worker dies was never tried.
+        let waits = matches!((&model, &input), (Some(m), Some(Ok(i))) if !m.is_quick(i));
+        let started = match self.start(&job, !waits).await? {
+            Ok(started) => started,
+            Err(over) => return Ok(over),
+        };
+        let mut record = JobRecord::queued(&job.model, job.input.clone(), started.submitted_ms);
+        record.started_ms = Some(started.at_ms);
+        record.attempts = started.attempts;
+        let mut dead_letter = false;
         match (model, input) {
-            _ if cancel_requested => {
+            _ if started.cancel_requested => {
                 // Cancelled while an earlier start ran, and that worker never finished it.
                 record.status = JobStatus::Cancelled;
             }
-            _ if attempts > self.limits.max_attempts => {
+            _ if started.tried() >= self.limits.max_attempts => {
                 // Earlier starts never finished: the job stopped its worker (or its model's program,
                 // or the connection) each time.
-                warn!(attempts, "job exceeded its attempts; failing it");
-                record.status = JobStatus::Failed;
-                record.error = Some(format!(
-                    "gave up after {} attempts: each one ended without a result (the worker or the model's program stopped)",
-                    self.limits.max_attempts
-                ));
+                warn!(
+                    attempts = started.tried(),
+                    "job exceeded its attempts; failing it"
+                );
+                give_up(&mut record, started.tried(), None);
                 dead_letter = true;
             }
             (None, _) => {
@@ -228,10 +244,19 @@ impl JobContext {
                 record.error = Some(refused.to_string());
             }
             (Some(model), Some(Ok(input))) => {
-                info!(model = %job.model, attempts, "job started");
-                self.metrics.attempts.observe(f64::from(attempts));
                 let clock = Instant::now();
-                match self.obtain(job.id, &model, input).await {
+                let outcome = if waits {
+                    self.obtain(job.id, &model, input, &mut record).await?
+                } else {
+                    self.run_quick(job.id, &model, input).await
+                };
+                match outcome {
+                    Outcome::Over(over) => return Ok(over),
+                    Outcome::GaveUp => {
+                        let tried = record.attempts.saturating_sub(1);
+                        give_up(&mut record, tried, None);
+                        dead_letter = true;
+                    }
                     Outcome::Cancelled => {
                         info!("job cancelled while running");
                         record.status = JobStatus::Cancelled;
@@ -246,13 +271,13 @@ impl JobContext {
                         record.error = Some(error);
                     }
                     Outcome::Computed(Computed::Crashed(reason)) => {
+                        let attempts = record.attempts;
                         if attempts < self.limits.max_attempts {
                             warn!(%reason, attempts, "the model's program went away during the job; returning it to the queue");
                             return Ok(Processed::Abandoned);
                         }
                         warn!(%reason, attempts, "the model's program went away during the job's last attempt; failing it");
-                        record.status = JobStatus::Failed;
-                        record.error = Some(format!("gave up after {attempts} attempts: {reason}"));
+                        give_up(&mut record, attempts, Some(&reason));
                         dead_letter = true;
                     }
                     Outcome::Computed(Computed::Stopped) => return Ok(Processed::Abandoned),
@@ -285,27 +310,78 @@ impl JobContext {
         }
     }
 
+    /// Reads where job `job` stands before it runs and, if `count`, marks it running and counts the
+    /// attempt. `Err` holds what is left to do when the job must not run (gone, already final, or
+    /// the worker stops during a store outage).
+    async fn start(
+        &self,
+        job: &JobMessage,
+        count: bool,
+    ) -> Result<Result<Started, Processed>, StoreError> {
+        let at_ms = unix_ms();
+        let Some(start) = self
+            .persist("start the job", || self.store.start(&job.id, at_ms, count))
+            .await?
+        else {
+            return Ok(Err(Processed::Abandoned));
+        };
+        Ok(match start {
+            Start::Missing => {
+                warn!("job record is missing (expired or never stored); dropping the job");
+                Err(Processed::Nothing)
+            }
+            Start::Final => Err(self.republish(job.clone()).await?),
+            Start::Run {
+                attempts,
+                submitted_ms,
+                cancel_requested,
+            } => {
+                if count {
+                    info!(model = %job.model, attempts, "job started");
+                    self.metrics.attempts.observe(f64::from(attempts));
+                }
+                Ok(Started {
+                    attempts,
+                    counted: count,
+                    submitted_ms,
+                    at_ms,
+                    cancel_requested,
+                })
+            }
+        })
+    }
+
+    /// Runs a quick input at once: well under a millisecond, so there is no progress to report,
+    /// nothing to share, and no time for a cancel to land; none of `obtain`'s machinery is worth
+    /// its cost on the hot path.
+    async fn run_quick(&self, id: JobId, model: &Arc<dyn Model>, input: Json) -> Outcome {
+        let run = Run::new(
+            id,
+            self.limits.time_limit,
+            self.stop.clone(),
+            FlightState::detached().progress.clone(),
+        );
+        self.cache
+            .stats
+            .computations
+            .fetch_add(1, Ordering::Relaxed);
+        Outcome::Computed(computed(
+            model.run(input, run).await,
+            self.limits.time_limit,
+        ))
+    }
+
     /// The output for `input`: reused from a stored result or a computation in flight, or computed
-    /// here. While it waits, the job reports progress and checks for a cancel.
-    async fn obtain(&self, id: JobId, model: &Arc<dyn Model>, input: Json) -> Outcome {
-        if model.is_quick(&input) {
-            // Well under a millisecond: no progress to report, nothing to share, and no time for a
-            // cancel to land, so none of the machinery below is worth its cost on the hot path.
-            let run = Run::new(
-                id,
-                self.limits.time_limit,
-                self.stop.clone(),
-                FlightState::detached().progress.clone(),
-            );
-            self.cache
-                .stats
-                .computations
-                .fetch_add(1, Ordering::Relaxed);
-            return Outcome::Computed(computed(
-                model.run(input, run).await,
-                self.limits.time_limit,
-            ));
-        }
+    /// here once a compute slot is free. The job's attempt is counted (in `record`) when it joins a
+    /// computation or gets its slot, not before. While it waits, the job reports progress and checks
+    /// for a cancel.
+    async fn obtain(
+        &self,
+        id: JobId,
+        model: &Arc<dyn Model>,
+        input: Json,
+        record: &mut JobRecord,
+    ) -> Result<Outcome, StoreError> {
         let shares = model.shares_results(&input);
         if shares {
             if let Some(output) = self
@@ -314,7 +390,7 @@ impl JobContext {
                 .await
             {
                 info!("answered from a stored result of the same input");
-                return Outcome::Computed(Computed::Done(output));
+                return Ok(Outcome::Computed(Computed::Done(output)));
             }
         }
         let key = if shares {
@@ -322,12 +398,40 @@ impl JobContext {
         } else {
             id.to_string()
         };
+        // Joining a computation of the same input needs no slot of its own.
+        let slot = match self.cache.joinable(&key) {
+            true => None,
+            false => tokio::select! {
+                _ = self.stop.cancelled() => return Ok(Outcome::Computed(Computed::Stopped)),
+                slot = self.slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => Some(slot),
+                    Err(_) => return Ok(Outcome::Computed(Computed::Stopped)),
+                },
+            },
+        };
+        let message = JobMessage {
+            id,
+            model: model.name().to_owned(),
+            input: input.clone(),
+        };
+        let started = match self.start(&message, true).await? {
+            Ok(started) => started,
+            Err(over) => return Ok(Outcome::Over(over)),
+        };
+        record.attempts = started.attempts;
+        record.started_ms = Some(started.at_ms);
+        if started.cancel_requested {
+            return Ok(Outcome::Cancelled);
+        }
+        if started.tried() >= self.limits.max_attempts {
+            return Ok(Outcome::GaveUp);
+        }
         let context = self.clone();
         let running = model.clone();
         let mut flight = self.cache.join(key, &self.stop, move |state| {
             async move {
                 let computed = context
-                    .compute(id, running.as_ref(), input.clone(), state)
+                    .compute(id, running.as_ref(), input.clone(), state, slot)
                     .await;
                 if let Computed::Done(output) = &computed {
                     context
@@ -353,7 +457,7 @@ impl JobContext {
         let mut last_check = Instant::now();
         loop {
             tokio::select! {
-                computed = flight.outcome() => return Outcome::Computed(computed),
+                computed = flight.outcome() => return Ok(Outcome::Computed(computed)),
                 _ = polls.tick() => {
                     // A job still waiting for a computing slot (a worker holds many in hand) checks
                     // less often: dozens of them would otherwise cost Redis hundreds of calls a
@@ -372,7 +476,7 @@ impl JobContext {
                         .map(|p| (p.fraction, p.phase.as_deref()));
                     match self.store.report(&id, reported).await {
                         // Leaving the flight stops the computation if no other job waits for it.
-                        Ok(report) if report.stop => return Outcome::Cancelled,
+                        Ok(report) if report.stop => return Ok(Outcome::Cancelled),
                         Ok(report) => {
                             if let Some(progress) = progress {
                                 last_sent = Some((Instant::now(), progress.fraction));
@@ -393,16 +497,23 @@ impl JobContext {
         }
     }
 
-    /// Runs `model` on `input` in one of the worker's compute slots.
+    /// Runs `model` on `input` in a compute slot: `slot` if the job brought one, else one it waits
+    /// for (a job that found the computation of its input running joined it, and the computation
+    /// ended before it could start).
     async fn compute(
         &self,
         id: JobId,
         model: &dyn Model,
         input: Json,
         flight: Arc<FlightState>,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Computed {
-        let Ok(_slot) = self.slots.clone().acquire_owned().await else {
-            return Computed::Stopped;
+        let _slot = match slot {
+            Some(slot) => slot,
+            None => match self.slots.clone().acquire_owned().await {
+                Ok(slot) => slot,
+                Err(_) => return Computed::Stopped,
+            },
         };
         self.cache
             .stats
@@ -440,6 +551,18 @@ impl JobContext {
             dead_letter: false,
         })
     }
+}
+
+/// Marks a job failed for good after `tried` starts that never finished (`reason`: why the last
+/// one ended, when known).
+fn give_up(record: &mut JobRecord, tried: u32, reason: Option<&str>) {
+    record.status = JobStatus::Failed;
+    record.error = Some(match reason {
+        Some(reason) => format!("gave up after {tried} attempts: {reason}"),
+        None => format!(
+            "gave up after {tried} attempts: each one ended without a result (the worker or the model's program stopped)"
+        ),
+    });
 }
 
 /// What a model's run means for the job.

@@ -171,7 +171,7 @@ impl JobStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn start(&self, id: &JobId, now_ms: u64) -> Result<Start, StoreError> {
+    async fn start(&self, id: &JobId, now_ms: u64, count: bool) -> Result<Start, StoreError> {
         let mut tables = self.tables();
         let Some(entry) = tables.live(id) else {
             return Ok(Start::Missing);
@@ -180,9 +180,11 @@ impl JobStore for MemoryStore {
         if record.status.is_final() {
             return Ok(Start::Final);
         }
-        record.status = JobStatus::Running;
-        record.started_ms = Some(now_ms);
-        record.attempts += 1;
+        if count {
+            record.status = JobStatus::Running;
+            record.started_ms = Some(now_ms);
+            record.attempts += 1;
+        }
         Ok(Start::Run {
             attempts: record.attempts,
             submitted_ms: record.submitted_ms,
@@ -443,7 +445,7 @@ mod tests {
         assert_eq!(record.status, JobStatus::Cancelled);
         assert_eq!(record.finished_ms, Some(9));
         assert_eq!(watchers, vec!["a".to_owned()]);
-        assert_eq!(store.start(&id, 10).await.unwrap(), Start::Final);
+        assert_eq!(store.start(&id, 10, true).await.unwrap(), Start::Final);
         assert_eq!(
             store.cancel(&id, None, None, 11).await.unwrap(),
             Cancel::Final(JobStatus::Cancelled)
@@ -455,7 +457,7 @@ mod tests {
         let id = JobId::new_v4();
         let store = store_with(&id, Duration::from_secs(60));
         assert!(matches!(
-            store.start(&id, 2).await.unwrap(),
+            store.start(&id, 2, true).await.unwrap(),
             Start::Run {
                 attempts: 1,
                 cancel_requested: false,
@@ -483,7 +485,7 @@ mod tests {
         assert_eq!(watchers, vec!["a".to_owned(), "b".to_owned()]);
         // A worker that died after the flag was set: the next start ends it without computing.
         assert!(matches!(
-            store.start(&id, 4).await.unwrap(),
+            store.start(&id, 4, true).await.unwrap(),
             Start::Run {
                 attempts: 2,
                 cancel_requested: true,
@@ -531,7 +533,7 @@ mod tests {
             .await
             .unwrap()
             .is_none());
-        assert_eq!(store.start(&id, 1).await.unwrap(), Start::Missing);
+        assert_eq!(store.start(&id, 1, true).await.unwrap(), Start::Missing);
         store.sweep();
         assert!(store.is_empty());
     }

@@ -43,7 +43,8 @@ impl From<redis::ParsingError> for StoreError {
     }
 }
 
-// KEYS[1] job, ARGV[1] now. Returns nil (missing) or {status before, attempts, submitted_ms, cancel}.
+// KEYS[1] job, ARGV[1] now, ARGV[2] '1' to mark it running and count the attempt ('0' reads only).
+// Returns nil (missing) or {status before, attempts, submitted_ms, cancel}.
 static START: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -51,11 +52,11 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 local submitted = redis.call('HGET', KEYS[1], 'submitted_ms') or '0'
 local cancel = redis.call('HGET', KEYS[1], 'cancel') or '0'
-if status == 'queued' or status == 'running' then
+if (status == 'queued' or status == 'running') and ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_ms', ARGV[1])
   return {status, redis.call('HINCRBY', KEYS[1], 'attempts', 1), submitted, cancel}
 end
-return {status, 0, submitted, cancel}
+return {status, tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0'), submitted, cancel}
 ",
     )
 });
@@ -398,11 +399,15 @@ impl JobStore for RedisStore {
         .await
     }
 
-    async fn start(&self, id: &JobId, now_ms: u64) -> Result<Start, StoreError> {
+    async fn start(&self, id: &JobId, now_ms: u64, count: bool) -> Result<Start, StoreError> {
         let job = self.keys.job(id);
         self.run(|mut conn| async move {
-            let reply: Option<(String, u32, String, String)> =
-                START.key(&job).arg(now_ms).invoke_async(&mut conn).await?;
+            let reply: Option<(String, u32, String, String)> = START
+                .key(&job)
+                .arg(now_ms)
+                .arg(if count { "1" } else { "0" })
+                .invoke_async(&mut conn)
+                .await?;
             let Some((status, attempts, submitted, cancel)) = reply else {
                 return Ok(Start::Missing);
             };

@@ -135,9 +135,10 @@ pub async fn run(socket: WebSocket, state: AppState, caller: Caller, slot: Socke
 fn close_for(error: axum::Error) -> (u16, &'static str) {
     use tungstenite::error::{CapacityError, Error};
     match error.into_inner().downcast_ref::<Error>() {
-        Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => {
-            (TOO_BIG, "frame too large: the limit is --max-input-bytes plus 4 KiB")
-        }
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => (
+            TOO_BIG,
+            "frame too large: the limit is --max-input-bytes plus 4 KiB",
+        ),
         Some(Error::Utf8(_)) => (INVALID_DATA, "text frame is not valid UTF-8"),
         _ => (POLICY, "protocol error"),
     }
