@@ -682,6 +682,9 @@ async fn the_page_computes_shows_progress_resumes_after_reload_and_cancels() {
     browser.close().await;
 }
 
+/// `--max-input-bytes` of the models test: above the echo job's input, below the ones meant to be refused.
+const MAX_INPUT_BYTES: usize = 1024;
+
 /// `examples/python/<file>` as a `--model` value, `NAME=python3 <path>`.
 fn python_model(name: &str, file: &str) -> String {
     format!(
@@ -751,12 +754,14 @@ async fn the_page_lists_models_and_runs_json_jobs_with_progress_results_cancel_a
     // Embedded mode with two Python programs beside the built-in factorial.
     let env = TestEnv::in_mode(Mode::Embedded);
     let mut settings = env.server_settings();
+    // Small, so that the page meets both ways an input can be too large without typing megabytes.
+    settings.max_input_bytes = MAX_INPUT_BYTES;
     settings.models.models = vec![
         "factorial".into(),
         python_model("sentiment", "slow_sentiment.py"),
         python_model("echo", "echo.py"),
     ];
-    let server = env.spawn_server_with(settings).await;
+    let server = env.spawn_server_with(settings.clone()).await;
 
     browser.open(&server.http_url("/")).await;
     browser.until_connected().await;
@@ -976,8 +981,9 @@ async fn the_page_lists_models_and_runs_json_jobs_with_progress_results_cancel_a
 
     // A large output: the card shows its start, says how much there is, and shows it all on request.
     browser.choose_model("echo").await;
-    let values: Vec<u32> = (0..600).collect();
-    let big = json!({ "values": values });
+    // Under 1 KiB as typed, over 2 KiB pretty-printed: more than the card's preview shows.
+    let big = Value::Array((0..100).map(|n| json!({ "n": n })).collect());
+    assert!(big.to_string().len() < MAX_INPUT_BYTES);
     let echoed = browser.submit_json("echo", &big.to_string()).await;
     let echoed_job = until_job(&browser, &echoed, "the echo job to be done", |j| {
         status(j) == "done"
@@ -1012,6 +1018,48 @@ async fn the_page_lists_models_and_runs_json_jobs_with_progress_results_cancel_a
     .await;
     let full: Value = serde_json::from_str(shown["full"].as_str().unwrap()).unwrap();
     assert_eq!(full, big, "the full output is all of it");
+
+    // Inputs over --max-input-bytes: a little over is refused as too_large on the job's card; far over,
+    // the server cannot read the frame and closes the socket (1009), and the card says the input was too
+    // large rather than that the connection dropped. The page reconnects and carries on.
+    let over = json!({ "pad": "x".repeat(MAX_INPUT_BYTES + 100) }).to_string();
+    browser.type_json(&over).await;
+    let too_large = browser
+        .until("the too-large input to be refused", |jobs| {
+            jobs.iter()
+                .find(|j| j["model"] == "echo" && status(j) == "failed")
+                .cloned()
+        })
+        .await;
+    assert!(
+        too_large["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("--max-input-bytes")),
+        "{too_large:#?}"
+    );
+    let far_over = json!({
+        "pad": "y".repeat(MAX_INPUT_BYTES + herald_protocol::FRAME_OVERHEAD_BYTES + 100)
+    })
+    .to_string();
+    browser.type_json(&far_over).await;
+    let closed = browser
+        .until("the far-too-large input to be refused", |jobs| {
+            jobs.iter()
+                .find(|j| {
+                    j["model"] == "echo"
+                        && status(j) == "failed"
+                        && j["input"].as_str().is_some_and(|i| i.contains("yyy"))
+                })
+                .cloned()
+        })
+        .await;
+    assert!(
+        closed["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.starts_with("The input is too large for this server")),
+        "{closed:#?}"
+    );
+    browser.until_connected().await;
 
     // A model the page still offers but the server no longer serves (a stale choice, here one kept in
     // storage): its refusal, unknown_model, is shown on the job's card, naming the models served.
@@ -1088,6 +1136,45 @@ async fn the_page_lists_models_and_runs_json_jobs_with_progress_results_cancel_a
     }
     let first_again = listed.iter().find(|j| j["id"] == first.as_str()).unwrap();
     assert_eq!(first_again["preview"], done["preview"], "{first_again:#?}");
+
+    // The embedded server restarts under a running job and keeps no record of it: the page, back on the
+    // new server, says the job is unknown or expired (the server cannot tell which), not just "expired".
+    browser.choose_model("sentiment").await;
+    let lost = browser
+        .submit_json(
+            "sentiment",
+            r#"{"text": "lost in a restart", "seconds": 120}"#,
+        )
+        .await;
+    until_job(
+        &browser,
+        &lost,
+        "progress on the job the restart loses",
+        |j| status(j) == "running",
+    )
+    .await;
+    let addr = server.addr;
+    server.stop().await;
+    settings.listen = addr;
+    let server = env.spawn_server_with(settings).await;
+    let unknown = until_job(
+        &browser,
+        &lost,
+        "the lost job to be reported unknown",
+        |j| !["queued", "running"].contains(&status(j)),
+    )
+    .await;
+    assert_eq!(status(&unknown), "expired", "{unknown:#?}");
+    assert_eq!(unknown["badge"], "unknown or expired", "{unknown:#?}");
+    assert!(
+        unknown["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("no record of this job")),
+        "{unknown:#?}"
+    );
+    assert_eq!(unknown["buttons"], json!([]), "{unknown:#?}");
+    browser.screenshot("desktop-unknown-after-restart").await;
+    server.stop().await;
 
     browser.close().await;
 }
