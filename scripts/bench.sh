@@ -2,7 +2,7 @@
 # End-to-end benchmark: starts a release server and worker on names of their own (so nothing else on
 # the broker is touched), runs `herald-loadgen` with the given arguments against them, then stops both
 # and deletes the queue and the Redis keys it used. The names and the port are this run's own
-# (the queue herald-bench.<pid>.jobs, the Redis prefix herald-bench.<pid>:, a free port unless
+# (the queue herald-bench.<pid>.factorial, the Redis prefix herald-bench.<pid>:, a free port unless
 # BENCH_PORT is set): two runs at once on the same RabbitMQ and Redis, from two shells or sessions,
 # would otherwise take each other's jobs and delete each other's keys.
 #   scripts/bench.sh latency --jobs 2000
@@ -29,7 +29,7 @@ if [ -n "$embedded" ]; then
 else
   # Both URLs, and to both processes: a server given neither runs embedded, and the worker sits idle.
   # The reply exchange may be shared: it routes each completion by its server's own instance ID.
-  backend=(--queue "$run.jobs" --reply-exchange herald-bench.replies --redis-prefix "$run:"
+  backend=(--queue "$run.{model}" --reply-exchange herald-bench.replies --redis-prefix "$run:"
     --amqp-url "${HERALD_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
     --redis-url "${HERALD_REDIS_URL:-redis://127.0.0.1:6379}")
   # shellcheck disable=SC2086
@@ -71,8 +71,8 @@ cleanup() {
   # shellcheck disable=SC2086
   wait "$server" $worker 2>/dev/null || true
   if [ -z "$embedded" ]; then
-    rabbitmqctl -q delete_queue "$run.jobs" >/dev/null 2>&1 || true
-    rabbitmqctl -q delete_queue "$run.jobs.dead" >/dev/null 2>&1 || true
+    rabbitmqctl -q delete_queue "$run.factorial" >/dev/null 2>&1 || true
+    rabbitmqctl -q delete_queue "$run.factorial.dead" >/dev/null 2>&1 || true
     redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
   fi
   echo "logs: $log" >&2

@@ -99,6 +99,47 @@ async fn without_a_valid_token_only_the_open_routes_answer() {
             assert_eq!(challenge.contains("invalid_token"), token.is_some());
         }
     }
+    // The jobs API answers the same 401, with its JSON body; a submit's body is not even read.
+    let id = uuid::Uuid::new_v4();
+    let jobs_api = [
+        reqwest::Method::POST,
+        reqwest::Method::GET,
+        reqwest::Method::DELETE,
+        reqwest::Method::GET,
+        reqwest::Method::GET,
+    ]
+    .into_iter()
+    .zip([
+        "/jobs".to_owned(),
+        format!("/jobs/{id}"),
+        format!("/jobs/{id}"),
+        format!("/jobs/{id}/output"),
+        "/models".to_owned(),
+    ]);
+    for (method, path) in jobs_api {
+        for token in [None, Some("wrong-token-0123456789")] {
+            let request = reqwest::Client::new()
+                .request(method.clone(), server.http_url(&path))
+                .body(r#"{"input":{"n":5}}"#);
+            let request = match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            };
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path}"
+            );
+            assert!(response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"));
+            let body: serde_json::Value =
+                serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            assert_eq!(body["code"], "unauthorized", "{method} {path}: {body}");
+        }
+    }
     // HTTP takes the token from the header only, not from the query.
     let (status, _) = get(&server, &format!("/factorial?no=5&token={ALICE}"), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -165,6 +165,7 @@ fn error_codes() -> Vec<ErrorCode> {
         ErrorCode::AlreadyFinished,
         ErrorCode::UnknownModel,
         ErrorCode::Conflict,
+        ErrorCode::Unauthorized,
     ];
     for code in codes {
         match code {
@@ -175,7 +176,8 @@ fn error_codes() -> Vec<ErrorCode> {
             | ErrorCode::Busy
             | ErrorCode::AlreadyFinished
             | ErrorCode::UnknownModel
-            | ErrorCode::Conflict => {}
+            | ErrorCode::Conflict
+            | ErrorCode::Unauthorized => {}
         }
     }
     codes.to_vec()

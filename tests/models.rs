@@ -467,3 +467,64 @@ crate::both_modes!(
     models_nobody_serves_are_refused,
     the_jobs_api_submits_shows_and_cancels,
 );
+
+#[tokio::test]
+async fn a_model_is_forgotten_once_its_workers_are_gone_and_its_grace_is_over() {
+    use herald_engine::RedisStore;
+    use herald_server::directory::Directory;
+
+    let env = TestEnv::new();
+    let store = RedisStore::new(crate::helpers::REDIS_URL, env.backend.keys()).unwrap();
+    let grace = Duration::from_millis(1500);
+    let factorial = std::sync::Arc::new(herald_models::Factorial::new(10));
+    let directory = Directory::distributed_with_grace(factorial, store.clone(), grace);
+    // Unknown before any worker: refused, naming what is served (the factorial always is).
+    assert_eq!(
+        lookup(&directory, "echo").await,
+        Err(vec!["factorial".to_owned()])
+    );
+    store.announce("w1", &["echo".into()]).await.unwrap();
+    store
+        .announce("w2", &["echo".into(), "other".into()])
+        .await
+        .unwrap();
+    directory.refresh().await;
+    assert_eq!(lookup(&directory, "echo").await, Ok(Some(2)));
+    // A clean stop withdraws; a worker killed leaves an announcement that lapses by itself.
+    store.withdraw("w1").await.unwrap();
+    let lapsed = serde_json::json!({"models": ["echo", "other"], "until_ms": herald_protocol::unix_ms() - 1});
+    let mut redis = env.redis().await;
+    let _: () = redis::cmd("HSET")
+        .arg(env.backend.keys().workers())
+        .arg("w2")
+        .arg(lapsed.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    directory.refresh().await;
+    // Known through the grace period, with no worker: its jobs wait in its queue.
+    assert_eq!(lookup(&directory, "echo").await, Ok(Some(0)));
+    let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(env.backend.keys().workers())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        hash.is_empty(),
+        "the lapsed announcement was deleted: {hash:?}"
+    );
+    tokio::time::sleep(grace + Duration::from_millis(100)).await;
+    directory.refresh().await;
+    assert_eq!(
+        lookup(&directory, "echo").await,
+        Err(vec!["factorial".to_owned()])
+    );
+}
+
+/// The workers serving `name`, or the names served, as the directory answers a submit.
+async fn lookup(
+    directory: &herald_server::directory::Directory,
+    name: &str,
+) -> Result<Option<u32>, Vec<String>> {
+    directory.lookup(name).await.map(|served| served.workers)
+}

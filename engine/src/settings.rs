@@ -125,10 +125,11 @@ impl fmt::Debug for Secret {
 /// embedded mode).
 #[derive(Debug, Clone, Default, Args)]
 pub struct ModelArgs {
-    /// A model to serve: `factorial` (the built-in), or NAME=COMMAND, a program speaking JSON lines
-    /// on stdin/stdout (docs/models.md), such as `sentiment=python3 examples/python/sentiment.py`.
-    /// Repeat the flag for several (in the environment, separate them with `;`). Default: the
-    /// factorial alone.
+    /// A model to serve (herald-worker, and herald-server in embedded mode): `factorial` (the
+    /// built-in), or NAME=COMMAND, a program speaking JSON lines on stdin/stdout (docs/models.md),
+    /// such as `sentiment=python3 examples/python/slow_sentiment.py`. Repeat the flag for several (in
+    /// the environment, separate them with `;`); given at all, it lists every model served. Default:
+    /// the factorial alone. A distributed server ignores it: workers announce what they serve.
     #[arg(long = "model", env = "HERALD_MODEL", value_delimiter = ';')]
     pub models: Vec<String>,
 }

@@ -27,6 +27,9 @@ pub enum ErrorCode {
     UnknownModel,
     /// The request contradicts the job's state (an output asked of a job that has none).
     Conflict,
+    /// The HTTP request did not prove an identity (authentication on). Over the WebSocket this never
+    /// comes: the upgrade itself is refused with 401.
+    Unauthorized,
 }
 
 /// An `error` message (also what [`parse_client_frame`] returns for a frame it refuses).

@@ -92,18 +92,35 @@ pub enum AuthError {
     Invalid,
 }
 
-impl IntoResponse for AuthError {
-    fn into_response(self) -> Response {
-        // RFC 6750, section 3.
-        let challenge = match self {
+impl AuthError {
+    /// The challenge of RFC 6750, section 3.
+    fn challenge(&self) -> HeaderValue {
+        HeaderValue::from_static(match self {
             Self::Missing => r#"Bearer realm="herald""#,
             Self::Invalid => r#"Bearer realm="herald", error="invalid_token""#,
+        })
+    }
+
+    /// The 401 of the jobs API: its body is JSON, as every other error there.
+    pub fn into_json_response(self) -> Response {
+        let body = herald_protocol::api::ApiErrorBody {
+            code: herald_protocol::ErrorCode::Unauthorized,
+            message: self.to_string(),
         };
+        let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, self.challenge());
+        response
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
         let mut response = (StatusCode::UNAUTHORIZED, self.to_string()).into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(challenge),
-        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, self.challenge());
         response
     }
 }

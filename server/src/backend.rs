@@ -120,6 +120,12 @@ pub async fn embedded(
 /// Distributed mode: Redis and RabbitMQ, this instance's reply queue bound with `instance`.
 pub async fn distributed(settings: &Settings, instance: &str) -> Result<Backends, ServerError> {
     let backend = &settings.backend;
+    if !settings.models.models.is_empty() {
+        tracing::warn!(
+            "--model (HERALD_MODEL) is ignored by a distributed server: it takes jobs for the models \
+             workers announce; give it to herald-worker"
+        );
+    }
     let redis = RedisStore::new(backend.redis_url(), backend.keys())?;
     redis.ping().await?;
     let directory = Arc::new(Directory::distributed(

@@ -49,6 +49,8 @@ pub struct Directory {
     /// Where workers announce theirs; `None` in embedded mode.
     announcements: Option<RedisStore>,
     reading: RwLock<Reading>,
+    /// How long a model stays known after its last worker went.
+    grace: Duration,
 }
 
 impl Directory {
@@ -58,16 +60,27 @@ impl Directory {
             local: models,
             announcements: None,
             reading: RwLock::default(),
+            grace: GRACE,
         }
     }
 
     /// Distributed mode: the factorial, whose validation this process has, and what workers announce in
-    /// `store`.
+    /// `store`; a model stays known for [`GRACE`] after its last worker went.
     pub fn distributed(factorial: Arc<dyn Model>, store: RedisStore) -> Self {
+        Self::distributed_with_grace(factorial, store, GRACE)
+    }
+
+    /// [`Directory::distributed`] with another grace period (tests).
+    pub fn distributed_with_grace(
+        factorial: Arc<dyn Model>,
+        store: RedisStore,
+        grace: Duration,
+    ) -> Self {
         Self {
             local: Models::default().with(factorial),
             announcements: Some(store),
             reading: RwLock::default(),
+            grace,
         }
     }
 
@@ -104,12 +117,19 @@ impl Directory {
         let recent = reading
             .last_seen
             .get(name)
-            .is_some_and(|seen| seen.elapsed() < GRACE);
+            .is_some_and(|seen| seen.elapsed() < self.grace);
         // The factorial is always taken: its jobs wait, durably queued, for a worker to come.
         (workers > 0 || recent || name == FACTORIAL).then_some(Served {
             model: local,
             workers: Some(workers),
         })
+    }
+
+    /// Workers announcing `model` in the last reading (distributed mode; `None` in embedded mode).
+    pub fn workers(&self, model: &str) -> Option<u32> {
+        self.announcements.as_ref()?;
+        let reading = self.reading.read().expect("directory lock never poisoned");
+        Some(reading.workers.get(model).copied().unwrap_or(0))
     }
 
     /// The models served, each with its workers (`None` in embedded mode), in name order.
@@ -121,7 +141,7 @@ impl Directory {
         let mut served: BTreeMap<String, Option<u32>> = reading
             .last_seen
             .iter()
-            .filter(|(_, seen)| seen.elapsed() < GRACE)
+            .filter(|(_, seen)| seen.elapsed() < self.grace)
             .map(|(name, _)| (name.clone(), Some(0)))
             .collect();
         served.insert(FACTORIAL.to_owned(), Some(0));
@@ -155,7 +175,9 @@ impl Directory {
                         warn!(model = %name, "no worker serves the model {name} any more; its jobs wait in its queue");
                     }
                 }
-                reading.last_seen.retain(|_, seen| seen.elapsed() < GRACE);
+                reading
+                    .last_seen
+                    .retain(|_, seen| seen.elapsed() < self.grace);
                 reading.workers = workers;
                 reading.at = Some(now);
             }

@@ -418,7 +418,11 @@ impl Session {
                             Watch::Pending { registrations } => *registrations += 1,
                             _ => *watch = Watch::Pending { registrations: 1 },
                         }
-                        self.send(&ServerMessage::from_record(id, &record, unix_ms()));
+                        let mut status = ServerMessage::from_record(id, &record, unix_ms());
+                        if let ServerMessage::Status { workers, .. } = &mut status {
+                            *workers = self.state.jobs.directory.workers(&record.model);
+                        }
+                        self.send(&status);
                     }
                     Ok(None) => self.refuse(id, fresh, not_found(id)),
                     Err(error) => self.refuse(id, fresh, error),

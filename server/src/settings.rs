@@ -75,8 +75,9 @@ pub struct Settings {
     /// "time limit exceeded".
     #[arg(long, env = "HERALD_JOB_TIME_LIMIT_SECS", default_value_t = 300)]
     pub job_time_limit_secs: u64,
-    /// Embedded mode only: the models to run (as herald-worker's --model). Distributed servers take
-    /// jobs for the models workers announce.
+    /// The models to run in embedded mode (as herald-worker's --model). Distributed servers take jobs
+    /// for the models workers announce, and ignore it (with a warning), so that server and workers
+    /// may share one environment.
     #[command(flatten)]
     pub models: ModelArgs,
     /// Embedded mode only: starts of one job before it is failed (a job whose model's program keeps
@@ -129,12 +130,6 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.backend.validate()?;
         self.embedded()?;
-        if !self.embedded()? && !self.models.models.is_empty() {
-            return Err(SettingsError::new(
-                "model",
-                "is for embedded mode; in distributed mode give it to herald-worker, whose announcements tell the server what is served",
-            ));
-        }
         self.models.validate()?;
         if self.max_attempts == 0 {
             return Err(SettingsError::new("max-attempts", "must be at least 1"));

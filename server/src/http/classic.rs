@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use herald_protocol::Json as JsonText;
 use herald_protocol::{JobId, JobStatus, SubmitInput, FACTORIAL};
 use serde::Serialize;
 
@@ -58,11 +59,11 @@ pub async fn submit(
             return Err(Failure::bad_request("`no` must be a whole number such as 150000").into())
         }
     };
+    // Refused only where no model is the factorial (an embedded server given other models): 404.
     let job = state
         .jobs
         .prepare(Some(FACTORIAL), SubmitInput::N(n))
-        .await
-        .map_err(|refused| Failure::bad_request(refused.message))?;
+        .await?;
     state.limits.submit(&caller.key).map_err(|wait| Failure {
         retry_after: Some(wait),
         ..Failure::new(
@@ -94,7 +95,7 @@ pub async fn submit(
 #[derive(Debug, Serialize)]
 pub struct ClassicResult {
     /// n for a factorial job; any other job's input as it was given.
-    input: serde_json::Value,
+    input: JsonText,
     status: &'static str,
     /// The factorial's digits ("" until done); any other job's output as JSON text.
     output: String,
@@ -123,7 +124,7 @@ pub async fn result(
     };
     let (input, output) = match record.factorial_n() {
         Some(n) => (
-            serde_json::Value::from(n),
+            herald_protocol::model::json(&n.to_string()).expect("a number is JSON"),
             record
                 .output
                 .as_ref()
@@ -131,7 +132,7 @@ pub async fn result(
                 .unwrap_or_default(),
         ),
         None => (
-            serde_json::from_str(record.input.get()).unwrap_or_default(),
+            record.input.clone(),
             record
                 .output
                 .as_ref()

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -32,20 +32,30 @@ impl IntoResponse for JsonError {
     fn into_response(self) -> Response {
         match self.0 {
             ApiError::Failed(failure) => failure.into_json(),
-            ApiError::Auth(e) => e.into_response(),
+            ApiError::Auth(e) => e.into_json_response(),
         }
     }
 }
 
 /// `POST /jobs` with `{"model":"NAME","input":…}` (no model: the factorial, which also takes `"n"`):
-/// 202 with the job's ID and `Location: /jobs/<id>`.
+/// 202 with the job's ID and `Location: /jobs/<id>`. The caller's token is checked before the body
+/// is read, and the body is read only up to the largest input and a little more.
 pub async fn submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, JsonError> {
     let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
+    let limit = state.settings.max_input_bytes + herald_protocol::FRAME_OVERHEAD_BYTES;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Failure::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the body must be at most {limit} bytes (--max-input-bytes and 4 KiB for the other fields)"
+            ),
+        )
+    })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| Failure::bad_request("the body must be UTF-8 JSON"))?;
     let submit = parse_submit_body(text)?;
@@ -139,8 +149,14 @@ struct ModelEntry {
     workers: Option<u32>,
 }
 
-/// `GET /models`: the models jobs may name, with their workers in distributed mode.
-pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+/// `GET /models`: the models jobs may name, with their workers in distributed mode. With
+/// authentication on, only for callers with a token, as the jobs themselves.
+pub async fn models(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<ModelList>, JsonError> {
+    state.caller(auth::bearer_header(&headers), peer.ip())?;
     let models = state
         .jobs
         .directory
@@ -148,5 +164,5 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
         .into_iter()
         .map(|(name, workers)| ModelEntry { name, workers })
         .collect();
-    Json(ModelList { models })
+    Ok(Json(ModelList { models }))
 }

@@ -29,16 +29,10 @@ use crate::AppState;
 
 /// All of the server's routes.
 pub fn router(state: AppState) -> Router {
-    // A submit's body is its input plus a little: larger ones are refused before they are read whole.
-    let body_limit = state.settings.max_input_bytes + herald_protocol::FRAME_OVERHEAD_BYTES;
     Router::new()
         .route("/", get(ops::index))
         .route("/ws", get(socket::upgrade))
-        .route(
-            "/jobs",
-            axum::routing::post(jobs::submit)
-                .layer(axum::extract::DefaultBodyLimit::max(body_limit)),
-        )
+        .route("/jobs", axum::routing::post(jobs::submit))
         .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/jobs/{id}/output", get(jobs::output))
         .route("/models", get(jobs::models))
@@ -105,6 +99,7 @@ impl Failure {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::AlreadyFinished | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 

@@ -27,8 +27,12 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) 
 }
 
 /// `GET /metrics`: the OpenMetrics text format. Each served model's queue depth is read now (a
-/// passive declare with RabbitMQ); if it cannot be, the last value stays.
+/// passive declare with RabbitMQ); one that cannot be read is left out.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Read afresh on every scrape: a model no longer served, or whose depth cannot be read now,
+    // is left out rather than shown with a stale value.
+    state.metrics.model_workers.clear();
+    state.metrics.queue_depth.clear();
     for (model, workers) in state.jobs.directory.served() {
         if let Some(depth) = state.jobs.queue.depth(&model).await {
             state
