@@ -16,4 +16,5 @@ mod live;
 mod overload;
 mod shutdown;
 mod soak;
+mod startup;
 mod websocat;

@@ -24,8 +24,10 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
 use herald_engine::metrics::WorkerMetrics;
+use herald_engine::settings::redact_url;
+use herald_engine::startup::SERVER_BACKEND_HINT;
 use herald_engine::{
-    JobContext, JobLimits, JobStore, RedisStore, SettingsError, Store, StoreError,
+    JobContext, JobLimits, JobStore, RedisStore, SettingsError, StartupError, Store, StoreError,
 };
 use herald_protocol::JobMessage;
 use prometheus_client::registry::Registry;
@@ -53,6 +55,9 @@ pub enum ServerError {
     /// A setting cannot work.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// A backend or the listening address cannot be used at start-up.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
     /// Redis cannot be used.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -224,8 +229,19 @@ impl Application {
             (store, Arc::new(queue), notifier, backend)
         } else {
             let backend = &settings.backend;
-            let redis = RedisStore::new(backend.redis_url(), backend.keys())?;
-            redis.ping().await?;
+            info!(
+                amqp = %redact_url(backend.amqp_url()),
+                redis = %redact_url(backend.redis_url()),
+                queue = %backend.queue,
+                reply_exchange = %backend.reply_exchange,
+                redis_prefix = %backend.redis_prefix,
+                "DISTRIBUTED mode: jobs go through RabbitMQ's queue and live in Redis, computed by \
+                 herald-worker processes started with the same --amqp-url, --redis-url and names"
+            );
+            let redis_failed = |e| StartupError::redis(backend.redis_url(), e, SERVER_BACKEND_HINT);
+            let redis =
+                RedisStore::new(backend.redis_url(), backend.keys()).map_err(redis_failed)?;
+            redis.ping().await.map_err(redis_failed)?;
             let store: Store = Arc::new(redis);
             let config = broker::BrokerConfig {
                 url: backend.amqp_url().into(),
@@ -234,7 +250,9 @@ impl Application {
                 reply_exchange: backend.reply_exchange.clone(),
                 instance: instance.clone(),
             };
-            let connected = broker::Connected::open(&config).await?;
+            let connected = broker::Connected::open(&config)
+                .await
+                .map_err(|e| StartupError::broker(config.url.expose(), e, SERVER_BACKEND_HINT))?;
             let broker = Arc::new(broker::Broker::new(config, &connected));
             let notifier = broker.notifier.clone();
             (
@@ -247,7 +265,9 @@ impl Application {
                 },
             )
         };
-        let listener = TcpListener::bind(settings.listen).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| StartupError::listen(settings.listen, "listen", e))?;
         let state = AppState {
             jobs: jobs::Jobs {
                 store,
