@@ -64,7 +64,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
     (StatusCode::OK, "ready")
 }
 
-/// `GET /metrics`: the Prometheus text format. The queue depth is read now (a passive declare with
+/// `GET /metrics`: the OpenMetrics text format. The queue depth is read now (a passive declare with
 /// RabbitMQ); if it cannot be, the last value stays.
 async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(depth) = state.jobs.queue.depth().await {
@@ -145,7 +145,7 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// No such job.
-    #[error("no such job: the ID is unknown or its record expired")]
+    #[error("{}", crate::jobs::NOT_FOUND)]
     NotFound,
     /// The job is not in a state that allows this.
     #[error("{0}")]
