@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1
 # Herald's images: `docker build --target server .` or `--target worker .` (compose.yaml picks them).
 
-# Builder: the official Rust image (stable, well above the 1.88 some dependencies need).
-FROM rust:1-bookworm AS builder
+# Builder: the official Rust image at exactly the workspace's rust-version (Cargo.toml), so every
+# image build also proves that the stated minimum still builds Herald; tests/toolchain.rs keeps the
+# two equal.
+FROM rust:1.89-bookworm AS builder
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and the build directory between builds; the binaries are copied out

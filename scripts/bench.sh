@@ -8,7 +8,10 @@
 #   scripts/bench.sh latency --jobs 2000
 #   WORKER_ARGS="--concurrency 2 --prefetch 64" scripts/bench.sh throughput --jobs 20000
 #   scripts/bench.sh connections --sockets 10000       (the server's PID is passed for you)
-#   PROFILE=1 scripts/bench.sh throughput ...          (also prints CPU seconds per process)
+#   PROFILE=1 scripts/bench.sh throughput ...          (also prints CPU seconds per process, read from
+#                                                       /proc: the shipped release build, no symbols needed)
+#   BUILD_PROFILE=profiling scripts/bench.sh ...       (binaries with line tables and symbols, for perf
+#                                                       or flamegraphs attached to the running processes)
 #   EMBEDDED=1 scripts/bench.sh cancel ...             (the server alone, embedded: its queue, store and
 #                                                       workers in process; no RabbitMQ, Redis or worker)
 #   MALACHITE=1 scripts/bench.sh cancel ...            (binaries built with the malachite backend)
@@ -19,7 +22,9 @@ embedded=${EMBEDDED:-}
 
 features=()
 [ -z "${MALACHITE:-}" ] || features=(--features herald-worker/malachite)
-cargo build --release --locked -q -p herald-server -p herald-worker -p herald-loadgen "${features[@]}"
+profile=${BUILD_PROFILE:-release}
+cargo build --profile "$profile" --locked -q -p herald-server -p herald-worker -p herald-loadgen "${features[@]}"
+bin=./target/$profile
 run=herald-bench.$$
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp -d)
@@ -33,12 +38,12 @@ else
     --amqp-url "${HERALD_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
     --redis-url "${HERALD_REDIS_URL:-redis://127.0.0.1:6379}")
   # shellcheck disable=SC2086
-  ./target/release/herald-worker "${backend[@]}" ${WORKER_ARGS:-} >"$log/worker.log" 2>&1 &
+  "$bin/herald-worker" "${backend[@]}" ${WORKER_ARGS:-} >"$log/worker.log" 2>&1 &
   worker=$!
 fi
 # shellcheck disable=SC2086
 # One client on loopback opens many sockets and submits fast: the per-client limits are off here.
-./target/release/herald-server "${backend[@]}" --listen "127.0.0.1:${BENCH_PORT:-0}" \
+"$bin/herald-server" "${backend[@]}" --listen "127.0.0.1:${BENCH_PORT:-0}" \
   --submit-rate 0 --max-sockets-per-client 0 ${SERVER_ARGS:-} \
   >"$log/server.log" 2>&1 &
 server=$!
@@ -89,4 +94,4 @@ if [ -n "${PROFILE:-}" ] && [ -z "$embedded" ]; then
 fi
 extra=()
 [ "$mode" = connections ] && extra=(--server-pid "$server")
-./target/release/herald-loadgen --url "http://$addr" "$mode" "${extra[@]}" "$@"
+"$bin/herald-loadgen" --url "http://$addr" "$mode" "${extra[@]}" "$@"

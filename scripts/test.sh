@@ -10,6 +10,8 @@ scripts/install-browser.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo fmt --all -- --check
+# Also the minimum Rust version with one toolchain: clippy's incompatible_msrv lint holds Herald's use
+# of the standard library to Cargo.toml's rust-version, and tests/toolchain.rs the locked dependencies.
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 # The optional malachite backend (off by default) against the built-in kernel.

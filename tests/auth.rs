@@ -601,17 +601,20 @@ async fn passwords_and_tokens_stay_out_of_logs_errors_and_help() {
     let no_redis = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:1");
     let wrong_redis_password = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:6379");
     for (amqp, redis, failing) in [
-        (no_broker.as_str(), REDIS_URL, "rabbitmq"),
-        (wrong_broker_password.as_str(), REDIS_URL, "rabbitmq"),
-        (AMQP_URL, no_redis.as_str(), "redis"),
-        (AMQP_URL, wrong_redis_password.as_str(), "redis"),
+        (no_broker.as_str(), REDIS_URL, "RabbitMQ"),
+        (wrong_broker_password.as_str(), REDIS_URL, "RabbitMQ"),
+        (AMQP_URL, no_redis.as_str(), "Redis"),
+        (AMQP_URL, wrong_redis_password.as_str(), "Redis"),
     ] {
         let mut args = env.backend_flags(amqp, redis);
         args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
         let mut server = Process::start_with_env("herald-server", &args, &[("RUST_LOG", "trace")]);
         assert!(!server.wait().await.success(), "the server cannot start");
         let log = server.log_text();
-        assert!(log.contains(&format!("Error: {failing}")), "{log}");
+        assert!(
+            log.contains(&format!("Error: cannot use {failing} at ")),
+            "{log}"
+        );
         for secret in [AMQP_PASSWORD, REDIS_PASSWORD] {
             assert!(!log.contains(secret), "{secret} in the log:\n{log}");
         }

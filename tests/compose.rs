@@ -61,9 +61,17 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
     }
 }
 
-/// The container ports a service publishes, from the short (`"HOST:CONTAINER"`, with an optional IP
-/// and `/proto`) or the long (`target:`) syntax.
-fn container_ports(service: &Value) -> Vec<u16> {
+/// One published port: the host address it is bound to (`None`: every interface) and the container
+/// port.
+#[derive(Debug)]
+struct Published {
+    host_ip: Option<String>,
+    container: u16,
+}
+
+/// The ports a service publishes, from the short (`"[IP:][HOST:]CONTAINER[/proto]"`) or the long
+/// (`target:`, `host_ip:`) syntax.
+fn published(service: &Value) -> Vec<Published> {
     let Some(ports) = service.get("ports") else {
         return Vec::new();
     };
@@ -71,17 +79,35 @@ fn container_ports(service: &Value) -> Vec<u16> {
     ports
         .iter()
         .map(|port| {
-            let text = match port.get("target") {
-                Some(target) => scalar(target),
-                None => scalar(port),
+            let (host_ip, container) = match port.get("target") {
+                Some(target) => (port.get("host_ip").map(scalar), scalar(target)),
+                None => {
+                    let text = scalar(port);
+                    let text = text.split('/').next().unwrap().to_owned();
+                    // An IPv6 host address comes in brackets: [::1]:8080:8080.
+                    match text.rsplitn(3, ':').collect::<Vec<_>>().as_slice() {
+                        [container, _host_port, ip] => (
+                            Some(ip.trim_matches(['[', ']']).to_owned()),
+                            container.to_string(),
+                        ),
+                        [container, ..] => (None, container.to_string()),
+                        [] => unreachable!("rsplitn yields at least one part"),
+                    }
+                }
             };
-            let container = text.rsplit(':').next().unwrap();
-            let container = container.split('/').next().unwrap();
-            container
-                .parse()
-                .unwrap_or_else(|_| panic!("container port of {text:?}"))
+            Published {
+                host_ip,
+                container: container
+                    .parse()
+                    .unwrap_or_else(|_| panic!("container port {container:?}")),
+            }
         })
         .collect()
+}
+
+/// The container ports a service publishes.
+fn container_ports(service: &Value) -> Vec<u16> {
+    published(service).iter().map(|p| p.container).collect()
 }
 
 /// The healthcheck's command as one string, whether `test` is a list or a string.
@@ -157,10 +183,136 @@ fn compose_has_every_service_with_a_healthcheck() {
     }
     assert!(healthcheck(service(&compose, "rabbitmq"), "rabbitmq").contains("rabbitmq-diagnostics"));
     assert!(healthcheck(service(&compose, "redis"), "redis").contains("redis-cli ping"));
-    let ports = container_ports(service(&compose, "rabbitmq"));
+}
+
+#[test]
+fn compose_publishes_ports_on_this_host_only() {
+    // The broker's guest account and a server without authentication must not face the network.
+    let compose = compose();
+    let services = compose
+        .get("services")
+        .and_then(Value::as_mapping)
+        .expect("services");
+    let mut seen = 0;
+    for (name, service) in services {
+        for port in published(service) {
+            seen += 1;
+            assert!(
+                matches!(port.host_ip.as_deref(), Some("127.0.0.1" | "::1")),
+                "{} publishes container port {} on {:?}, not on loopback only",
+                scalar(name),
+                port.container,
+                port.host_ip.as_deref().unwrap_or("every interface")
+            );
+        }
+    }
     assert!(
-        ports.contains(&5672) && ports.contains(&15672),
-        "rabbitmq publishes {ports:?}"
+        seen > 0,
+        "no published port at all: the checks above saw nothing"
+    );
+}
+
+#[test]
+fn compose_keeps_amqp_off_the_host_and_the_management_ui_on_it() {
+    // A RabbitMQ on the host already has 5672; the containers reach theirs on the compose network.
+    let compose = compose();
+    let ports = container_ports(service(&compose, "rabbitmq"));
+    assert!(!ports.contains(&5672), "rabbitmq publishes 5672: {ports:?}");
+    assert!(ports.contains(&15672), "rabbitmq publishes {ports:?}");
+    assert_eq!(container_ports(service(&compose, "server")), [8080]);
+    assert!(container_ports(service(&compose, "redis")).is_empty());
+}
+
+#[test]
+fn compose_restarts_every_service_unless_stopped() {
+    let compose = compose();
+    for name in ["rabbitmq", "redis", "server", "worker"] {
+        assert_eq!(
+            service(&compose, name)
+                .get("restart")
+                .map(scalar)
+                .as_deref(),
+            Some("unless-stopped"),
+            "{name}'s restart policy"
+        );
+    }
+}
+
+#[test]
+fn compose_runs_a_rabbitmq_4() {
+    let compose = compose();
+    let image = service(&compose, "rabbitmq")
+        .get("image")
+        .map(scalar)
+        .expect("rabbitmq has an image");
+    let tag = image
+        .strip_prefix("rabbitmq:")
+        .unwrap_or_else(|| panic!("not the official rabbitmq image: {image}"));
+    let major = tag.split(['.', '-']).next().unwrap();
+    assert_eq!(major, "4", "RabbitMQ's current major line is 4: {image}");
+}
+
+/// The named volume a service mounts at `path` (short syntax `NAME:PATH[:MODE]` or long syntax).
+fn volume_at(service: &Value, path: &str) -> Option<String> {
+    service
+        .get("volumes")?
+        .as_sequence()?
+        .iter()
+        .find_map(|volume| match volume.get("target") {
+            Some(target) if scalar(target) == path => volume.get("source").map(scalar),
+            Some(_) => None,
+            None => {
+                let text = scalar(volume);
+                let mut parts = text.split(':');
+                let source = parts.next()?;
+                (parts.next()? == path).then(|| source.to_owned())
+            }
+        })
+}
+
+#[test]
+fn compose_keeps_rabbitmq_and_redis_data_in_named_volumes() {
+    let compose = compose();
+    let declared = compose
+        .get("volumes")
+        .and_then(Value::as_mapping)
+        .expect("compose.yaml declares named volumes");
+    for (name, path) in [("rabbitmq", "/var/lib/rabbitmq"), ("redis", "/data")] {
+        let volume = volume_at(service(&compose, name), path)
+            .unwrap_or_else(|| panic!("{name} mounts no volume at {path}"));
+        // A path (./data, /srv/…) would be a bind mount; a named volume is declared at the top.
+        assert!(
+            declared.contains_key(Value::String(volume.clone())),
+            "{name}'s volume {volume:?} is not a declared named volume"
+        );
+    }
+    // RabbitMQ keeps its data under rabbit@<hostname>: with the container's random hostname, a
+    // re-created container would start empty beside its old data.
+    assert_eq!(
+        service(&compose, "rabbitmq")
+            .get("hostname")
+            .map(scalar)
+            .as_deref(),
+        Some("rabbitmq"),
+        "rabbitmq needs a fixed hostname for its data to be found again"
+    );
+}
+
+#[test]
+fn compose_runs_redis_with_its_append_only_file() {
+    let compose = compose();
+    let command = match service(&compose, "redis").get("command") {
+        Some(Value::Sequence(words)) => words.iter().map(scalar).collect::<Vec<_>>(),
+        Some(other) => scalar(other)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        None => panic!("redis runs its image's default command, without appendonly"),
+    };
+    assert_eq!(command.first().map(String::as_str), Some("redis-server"));
+    assert!(
+        command.windows(2).any(|w| w == ["--appendonly", "yes"]),
+        "redis must run with --appendonly yes: {command:?}"
     );
 }
 

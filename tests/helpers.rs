@@ -674,7 +674,15 @@ pub(crate) fn binary(name: &str) -> std::path::PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "herald-worker", "-p", "herald-server"])
+            .args([
+                "build",
+                "-p",
+                "herald-worker",
+                "-p",
+                "herald-server",
+                "-p",
+                "herald-loadgen",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");

@@ -1,6 +1,7 @@
 //! The terminal session of docs/terminal.md, driven through the real `websocat` binary: numbers typed as
 //! lines, JSON lines back, a bad line that leaves the session usable, and a resume by ID after a
-//! reconnect.
+//! reconnect. And every websocat command line that README.md and docs/ give, run by a shell exactly
+//! as written, against a real server.
 //!
 //! websocat is not a Rust dependency but a separate tool (scripts/install-websocat.sh builds it). A
 //! machine without it fails this test instead of skipping it, so a green run always means the documented
@@ -13,7 +14,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::helpers::{TestEnv, PATIENCE};
+use crate::helpers::{Mode, TestEnv, PATIENCE};
 
 /// The websocat binary: on PATH, or where `cargo install` puts it (often not on PATH in CI shells).
 fn websocat_binary() -> PathBuf {
@@ -45,11 +46,49 @@ struct Websocat {
     log: PathBuf,
 }
 
+/// A fresh file for websocat's stderr.
+fn log_path() -> PathBuf {
+    let dir = std::env::temp_dir().join("herald-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("websocat-{}.log", uuid::Uuid::new_v4().simple()))
+}
+
 impl Websocat {
+    /// `command`, a line from the docs, run by `sh` as a user's shell would, with `env` set (such as
+    /// `TOKEN`) and websocat on the PATH.
+    fn shell(command: &str, env: &[(&str, &str)]) -> Self {
+        let log = log_path();
+        let websocat_dir = websocat_binary().parent().unwrap().to_path_buf();
+        let path = std::env::join_paths(
+            std::iter::once(websocat_dir).chain(
+                std::env::var_os("PATH")
+                    .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            ),
+        )
+        .unwrap();
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", command])
+            .env("PATH", path)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sh starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            stdout,
+            log,
+        }
+    }
+
     fn connect(url: &str) -> Self {
-        let dir = std::env::temp_dir().join("herald-tests");
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join(format!("websocat-{}.log", uuid::Uuid::new_v4().simple()));
+        let log = log_path();
         let mut child = tokio::process::Command::new(websocat_binary())
             // The command of docs/terminal.md. Line mode (a line typed is one message, a message
             // received is one line) is websocat's default between stdio and a WebSocket.
@@ -116,18 +155,124 @@ impl Websocat {
     }
 
     /// Ends the input (Ctrl-D) and waits for websocat to close the socket and exit by itself.
-    async fn end_input(mut self) {
+    async fn end_input(self) {
+        let (status, log) = self.exit().await;
+        assert!(
+            status.success(),
+            "websocat exited with {status}; its log:\n{log}"
+        );
+    }
+
+    /// Ends the input and returns how the process exited, and what it wrote on stderr.
+    async fn exit(mut self) -> (std::process::ExitStatus, String) {
         drop(self.stdin.take());
         let status = tokio::time::timeout(PATIENCE, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("websocat did not exit at the end of its input"))
             .unwrap();
-        assert!(
-            status.success(),
-            "websocat exited with {status}; its log: {}",
-            self.log.display()
-        );
+        (
+            status,
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
     }
+}
+
+/// Every websocat command line of README.md and docs/*.md: the lines of their code blocks that start
+/// with `websocat ` (after an optional `$ ` prompt), as written, with the file they come from.
+fn documented_commands() -> Vec<(String, String)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_path_buf();
+    let mut files = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let mut commands = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file.strip_prefix(&root).unwrap().display().to_string();
+        let mut in_code = false;
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            let command = trimmed.strip_prefix("$ ").unwrap_or(trimmed);
+            if in_code && command.starts_with("websocat ") {
+                commands.push((name.clone(), command.to_owned()));
+            }
+        }
+    }
+    commands
+}
+
+/// Runs `command` (its `127.0.0.1:8080` pointed at `addr`), types `10`, and checks the documented
+/// answer: `accepted`, then the result, then a clean exit at the end of the input.
+async fn run_documented(file: &str, command: &str, addr: &str, env: &[(&str, &str)]) {
+    let command = command.replace("127.0.0.1:8080", addr);
+    let mut terminal = Websocat::shell(&command, env);
+    terminal.type_lines(&["10"]).await;
+    let line = terminal.read_json().await;
+    assert_eq!(
+        line["type"], "accepted",
+        "{file}: `{command}` printed {line}"
+    );
+    let id = accepted_id(&line, 10);
+    assert_result(&terminal.read_json().await, &id, 10, "3628800");
+    let (status, log) = terminal.exit().await;
+    assert!(
+        status.success(),
+        "{file}: `{command}` exited with {status}:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn every_documented_websocat_command_works_as_written() {
+    const TOKEN: &str = "doc-token-3b8e61f0c2d94a57";
+    let commands = documented_commands();
+    // README's terminal section, terminal.md's sessions and Security's three ways to send a token.
+    assert!(
+        commands.len() >= 6,
+        "the docs give fewer websocat commands than expected: {commands:?}"
+    );
+    let env = TestEnv::in_mode(Mode::Embedded);
+    let open = env.spawn_app(2).await;
+    let guarded = env
+        .spawn_app_with(env.server_settings_with_tokens(&[("alice", TOKEN)]))
+        .await;
+    let open_addr = open.addr.to_string();
+    let guarded_addr = guarded.addr.to_string();
+    let token_env = [("TOKEN", TOKEN)];
+    let mut with_token = 0;
+    for (file, command) in &commands {
+        if command.contains("$TOKEN") {
+            with_token += 1;
+            run_documented(file, command, &guarded_addr, &token_env).await;
+        } else {
+            run_documented(file, command, &open_addr, &token_env).await;
+            // As docs/terminal.md shows: without a token, a server with authentication on refuses.
+            let refused = Websocat::shell(&command.replace("127.0.0.1:8080", &guarded_addr), &[]);
+            let (status, log) = refused.exit().await;
+            assert!(
+                !status.success(),
+                "{file}: `{command}` got in without a token"
+            );
+            assert!(
+                log.contains("401"),
+                "{file}: `{command}` without a token:\n{log}"
+            );
+        }
+    }
+    assert!(
+        with_token >= 3,
+        "the docs should show the header, the subprotocol and the query: {commands:?}"
+    );
 }
 
 /// The `id` of an `accepted` line for `n`.

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// The content type of the Prometheus text format.
+/// The content type of the OpenMetrics text format, which Prometheus scrapes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The label of a job's outcome.
@@ -68,7 +68,7 @@ impl WorkerMetrics {
     }
 }
 
-/// Renders `registry` in the Prometheus text format.
+/// Renders `registry` in the OpenMetrics text format.
 pub fn render(registry: &Registry) -> String {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry)

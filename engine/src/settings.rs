@@ -2,6 +2,7 @@
 //! logging, and the error a setting that cannot work gives.
 
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use std::sync::Arc;
 
@@ -90,6 +91,20 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// A listening address from the command line: `HOST:PORT` (`127.0.0.1:8080`, `0.0.0.0:8080`,
+/// `[::1]:8080`), or a port alone, which means this machine only (`8080` is `127.0.0.1:8080`).
+pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not an address: give IP:PORT (127.0.0.1:8080 for this machine only, \
+             0.0.0.0:8080 for every interface) or a port alone (8080, on 127.0.0.1)"
+        )
+    })
 }
 
 /// A setting that must never be shown: its `Debug` prints a placeholder, so the settings can be logged.
@@ -292,5 +307,18 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    #[test]
+    fn a_listen_address_may_be_a_port_alone() {
+        let parse = |text| parse_listen_addr(text).map(|addr| addr.to_string());
+        assert_eq!(parse("8080").as_deref(), Ok("127.0.0.1:8080"));
+        assert_eq!(parse("0").as_deref(), Ok("127.0.0.1:0"));
+        assert_eq!(parse("0.0.0.0:9000").as_deref(), Ok("0.0.0.0:9000"));
+        assert_eq!(parse("[::1]:9000").as_deref(), Ok("[::1]:9000"));
+        for bad in ["localhost:8080", "70000", "8080:", ""] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains("a port alone"), "{bad}: {error}");
+        }
     }
 }

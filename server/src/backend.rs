@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
 use herald_engine::metrics::WorkerMetrics;
-use herald_engine::{JobContext, JobLimits, JobQueue, JobStore, Notifier, RedisStore, Store};
+use herald_engine::settings::redact_url;
+use herald_engine::startup::SERVER_BACKEND_HINT;
+use herald_engine::{
+    JobContext, JobLimits, JobQueue, JobStore, Notifier, RedisStore, StartupError, Store,
+};
 use herald_models::Factorial;
 use herald_protocol::JobMessage;
 use prometheus_client::registry::Registry;
@@ -126,8 +130,18 @@ pub async fn distributed(settings: &Settings, instance: &str) -> Result<Backends
              workers announce; give it to herald-worker"
         );
     }
-    let redis = RedisStore::new(backend.redis_url(), backend.keys())?;
-    redis.ping().await?;
+    info!(
+        amqp = %redact_url(backend.amqp_url()),
+        redis = %redact_url(backend.redis_url()),
+        queue = %backend.queue,
+        reply_exchange = %backend.reply_exchange,
+        redis_prefix = %backend.redis_prefix,
+        "DISTRIBUTED mode: jobs go through RabbitMQ's queues and live in Redis, computed by \
+         herald-worker processes started with the same --amqp-url, --redis-url and names"
+    );
+    let redis_failed = |e| StartupError::redis(backend.redis_url(), e, SERVER_BACKEND_HINT);
+    let redis = RedisStore::new(backend.redis_url(), backend.keys()).map_err(redis_failed)?;
+    redis.ping().await.map_err(redis_failed)?;
     let directory = Arc::new(Directory::distributed(
         Arc::new(Factorial::new(backend.max_n)),
         redis.clone(),
@@ -140,7 +154,9 @@ pub async fn distributed(settings: &Settings, instance: &str) -> Result<Backends
         reply_exchange: backend.reply_exchange.clone(),
         instance: instance.to_owned(),
     };
-    let connected = broker::Connected::open(&config).await?;
+    let connected = broker::Connected::open(&config)
+        .await
+        .map_err(|e| StartupError::broker(config.url.expose(), e, SERVER_BACKEND_HINT))?;
     let broker = Arc::new(broker::Broker::new(config, &connected));
     Ok(Backends {
         store: Arc::new(redis),

@@ -17,6 +17,11 @@ use tracing::{error, info, warn};
 
 use crate::directory::Directory;
 
+/// What a client hears about an ID with no record it may see. The server cannot tell which case it
+/// is (never submitted, expired, lost with an embedded server's memory, or another identity's), so
+/// it says no more than that.
+pub const NOT_FOUND: &str = "no such job: the ID is unknown or expired";
+
 /// How long a client should wait before submitting again when the queue is full.
 pub const BUSY_RETRY_AFTER_MS: u64 = 1000;
 

@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::serve::ListenerExt;
-use herald_engine::{SettingsError, StoreError};
+use herald_engine::{SettingsError, StartupError, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,9 @@ pub enum ServerError {
     /// A setting cannot work.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// A backend or the listening address cannot be used at start-up.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
     /// Redis cannot be used.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -154,7 +157,9 @@ impl Application {
         } else {
             backend::distributed(&settings, &instance).await?
         };
-        let listener = TcpListener::bind(settings.listen).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| StartupError::listen(settings.listen, "listen", e))?;
         let state = AppState {
             jobs: jobs::Jobs {
                 store: backends.store,

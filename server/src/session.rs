@@ -495,11 +495,7 @@ impl Session {
 
 /// The error for a job that is unknown, expired, or (with authentication) another identity's.
 fn not_found(id: JobId) -> ErrorMessage {
-    ErrorMessage::new(
-        ErrorCode::NotFound,
-        "no such job: the ID is unknown or its record expired",
-    )
-    .with_id(id)
+    ErrorMessage::new(ErrorCode::NotFound, crate::jobs::NOT_FOUND).with_id(id)
 }
 
 /// Releases `registrations` of this instance among a job's watchers in Redis.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::num::NonZeroUsize;
 
 use clap::Parser;
-use herald_engine::settings::{LogArgs, ModelArgs};
+use herald_engine::settings::{parse_listen_addr, LogArgs, ModelArgs};
 use herald_engine::{BackendArgs, Secret, SettingsError};
 
 use crate::auth;
@@ -25,8 +25,13 @@ pub struct Settings {
     /// RabbitMQ, Redis and the names in them (shared with the worker).
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to listen on: IP:PORT, or a port alone for 127.0.0.1 (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "HERALD_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_parser = parse_listen_addr
+    )]
     pub listen: SocketAddr,
     /// How long a job's record (and result) is kept after the submit (in Redis, or in memory in
     /// embedded mode), in seconds.

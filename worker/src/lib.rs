@@ -25,9 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use herald_engine::metrics::WorkerMetrics;
+use herald_engine::startup::WORKER_BACKEND_HINT;
 use herald_engine::{amqp, cache, topology};
 use herald_engine::{
-    JobContext, JobLimits, JobStore, RedisStore, SettingsError, Settle, Store, StoreError,
+    JobContext, JobLimits, JobStore, RedisStore, SettingsError, Settle, StartupError, Store,
+    StoreError,
 };
 use herald_models::Models;
 
@@ -42,6 +44,9 @@ pub enum WorkerError {
     /// A setting cannot work.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// A backend or the metrics address cannot be used at start-up.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
     /// RabbitMQ failed or refused something at start-up.
     #[error("rabbitmq: {0}")]
     Amqp(#[from] lapin::Error),
@@ -112,9 +117,12 @@ impl Worker {
             .models
             .build(backend.max_n, settings.concurrency())
             .await?;
-        let store = RedisStore::new(backend.redis_url(), backend.keys())?;
-        store.ping().await?;
-        let amqp = Amqp::open(&settings, &models.names()).await?;
+        let redis_failed = |e| StartupError::redis(backend.redis_url(), e, WORKER_BACKEND_HINT);
+        let store = RedisStore::new(backend.redis_url(), backend.keys()).map_err(redis_failed)?;
+        store.ping().await.map_err(redis_failed)?;
+        let amqp = Amqp::open(&settings, &models.names())
+            .await
+            .map_err(|e| StartupError::broker(backend.amqp_url(), e, WORKER_BACKEND_HINT))?;
         let notifier = Arc::new(amqp::AmqpNotifier::new(backend.reply_exchange.clone()));
         notifier.set_channel(Some(amqp.publish.clone()));
         let mut registry = Registry::default();
@@ -155,7 +163,7 @@ impl Worker {
         if let Some(addr) = settings.metrics_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(WorkerError::Metrics)?;
+                .map_err(|e| StartupError::listen(addr, "metrics-listen", e))?;
             info!(
                 "metrics on http://{}/metrics",
                 listener.local_addr().map_err(WorkerError::Metrics)?

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 
 use clap::Parser;
-use herald_engine::settings::{BackendArgs, LogArgs, ModelArgs, SettingsError};
+use herald_engine::settings::{parse_listen_addr, BackendArgs, LogArgs, ModelArgs, SettingsError};
 
 /// Settings of `herald-worker`.
 #[derive(Debug, Clone, Parser)]
@@ -38,8 +38,9 @@ pub struct Settings {
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
     /// Address of the worker's Prometheus endpoint (`GET /metrics`, `GET /healthz`), such as
-    /// 0.0.0.0:9464; off when not given (workers on one machine would fight over a fixed port).
-    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    /// 0.0.0.0:9464, or a port alone for 127.0.0.1; off when not given (workers on one machine would
+    /// fight over a fixed port).
+    #[arg(long, env = "HERALD_METRICS_LISTEN", value_parser = parse_listen_addr)]
     pub metrics_listen: Option<SocketAddr>,
     /// Logging.
     #[command(flatten)]

@@ -2,7 +2,7 @@
 //! time each one from its submit frame to its pushed result.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +87,8 @@ pub struct PushReport {
     pub awaiting_ids: Vec<JobId>,
     /// Submits answered `busy` and sent again after `retry_after_ms`.
     pub busy_retries: u64,
+    /// The same, by the server limit that answered (`--submit-rate`, `--max-in-flight`, …).
+    pub busy_by_limit: BTreeMap<String, u64>,
     /// Seconds from the first measured submit to the last measured result.
     pub elapsed_s: f64,
     /// Measured jobs done per second over `elapsed_s`.
@@ -186,13 +188,12 @@ pub async fn run(
             plan.connections
         ));
     }
-    if total.busy_retries > 0 {
-        notes.push(format!(
-            "{} submits were answered busy and retried: a window above the server's \
-             --max-in-flight (100 by default) only adds waiting",
-            total.busy_retries
-        ));
-    }
+    notes.extend(
+        total
+            .busy_by_limit
+            .iter()
+            .map(|(limit, count)| busy_note(limit, *count)),
+    );
     Ok(PushReport {
         url,
         n: plan.n,
@@ -207,6 +208,11 @@ pub async fn run(
         awaiting_result: total.awaiting_result,
         awaiting_ids: total.awaiting_ids,
         busy_retries: total.busy_retries,
+        busy_by_limit: total
+            .busy_by_limit
+            .into_iter()
+            .map(|(limit, count)| (limit.to_owned(), count))
+            .collect(),
         elapsed_s: elapsed.as_secs_f64(),
         jobs_per_s,
         result_latency: total.result.summary(),
@@ -216,6 +222,43 @@ pub async fn run(
         timed_out: total.timed_out,
         notes,
     })
+}
+
+/// The server limit a `busy` answer comes from, told by its message (the protocol gives one code for
+/// all of them).
+fn busy_limit(message: &str) -> &'static str {
+    if message.contains("too many submits") {
+        "--submit-rate"
+    } else if message.contains("in flight") {
+        "--max-in-flight"
+    } else if message.contains("queue is full") {
+        "--max-queue-length"
+    } else {
+        "another limit"
+    }
+}
+
+/// What the reader should know about `count` submits answered `busy` by `limit`.
+fn busy_note(limit: &str, count: u64) -> String {
+    let what = match limit {
+        "--submit-rate" => {
+            "the server's submits per client (--submit-rate and --submit-burst, 20/s after a burst of \
+             100 by default): the figures measure that limit, not the server. For load tests start \
+             the server with --submit-rate 0 (scripts/bench.sh does)"
+        }
+        "--max-in-flight" => {
+            "the server's jobs per socket (--max-in-flight, 100 by default): a --window above it \
+             only adds waiting"
+        }
+        "--max-queue-length" => {
+            "a full job queue (--max-queue-length): the workers cannot keep up with the submits"
+        }
+        _ => "a limit this tool does not know",
+    };
+    format!(
+        "{count} submits were answered busy by {what}; each was sent again once the server's \
+         retry_after_ms had passed"
+    )
 }
 
 /// Sums of the server's timings, for their means.
@@ -253,6 +296,7 @@ struct SocketStats {
     awaiting_result: u64,
     awaiting_ids: Vec<JobId>,
     busy_retries: u64,
+    busy_by_limit: BTreeMap<&'static str, u64>,
     first_submit: Option<Instant>,
     last_result: Option<Instant>,
     timed_out: bool,
@@ -277,6 +321,9 @@ impl SocketStats {
         self.awaiting_ids
             .extend(other.awaiting_ids.into_iter().take(room));
         self.busy_retries += other.busy_retries;
+        for (limit, count) in other.busy_by_limit {
+            *self.busy_by_limit.entry(limit).or_default() += count;
+        }
         self.first_submit = earliest(self.first_submit, other.first_submit);
         self.last_result = self.last_result.max(other.last_result);
         self.timed_out |= other.timed_out;
@@ -315,11 +362,30 @@ struct Flight {
     by_id: HashMap<JobId, Sent>,
     /// Answered `busy`: due time and job number.
     retries: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Nothing is sent before this: the server answered `busy` and said how long to wait. Honouring
+    /// it for every submit, not only the refused one, is what keeps a client from hammering a limit.
+    hold_until: Option<Instant>,
     /// The pool has nothing more for this socket.
     exhausted: bool,
 }
 
 impl Flight {
+    /// `seq` was answered `busy` at `now`: send it again after `wait`, and nothing else before.
+    fn busy(&mut self, seq: u64, now: Instant, wait: Duration) {
+        let until = now + wait;
+        self.retries.push(Reverse((until, seq)));
+        self.hold_until = Some(self.hold_until.map_or(until, |hold| hold.max(until)));
+    }
+
+    /// When there may be something to send, given room in the window: the first retry that comes due,
+    /// or a new job, but never before the server's wait is over.
+    fn next_send_at(&self, now: Instant) -> Option<Instant> {
+        let retry = self.retries.peek().map(|Reverse((due, _))| *due);
+        let fresh = (!self.exhausted).then_some(now);
+        let at = retry.into_iter().chain(fresh).min()?;
+        Some(self.hold_until.map_or(at, |hold| at.max(hold)))
+    }
+
     fn in_flight(&self) -> usize {
         self.by_tag.len() + self.by_id.len()
     }
@@ -328,8 +394,12 @@ impl Flight {
         self.in_flight() + self.retries.len()
     }
 
-    /// The next job to send: a retry that is due, else a new one from the pool.
+    /// The next job to send: a retry that is due, else a new one from the pool; none while the
+    /// server's `retry_after_ms` runs.
     fn next_job(&mut self, pool: &JobPool, now: Instant) -> Option<(u64, bool)> {
+        if self.hold_until.is_some_and(|hold| now < hold) {
+            return None;
+        }
         if let Some(&Reverse((due, seq))) = self.retries.peek() {
             if due <= now {
                 self.retries.pop();
@@ -379,13 +449,13 @@ impl Driver {
             if flight.pending() == 0 && flight.exhausted {
                 break true;
             }
-            // A due retry matters only with room in the window; armed without room, the timer would fire
+            // A send matters only with room in the window; armed without room, the timer would fire
             // at once, again and again, and the socket would never be read.
-            let next_retry = flight
-                .retries
-                .peek()
-                .map(|Reverse((due, _))| *due)
-                .filter(|_| flight.in_flight() < self.window);
+            let next_send = if flight.in_flight() < self.window {
+                flight.next_send_at(now)
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
                 () = sleep_until(self.deadline) => {
@@ -416,7 +486,7 @@ impl Driver {
                         }
                     },
                 },
-                () = sleep_until(next_retry.unwrap_or(self.deadline)), if next_retry.is_some() => {}
+                () = sleep_until(next_send.unwrap_or(self.deadline)), if next_send.is_some() => {}
             }
         };
         stats.unfinished += flight.pending() as u64;
@@ -522,8 +592,12 @@ impl Driver {
                     let wait = error
                         .retry_after_ms
                         .map_or(DEFAULT_RETRY, Duration::from_millis);
-                    flight.retries.push(Reverse((now + wait, sent.seq)));
+                    flight.busy(sent.seq, now, wait);
                     stats.busy_retries += 1;
+                    *stats
+                        .busy_by_limit
+                        .entry(busy_limit(&error.message))
+                        .or_default() += 1;
                 } else {
                     self.bar.inc(1);
                     stats.failed += 1;
@@ -572,5 +646,56 @@ mod tests {
         assert_eq!(flight.next_job(&pool, now), Some((1, true)));
         assert_eq!(flight.next_job(&pool, now), None);
         assert!(flight.exhausted);
+    }
+
+    #[test]
+    fn nothing_is_sent_until_the_servers_retry_after_has_passed() {
+        let pool = JobPool::new(3, 0);
+        let mut flight = Flight::default();
+        let now = Instant::now();
+        assert_eq!(flight.next_job(&pool, now), Some((0, true)));
+        // Job 0 is refused with a wait of 200 ms: neither it nor a new job goes out before then.
+        let wait = Duration::from_millis(200);
+        flight.busy(0, now, wait);
+        let later = now + Duration::from_millis(199);
+        assert_eq!(flight.next_job(&pool, later), None);
+        assert_eq!(flight.next_send_at(later), Some(now + wait));
+        // Then the refused job first, and new ones after it.
+        assert_eq!(flight.next_job(&pool, now + wait), Some((0, false)));
+        assert_eq!(flight.next_job(&pool, now + wait), Some((1, true)));
+        // A second, shorter wait does not cut the first one short.
+        flight.busy(1, now + wait, Duration::from_secs(2));
+        flight.busy(2, now + wait, Duration::from_millis(1));
+        assert_eq!(
+            flight.next_send_at(now + wait),
+            Some(now + wait + Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn busy_answers_name_the_limit_that_gave_them() {
+        // The server's own messages (server/src/session.rs and jobs.rs).
+        for (message, limit) in [
+            (
+                "too many submits from this client; slow down",
+                "--submit-rate",
+            ),
+            (
+                "this connection already has 100 jobs in flight; wait for some to finish",
+                "--max-in-flight",
+            ),
+            (
+                "the job queue is full; try again shortly",
+                "--max-queue-length",
+            ),
+        ] {
+            assert_eq!(busy_limit(message), limit);
+            assert!(
+                busy_note(limit, 3).contains(limit),
+                "{}",
+                busy_note(limit, 3)
+            );
+        }
+        assert!(!busy_note("--submit-rate", 3).contains("--max-in-flight"));
     }
 }

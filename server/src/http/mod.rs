@@ -79,10 +79,7 @@ impl Failure {
 
     /// An unknown ID (or another identity's job: the two read the same, so IDs cannot be probed).
     pub fn not_found() -> Self {
-        Self::new(
-            ErrorCode::NotFound,
-            "no such job: the ID is unknown or its record expired",
-        )
+        Self::new(ErrorCode::NotFound, crate::jobs::NOT_FOUND)
     }
 
     /// RabbitMQ or Redis cannot be reached.
