@@ -94,6 +94,10 @@ impl TestEnv {
             backend: BackendArgs {
                 amqp_url: Some(AMQP_URL.into()),
                 redis_url: Some(REDIS_URL.into()),
+                redis_sentinel: None,
+                redis_master_name: None,
+                redis_replica_acks: 0,
+                quorum_initial_group_size: 3,
                 queue: format!("herald-test.{tag}.jobs"),
                 reply_exchange: format!("herald-test.{tag}.replies"),
                 redis_prefix: format!("herald-test:{tag}:"),

@@ -9,6 +9,7 @@
 pub mod amqp;
 pub mod backend;
 pub mod cache;
+pub mod connect;
 pub mod jobs;
 pub mod memory;
 pub mod metrics;
@@ -20,4 +21,4 @@ pub mod topology;
 pub use backend::{JobQueue, JobStore, Notifier, PublishError, Store};
 pub use jobs::{JobContext, JobLimits, Processed, Settle};
 pub use settings::{BackendArgs, Secret, SettingsError};
-pub use store::{RedisStore, StoreError};
+pub use store::{OpenError, Persistence, RedisStore, StoreError};

@@ -15,11 +15,16 @@ pub fn dead_letter_queue(queue: &str) -> String {
 ///
 /// Every server and worker declares the queue with these arguments; RabbitMQ refuses a declaration whose
 /// arguments differ from the existing queue's, so all of them must use the same `--max-queue-length`.
-pub fn job_queue_arguments(queue: &str, max_length: u32) -> FieldTable {
+/// `group_size` is the number of nodes the queue is replicated on (capped by the cluster's size).
+pub fn job_queue_arguments(queue: &str, max_length: u32, group_size: u16) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-quorum-initial-group-size".into(),
+        AMQPValue::LongInt(group_size.into()),
     );
     args.insert(
         "x-max-length".into(),
@@ -46,6 +51,7 @@ pub async fn declare_job_queue(
     channel: &Channel,
     queue: &str,
     max_length: u32,
+    group_size: u16,
 ) -> lapin::Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
@@ -62,7 +68,7 @@ pub async fn declare_job_queue(
         .queue_declare(
             queue.into(),
             durable,
-            job_queue_arguments(queue, max_length),
+            job_queue_arguments(queue, max_length, group_size),
         )
         .await?;
     Ok(())

@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
+use herald_engine::connect::{self, AmqpError, AmqpNodes};
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
 use herald_engine::metrics::WorkerMetrics;
 use herald_engine::{
-    JobContext, JobLimits, JobStore, RedisStore, SettingsError, Store, StoreError,
+    JobContext, JobLimits, OpenError, RedisStore, SettingsError, Store, StoreError,
 };
 use herald_protocol::JobMessage;
 use prometheus_client::registry::Registry;
@@ -56,9 +57,12 @@ pub enum ServerError {
     /// Redis cannot be used.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Redis cannot be used at start-up.
+    #[error(transparent)]
+    Redis(#[from] OpenError),
     /// RabbitMQ cannot be used at start-up.
     #[error("rabbitmq: {0}")]
-    Broker(#[from] lapin::Error),
+    Broker(#[from] AmqpError),
     /// The listening socket failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -224,17 +228,21 @@ impl Application {
             (store, Arc::new(queue), notifier, backend)
         } else {
             let backend = &settings.backend;
-            let redis = RedisStore::new(backend.redis_url(), backend.keys())?;
-            redis.ping().await?;
+            // A backend started at the same time (Compose, Kubernetes) may not be up yet: wait.
+            let redis = connect::wait_for("redis", || RedisStore::open(backend)).await?;
+            redis.check_persistence().await;
             let store: Store = Arc::new(redis);
             let config = broker::BrokerConfig {
-                url: backend.amqp_url().into(),
+                nodes: Arc::new(AmqpNodes::new(&backend.amqp_urls())),
                 queue: backend.queue.clone(),
                 max_queue_length: backend.max_queue_length,
+                quorum_group_size: backend.quorum_initial_group_size,
                 reply_exchange: backend.reply_exchange.clone(),
                 instance: instance.clone(),
             };
-            let connected = broker::Connected::open(&config).await?;
+            let connected =
+                connect::wait_for("rabbitmq", || broker::Connected::open(&config)).await?;
+            info!(node = %connected.node, nodes = %config.nodes.addresses(), "connected to rabbitmq");
             let broker = Arc::new(broker::Broker::new(config, &connected));
             let notifier = broker.notifier.clone();
             (

@@ -24,11 +24,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+use herald_engine::connect::{self, AmqpError, AmqpNodes};
 use herald_engine::metrics::WorkerMetrics;
 use herald_engine::{amqp, cache, topology};
-use herald_engine::{
-    JobContext, JobLimits, JobStore, RedisStore, SettingsError, Settle, Store, StoreError,
-};
+use herald_engine::{JobContext, JobLimits, OpenError, RedisStore, SettingsError, Settle, Store};
 
 pub use settings::Settings;
 
@@ -43,10 +42,10 @@ pub enum WorkerError {
     Settings(#[from] SettingsError),
     /// RabbitMQ failed or refused something at start-up.
     #[error("rabbitmq: {0}")]
-    Amqp(#[from] lapin::Error),
+    Amqp(#[from] AmqpError),
     /// Redis cannot be used at start-up.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] OpenError),
     /// The metrics port cannot be opened.
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
@@ -54,30 +53,48 @@ pub enum WorkerError {
 
 /// One AMQP connection with the worker's two channels and its topology declared.
 struct Amqp {
+    /// The node connected to, as `host:port`.
+    node: String,
     connection: Connection,
     consume: Channel,
     publish: Channel,
 }
 
 impl Amqp {
-    async fn open(settings: &Settings) -> lapin::Result<Self> {
+    async fn open(settings: &Settings, nodes: &AmqpNodes) -> Result<Self, AmqpError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("herald-worker".into());
+        let (connection, node) = nodes.connect(&properties).await?;
+        match Self::declare(connection, &node, settings).await {
+            Ok(amqp) => Ok(amqp),
+            Err(error) => Err(AmqpError::Node { node, error }),
+        }
+    }
+
+    async fn declare(
+        connection: Connection,
+        node: &str,
+        settings: &Settings,
+    ) -> lapin::Result<Self> {
         let backend = &settings.backend;
-        let connection = Connection::connect(
-            settings.backend.amqp_url(),
-            ConnectionProperties::default().with_connection_name("herald-worker".into()),
-        )
-        .await?;
         let consume = connection.create_channel().await?;
         let publish = connection.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare_job_queue(&consume, &backend.queue, backend.max_queue_length).await?;
+        topology::declare_job_queue(
+            &consume,
+            &backend.queue,
+            backend.max_queue_length,
+            backend.quorum_initial_group_size,
+        )
+        .await?;
         topology::declare_reply_exchange(&consume, &backend.reply_exchange).await?;
         consume
             .basic_qos(settings.prefetch(), BasicQosOptions::default())
             .await?;
         Ok(Self {
+            node: node.to_owned(),
             connection,
             consume,
             publish,
@@ -88,6 +105,7 @@ impl Amqp {
 /// A connected worker, ready to [`run`](Worker::run).
 pub struct Worker {
     settings: Settings,
+    nodes: AmqpNodes,
     amqp: Amqp,
     store: Store,
     cache: cache::Cache,
@@ -97,19 +115,24 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Connects to RabbitMQ and Redis and declares the topology; fails fast if either cannot be used.
+    /// Connects to Redis and RabbitMQ and declares the topology. While either is unreachable it
+    /// waits, with backoff, logging each try (a backend started at the same time may not be up yet);
+    /// it fails at once on what waiting cannot mend (a bad setting, a refused password).
     pub async fn connect(settings: Settings) -> Result<Self, WorkerError> {
         settings.validate()?;
         let backend = &settings.backend;
-        let store = RedisStore::new(backend.redis_url(), backend.keys())?;
-        store.ping().await?;
-        let amqp = Amqp::open(&settings).await?;
+        let store = connect::wait_for("redis", || RedisStore::open(backend)).await?;
+        store.check_persistence().await;
+        let nodes = AmqpNodes::new(&backend.amqp_urls());
+        let amqp = connect::wait_for("rabbitmq", || Amqp::open(&settings, &nodes)).await?;
+        info!(node = %amqp.node, nodes = %nodes.addresses(), "connected to rabbitmq");
         let notifier = Arc::new(amqp::AmqpNotifier::new(backend.reply_exchange.clone()));
         notifier.set_channel(Some(amqp.publish.clone()));
         let mut registry = Registry::default();
         let metrics = Arc::new(WorkerMetrics::new(&mut registry));
         Ok(Self {
             settings,
+            nodes,
             amqp,
             store: Arc::new(store),
             cache: cache::Cache::default(),
@@ -130,6 +153,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let Self {
             settings,
+            nodes,
             amqp,
             store,
             cache,
@@ -171,7 +195,7 @@ impl Worker {
         let last = loop {
             let amqp = match connected.take() {
                 Some(amqp) => amqp,
-                None => match reconnect(&settings, &shutdown).await {
+                None => match reconnect(&settings, &nodes, &shutdown).await {
                     Some(amqp) => {
                         notifier.set_channel(Some(amqp.publish.clone()));
                         amqp
@@ -212,16 +236,20 @@ impl Worker {
 }
 
 /// Connects again, backing off; `None` if shutdown comes first.
-async fn reconnect(settings: &Settings, shutdown: &CancellationToken) -> Option<Amqp> {
+async fn reconnect(
+    settings: &Settings,
+    nodes: &AmqpNodes,
+    shutdown: &CancellationToken,
+) -> Option<Amqp> {
     let mut backoff = Duration::from_millis(100);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
-        match Amqp::open(settings).await {
+        match Amqp::open(settings, nodes).await {
             Ok(amqp) => {
-                info!("reconnected to rabbitmq");
+                info!(node = %amqp.node, "reconnected to rabbitmq");
                 return Some(amqp);
             }
             Err(e) => {
