@@ -11,6 +11,8 @@
 #   scripts/cluster.sh kill-redis-primary  SIGKILL the Redis that Sentinel names primary; prints its port
 #   scripts/cluster.sh start-redis       start again every Redis of the cluster that is down, as a
 #                                        replica of the current primary
+#   scripts/cluster.sh queue-leader Q    the number of the RabbitMQ node that leads quorum queue Q
+#   scripts/cluster.sh primary           the port of the Redis that Sentinel names primary
 #   scripts/cluster.sh env               print the `export` lines again
 #   scripts/cluster.sh status            what runs
 #   scripts/cluster.sh stop              stop everything it started and remove its data
@@ -238,6 +240,19 @@ cmd_start_redis() {
   done
 }
 
+cmd_queue_leader() { # queue
+  local n leader
+  for n in 1 2 3; do
+    port_open "${RABBIT_PORTS[$n - 1]}" || continue
+    leader=$(ctl "$n" -q list_queues --no-table-headers name leader 2>/dev/null | awk -F '\t' -v q="$1" '$1 == q { print $2 }')
+    if [[ "$leader" =~ ^herald-c([123])@ ]]; then
+      echo "${BASH_REMATCH[1]}"
+      return 0
+    fi
+  done
+  die "no running node names a leader of queue $1"
+}
+
 cmd_status() {
   local n port
   for n in 1 2 3; do
@@ -282,8 +297,10 @@ case "${1:-}" in
   start-rabbit) [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 start-rabbit 1|2|3"; start_rabbit "$2"; await_rabbit "$2"; log "RabbitMQ node $2 up" ;;
   kill-redis-primary) cmd_kill_redis_primary ;;
   start-redis) cmd_start_redis ;;
+  primary) primary_port || die "no Sentinel names a primary" ;;
+  queue-leader) [ -n "${2:-}" ] || die "usage: $0 queue-leader QUEUE"; cmd_queue_leader "$2" ;;
   env) print_env ;;
   status) cmd_status ;;
   stop) cmd_stop ;;
-  *) die "usage: $0 start|stop-rabbit N|start-rabbit N|kill-redis-primary|start-redis|env|status|stop" ;;
+  *) die "usage: $0 start|stop-rabbit N|start-rabbit N|kill-redis-primary|start-redis|queue-leader Q|env|status|stop" ;;
 esac

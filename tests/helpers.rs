@@ -216,13 +216,9 @@ impl TestEnv {
         }
     }
 
-    /// A Redis connection for looking at what Herald stored.
+    /// A Redis connection for looking at what Herald stored (on the primary, with Sentinel).
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(REDIS_URL)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis reachable")
+        redis_primary(&self.backend).await.expect("redis reachable")
     }
 }
 
@@ -246,9 +242,11 @@ impl Drop for TestEnv {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                if let Ok(conn) =
-                    lapin::Connection::connect(backend.amqp_url(), Default::default()).await
-                {
+                // The first node that answers (on a cluster, one may be stopped).
+                for url in backend.amqp_urls() {
+                    let Ok(conn) = lapin::Connection::connect(url, Default::default()).await else {
+                        continue;
+                    };
                     if let Ok(channel) = conn.create_channel().await {
                         for queue in [
                             backend.queue.clone(),
@@ -266,24 +264,43 @@ impl Drop for TestEnv {
                             .await;
                     }
                     let _ = conn.close(200, "test cleanup".into()).await;
+                    break;
                 }
-                if let Ok(client) = redis::Client::open(backend.redis_url()) {
-                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("{}*", backend.redis_prefix))
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap_or_default();
-                        if !keys.is_empty() {
-                            let _: Result<(), _> =
-                                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-                        }
+                if let Ok(mut conn) = redis_primary(&backend).await {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{}*", backend.redis_prefix))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
                     }
                 }
             });
         });
         let _ = cleanup.join();
     }
+}
+
+/// A connection to the Redis of `backend`: its `--redis-url`, or the primary its Sentinels name.
+pub async fn redis_primary(
+    backend: &BackendArgs,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let sentinels = backend.sentinels().expect("valid sentinels");
+    let client = if sentinels.is_empty() {
+        redis::Client::open(backend.redis_url())?
+    } else {
+        let urls: Vec<String> = sentinels
+            .iter()
+            .map(|(host, port)| format!("redis://{host}:{port}"))
+            .collect();
+        let mut sentinel = redis::sentinel::Sentinel::build(urls)?;
+        sentinel
+            .async_master_for(backend.redis_master_name.as_deref().unwrap(), None)
+            .await?
+    };
+    client.get_multiplexed_async_connection().await
 }
 
 /// A running server; stopped when dropped.
