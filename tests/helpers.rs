@@ -244,7 +244,11 @@ impl Drop for TestEnv {
             runtime.block_on(async {
                 // The first node that answers (on a cluster, one may be stopped).
                 for url in backend.amqp_urls() {
-                    let Ok(conn) = lapin::Connection::connect(url, Default::default()).await else {
+                    // Bounded: a proxy whose accept loop no longer runs takes the connection and
+                    // never answers.
+                    let connect = lapin::Connection::connect(url, Default::default());
+                    let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(5), connect).await
+                    else {
                         continue;
                     };
                     if let Ok(channel) = conn.create_channel().await {
@@ -925,5 +929,116 @@ impl Process {
         })
         .await;
         addr.unwrap()
+    }
+}
+
+/// A Redis server of the test's own, on a free loopback port with its own data directory: for what
+/// cannot be done to the machine's Redis (restarting it, replicas, other settings). Killed and its
+/// data removed when dropped.
+pub struct RedisProcess {
+    /// Where it listens.
+    pub port: u16,
+    args: Vec<String>,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` with `extra` settings (such as `--appendonly yes`).
+    pub async fn start(extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "herald-tests-redis-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut redis = Self {
+            port,
+            args,
+            dir,
+            child: None,
+        };
+        redis.launch().await;
+        redis
+    }
+
+    async fn launch(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually("the test's redis to answer", || async {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                return false;
+            };
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut conn) => redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it as an operator's restart does (SIGTERM: it writes what it keeps, then exits) and
+    /// starts it again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("running") as i32;
+        // SAFETY: kill(2) with a PID we own and a valid signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        tokio::time::timeout(PATIENCE, child.wait())
+            .await
+            .expect("redis stops on SIGTERM")
+            .unwrap();
+        self.launch().await;
+    }
+
+    /// SIGKILL.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill");
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

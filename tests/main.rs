@@ -6,6 +6,7 @@ mod auth;
 mod browser;
 mod compose;
 mod docs;
+mod durability;
 mod errors;
 mod faults;
 mod flow;
