@@ -132,8 +132,7 @@ async fn replica_acks_wait_for_a_replica_and_refuse_jobs_without_one() {
     let server = env.spawn_app(1).await;
     let mut client = server.client().await;
     // The replica's first sync may still run: submits meanwhile are refused as unavailable.
-    let id = Some(submit_until_accepted(&mut client, 20).await);
-    let id = id.unwrap();
+    let id = submit_until_accepted(&mut client, 20).await;
     assert_eq!(client.output_of(id).await, "2432902008176640000");
     // The replica holds the final record too: the worker waited for it.
     let mut conn = redis::Client::open(replica.url())
@@ -215,8 +214,8 @@ async fn a_list_of_rabbitmq_urls_moves_on_to_the_next_node_when_one_goes_away() 
     assert_eq!(client.output_of(id).await, "120");
     // The first node goes away for good: the server and the worker move to the second.
     first.cut();
-    let id = Some(submit_until_accepted(&mut client, 6).await);
-    assert_eq!(client.output_of(id.unwrap()).await, "720");
+    let id = submit_until_accepted(&mut client, 6).await;
+    assert_eq!(client.output_of(id).await, "720");
     // Clean up through the broker itself.
     env.backend.amqp_url = Some(AMQP_URL.to_owned());
 }

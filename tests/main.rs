@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod browser;
 mod compose;
+mod deploy;
 mod docs;
 mod durability;
 mod errors;

@@ -243,11 +243,9 @@ mod tests {
             .map(|p| format!("amqp://guest:pw@127.0.0.1:{p}/%2f"))
             .collect();
         let nodes = AmqpNodes::new(&urls);
-        let error = nodes
-            .connect(&ConnectionProperties::default())
-            .await
-            .err()
-            .expect("nothing listens");
+        let Err(error) = nodes.connect(&ConnectionProperties::default()).await else {
+            panic!("nothing listens");
+        };
         let text = error.to_string();
         for port in ports {
             assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");

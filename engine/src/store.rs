@@ -257,7 +257,7 @@ enum Source {
     Direct,
     /// The primary that Sentinel names for a master name: asked again whenever operations fail, so
     /// the store follows a failover.
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel(Box<tokio::sync::Mutex<SentinelClient>>),
 }
 
 /// The connection in use.
@@ -463,7 +463,7 @@ impl RedisStore {
             })?;
             Self {
                 link: Arc::new(Link {
-                    source: Source::Sentinel(tokio::sync::Mutex::new(sentinel)),
+                    source: Source::Sentinel(Box::new(tokio::sync::Mutex::new(sentinel))),
                     current: RwLock::new(current),
                     asking: AtomicBool::new(false),
                 }),
