@@ -17,3 +17,13 @@ cargo test --workspace --locked "$@"
 # The optional malachite backend (off by default) against the built-in kernel.
 cargo clippy -p herald-models -p herald-worker --features herald-models/malachite --all-targets --locked -- -D warnings
 cargo test -p herald-models --features malachite --lib --locked
+
+# The cluster tests (tests/cluster.rs): three RabbitMQ nodes, a Redis primary, replica and three
+# Sentinels on other loopback ports, started here and stopped whatever the outcome. The exports stay in
+# this subshell, so nothing else runs against the cluster.
+scripts/cluster.sh stop >/dev/null 2>&1 || true
+trap 'scripts/cluster.sh stop >/dev/null 2>&1 || true' EXIT
+(
+  eval "$(scripts/cluster.sh start)"
+  cargo test -p herald-tests --test cluster --locked -- --test-threads=1 --nocapture
+)

@@ -9,7 +9,7 @@ use serde_yaml_ng::Value;
 use crate::helpers::binary;
 
 /// The repository root (this crate lives in `tests/`).
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repository root")
@@ -124,7 +124,7 @@ fn healthcheck(service: &Value, name: &str) -> String {
 
 /// Every `HERALD_*` variable the binary accepts, read from its real `--help` (`[env: HERALD_X]`,
 /// or `[env: HERALD_X=value]` when the variable happens to be set).
-fn accepted_env(name: &str) -> BTreeSet<String> {
+pub(crate) fn accepted_env(name: &str) -> BTreeSet<String> {
     let output = std::process::Command::new(binary(name))
         .arg("--help")
         .output()

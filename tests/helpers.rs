@@ -107,6 +107,10 @@ impl TestEnv {
             backend: BackendArgs {
                 amqp_url: Some(AMQP_URL.into()),
                 redis_url: Some(REDIS_URL.into()),
+                redis_sentinel: None,
+                redis_master_name: None,
+                redis_replica_acks: 0,
+                quorum_initial_group_size: 3,
                 queue: format!("herald-test.{tag}.{{model}}"),
                 reply_exchange: format!("herald-test.{tag}.replies"),
                 redis_prefix: format!("herald-test:{tag}:"),
@@ -274,13 +278,9 @@ impl TestEnv {
         }
     }
 
-    /// A Redis connection for looking at what Herald stored.
+    /// A Redis connection for looking at what Herald stored (on the primary, with Sentinel).
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(REDIS_URL)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis reachable")
+        redis_primary(&self.backend).await.expect("redis reachable")
     }
 }
 
@@ -306,9 +306,15 @@ impl Drop for TestEnv {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                if let Ok(conn) =
-                    lapin::Connection::connect(backend.amqp_url(), Default::default()).await
-                {
+                // The first node that answers (on a cluster, one may be stopped).
+                for url in backend.amqp_urls() {
+                    // Bounded: a proxy whose accept loop no longer runs takes the connection and
+                    // never answers.
+                    let connect = lapin::Connection::connect(url, Default::default());
+                    let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(5), connect).await
+                    else {
+                        continue;
+                    };
                     if let Ok(channel) = conn.create_channel().await {
                         let queues = models.iter().flat_map(|model| {
                             let queue = backend.job_queue(model);
@@ -327,24 +333,43 @@ impl Drop for TestEnv {
                             .await;
                     }
                     let _ = conn.close(200, "test cleanup".into()).await;
+                    break;
                 }
-                if let Ok(client) = redis::Client::open(backend.redis_url()) {
-                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("{}*", backend.redis_prefix))
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap_or_default();
-                        if !keys.is_empty() {
-                            let _: Result<(), _> =
-                                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-                        }
+                if let Ok(mut conn) = redis_primary(&backend).await {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{}*", backend.redis_prefix))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
                     }
                 }
             });
         });
         let _ = cleanup.join();
     }
+}
+
+/// A connection to the Redis of `backend`: its `--redis-url`, or the primary its Sentinels name.
+pub async fn redis_primary(
+    backend: &BackendArgs,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let sentinels = backend.sentinels().expect("valid sentinels");
+    let client = if sentinels.is_empty() {
+        redis::Client::open(backend.redis_url())?
+    } else {
+        let urls: Vec<String> = sentinels
+            .iter()
+            .map(|(host, port)| format!("redis://{host}:{port}"))
+            .collect();
+        let mut sentinel = redis::sentinel::Sentinel::build(urls)?;
+        sentinel
+            .async_master_for(backend.redis_master_name.as_deref().unwrap(), None)
+            .await?
+    };
+    client.get_multiplexed_async_connection().await
 }
 
 /// A running server; stopped when dropped.
@@ -1035,5 +1060,116 @@ impl Process {
         })
         .await;
         addr.unwrap()
+    }
+}
+
+/// A Redis server of the test's own, on a free loopback port with its own data directory: for what
+/// cannot be done to the machine's Redis (restarting it, replicas, other settings). Killed and its
+/// data removed when dropped.
+pub struct RedisProcess {
+    /// Where it listens.
+    pub port: u16,
+    args: Vec<String>,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` with `extra` settings (such as `--appendonly yes`).
+    pub async fn start(extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "herald-tests-redis-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut redis = Self {
+            port,
+            args,
+            dir,
+            child: None,
+        };
+        redis.launch().await;
+        redis
+    }
+
+    async fn launch(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually("the test's redis to answer", || async {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                return false;
+            };
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut conn) => redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it as an operator's restart does (SIGTERM: it writes what it keeps, then exits) and
+    /// starts it again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("running") as i32;
+        // SAFETY: kill(2) with a PID we own and a valid signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        tokio::time::timeout(PATIENCE, child.wait())
+            .await
+            .expect("redis stops on SIGTERM")
+            .unwrap();
+        self.launch().await;
+    }
+
+    /// SIGKILL.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill");
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -302,7 +302,10 @@ impl JobContext {
                     dead_letter,
                 })
             }
-            Finish::AlreadyFinal => Ok(Processed::Nothing),
+            // Another writer's completion, or this worker's own earlier write whose reply was lost
+            // (say, Redis WAIT fell short): publish what is stored, as after a redelivery. Servers
+            // drop a second copy.
+            Finish::AlreadyFinal => self.republish(job).await,
             Finish::Missing => {
                 warn!("job record expired while the job ran; result dropped");
                 Ok(Processed::Nothing)

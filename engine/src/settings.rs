@@ -40,14 +40,32 @@ pub struct LogArgs {
 /// `Debug` is written by hand: the URLs can hold passwords, and it shows them redacted.
 #[derive(Clone, Args)]
 pub struct BackendArgs {
-    /// RabbitMQ URL (amqp://user:password@host:port/vhost). The worker's default is
-    /// amqp://127.0.0.1:5672/%2f; a server given neither this nor --redis-url runs embedded.
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost), or several comma-separated, one per node
+    /// of a cluster: connections go to the first that answers and, when its node goes away, to the
+    /// next. The worker's default is amqp://127.0.0.1:5672/%2f; a server given neither this nor a
+    /// Redis (--redis-url or --redis-sentinel) runs embedded.
     #[arg(long, env = "HERALD_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
     /// Redis URL (redis://[:password@]host:port[/db]). The worker's default is
-    /// redis://127.0.0.1:6379; a server given neither this nor --amqp-url runs embedded.
+    /// redis://127.0.0.1:6379; a server given neither this nor --amqp-url runs embedded. With
+    /// --redis-sentinel, only its user, password and database are used (on the primary Sentinel names).
     #[arg(long, env = "HERALD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Redis Sentinels, comma-separated host:port: the primary is the one they name for
+    /// --redis-master-name, followed through failovers.
+    #[arg(long, env = "HERALD_REDIS_SENTINEL")]
+    pub redis_sentinel: Option<String>,
+    /// The name Sentinel monitors Herald's Redis under; needed with --redis-sentinel.
+    #[arg(long, env = "HERALD_REDIS_MASTER_NAME")]
+    pub redis_master_name: Option<String>,
+    /// Replicas that must hold a new job's record (server) or a final record (worker) before it
+    /// counts as stored: each such write is followed by Redis WAIT. 0: do not wait.
+    #[arg(long, env = "HERALD_REDIS_REPLICA_ACKS", default_value_t = 0)]
+    pub redis_replica_acks: u32,
+    /// Nodes a new job queue is replicated on (its quorum's initial group size), capped by the
+    /// cluster's size; applies when the queue is first declared.
+    #[arg(long, env = "HERALD_QUORUM_INITIAL_GROUP_SIZE", default_value_t = 3)]
+    pub quorum_initial_group_size: u16,
     /// Name of each model's durable job queue, `{model}` standing for the model's name (so the
     /// factorial's is factorial_process). Every model has a queue of its own, so one model's backlog
     /// never delays another's jobs.
@@ -73,6 +91,10 @@ impl std::fmt::Debug for BackendArgs {
         f.debug_struct("BackendArgs")
             .field("amqp_url", &self.amqp_url.as_deref().map(redact_url))
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_sentinel", &self.redis_sentinel)
+            .field("redis_master_name", &self.redis_master_name)
+            .field("redis_replica_acks", &self.redis_replica_acks)
+            .field("quorum_initial_group_size", &self.quorum_initial_group_size)
             .field("queue", &self.queue)
             .field("reply_exchange", &self.reply_exchange)
             .field("redis_prefix", &self.redis_prefix)
@@ -83,8 +105,12 @@ impl std::fmt::Debug for BackendArgs {
 }
 
 /// `amqp://user:password@host/…` as `amqp://***@host/…`: the part before the last `@` can hold a
-/// password, and a password may itself hold any character, so all of it goes.
+/// password, and a password may itself hold any character, so all of it goes. A comma-separated list
+/// is redacted URL by URL.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***{}", &url[..scheme_end], &url[at..])
@@ -231,9 +257,14 @@ impl SettingsError {
 impl BackendArgs {
     /// Checks every value before anything connects, so a typo fails at start with a clear message.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        self.amqp_url()
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|_| SettingsError::new("amqp-url", "not a valid amqp:// URL"))?;
+        for (i, url) in self.amqp_urls().iter().enumerate() {
+            url.parse::<lapin::uri::AMQPUri>().map_err(|_| {
+                SettingsError::new(
+                    "amqp-url",
+                    format!("URL {} of the list is not a valid amqp:// URL", i + 1),
+                )
+            })?;
+        }
         redis::IntoConnectionInfo::into_connection_info(self.redis_url())
             .map_err(|_| SettingsError::new("redis-url", "not a valid redis:// URL"))?;
         if !self.queue.contains("{model}") {
@@ -247,6 +278,36 @@ impl BackendArgs {
             &self.queue,
             &"m".repeat(herald_protocol::model::MAX_MODEL_NAME),
         );
+        match (&self.redis_sentinel, &self.redis_master_name) {
+            (Some(_), None) => return Err(SettingsError::new(
+                "redis-master-name",
+                "is needed with --redis-sentinel (the name Sentinel monitors the primary under)",
+            )),
+            (None, Some(_)) => return Err(SettingsError::new(
+                "redis-sentinel",
+                "is needed with --redis-master-name (the Sentinels' host:port, comma-separated)",
+            )),
+            (Some(_), Some(name)) if name.is_empty() || name.len() > 200 => {
+                return Err(SettingsError::new(
+                    "redis-master-name",
+                    "must be 1 to 200 bytes",
+                ));
+            }
+            _ => {}
+        }
+        self.sentinels()?;
+        if self.redis_replica_acks > 16 {
+            return Err(SettingsError::new(
+                "redis-replica-acks",
+                "must be from 0 to 16",
+            ));
+        }
+        if self.quorum_initial_group_size == 0 || self.quorum_initial_group_size > 99 {
+            return Err(SettingsError::new(
+                "quorum-initial-group-size",
+                "must be from 1 to 99",
+            ));
+        }
         for (flag, name) in [
             ("queue", &longest),
             ("reply-exchange", &self.reply_exchange),
@@ -271,9 +332,50 @@ impl BackendArgs {
         Ok(())
     }
 
-    /// The RabbitMQ URL given, or the local default.
+    /// The RabbitMQ URL given (the first of a list), or the local default.
     pub fn amqp_url(&self) -> &str {
-        self.amqp_url.as_deref().unwrap_or(DEFAULT_AMQP_URL)
+        self.amqp_urls()[0]
+    }
+
+    /// Every RabbitMQ URL given, in order (the local default when none is).
+    pub fn amqp_urls(&self) -> Vec<&str> {
+        self.amqp_url
+            .as_deref()
+            .unwrap_or(DEFAULT_AMQP_URL)
+            .split(',')
+            .map(str::trim)
+            .collect()
+    }
+
+    /// Whether a Redis is given at all (a URL or Sentinels).
+    pub fn redis_given(&self) -> bool {
+        self.redis_url.is_some() || self.redis_sentinel.is_some()
+    }
+
+    /// The Sentinels of --redis-sentinel as (host, port), empty without it.
+    pub fn sentinels(&self) -> Result<Vec<(String, u16)>, SettingsError> {
+        let Some(list) = &self.redis_sentinel else {
+            return Ok(Vec::new());
+        };
+        list.split(',')
+            .map(str::trim)
+            .enumerate()
+            .map(|(i, entry)| {
+                let bad = || {
+                    SettingsError::new(
+                        "redis-sentinel",
+                        format!("entry {} is not host:port", i + 1),
+                    )
+                };
+                let (host, port) = entry.rsplit_once(':').ok_or_else(bad)?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let port: u16 = port.parse().map_err(|_| bad())?;
+                if host.is_empty() || port == 0 {
+                    return Err(bad());
+                }
+                Ok((host.to_owned(), port))
+            })
+            .collect()
     }
 
     /// The Redis URL given, or the local default.
@@ -306,6 +408,71 @@ mod tests {
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("amqp://a:p1@h1:5672/%2f,amqp://a:p2@h2:5672/%2f"),
+            "amqp://***@h1:5672/%2f,amqp://***@h2:5672/%2f"
+        );
+    }
+
+    fn args(extra: &[&str]) -> BackendArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            backend: BackendArgs,
+        }
+        let mut all = vec!["test"];
+        all.extend_from_slice(extra);
+        <Cli as clap::Parser>::parse_from(all).backend
+    }
+
+    #[test]
+    fn a_list_of_amqp_urls_is_checked_url_by_url() {
+        let ok = args(&["--amqp-url", "amqp://h1:5672/%2f, amqp://h2:5673/%2f"]);
+        ok.validate().unwrap();
+        assert_eq!(ok.amqp_urls(), ["amqp://h1:5672/%2f", "amqp://h2:5673/%2f"]);
+        let bad = args(&["--amqp-url", "amqp://h1:5672/%2f,http://h2"]);
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.flag, "amqp-url");
+        assert!(e.reason.contains("URL 2"), "{e}");
+    }
+
+    #[test]
+    fn sentinel_settings_come_together_and_are_host_port_pairs() {
+        let ok = args(&[
+            "--redis-sentinel",
+            "127.0.0.1:26379,[::1]:26380",
+            "--redis-master-name",
+            "herald",
+        ]);
+        ok.validate().unwrap();
+        assert_eq!(
+            ok.sentinels().unwrap(),
+            [("127.0.0.1".to_owned(), 26379), ("::1".to_owned(), 26380)]
+        );
+        assert!(ok.redis_given());
+        let missing_name = args(&["--redis-sentinel", "127.0.0.1:26379"]);
+        assert_eq!(
+            missing_name.validate().unwrap_err().flag,
+            "redis-master-name"
+        );
+        let missing_sentinels = args(&["--redis-master-name", "herald"]);
+        assert_eq!(
+            missing_sentinels.validate().unwrap_err().flag,
+            "redis-sentinel"
+        );
+        for bad in ["127.0.0.1", "h:0", "h:port", ":26379"] {
+            let e = args(&["--redis-sentinel", bad, "--redis-master-name", "m"])
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.flag, "redis-sentinel", "{bad}");
+        }
+        let acks = args(&["--redis-replica-acks", "17"]);
+        assert_eq!(acks.validate().unwrap_err().flag, "redis-replica-acks");
+        let group = args(&["--quorum-initial-group-size", "0"]);
+        assert_eq!(
+            group.validate().unwrap_err().flag,
+            "quorum-initial-group-size"
         );
     }
 

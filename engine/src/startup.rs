@@ -3,29 +3,20 @@
 
 use std::net::SocketAddr;
 
-use crate::settings::redact_url;
-use crate::store::StoreError;
+use crate::settings::{redact_url, BackendArgs};
 
 /// Why a binary could not start: a backend it could not use, or an address it could not listen on.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// RabbitMQ could not be connected to, or refused what Herald declares.
-    #[error("cannot use RabbitMQ at {url} (--amqp-url): {error}. {hint}")]
-    Broker {
-        /// The URL tried, password hidden.
-        url: String,
-        /// What lapin reported.
-        error: lapin::Error,
-        /// What to do.
-        hint: &'static str,
-    },
-    /// Redis could not be connected to.
-    #[error("cannot use Redis at {url} (--redis-url): {error}. {hint}")]
-    Redis {
-        /// The URL tried, password hidden.
-        url: String,
-        /// What the store reported.
-        error: StoreError,
+    /// A backend refused what waiting cannot mend (a wrong password, an unknown vhost, a queue declared
+    /// with other arguments). Backends that are only not up yet are waited for instead (see
+    /// [`crate::connect::wait_for`]).
+    #[error("cannot use {what}: {error}. {hint}")]
+    Backend {
+        /// What was tried: the backend, its address (password hidden) and the flag that set it.
+        what: String,
+        /// What it answered.
+        error: String,
         /// What to do.
         hint: &'static str,
     },
@@ -54,20 +45,11 @@ pub const WORKER_BACKEND_HINT: &str =
      the worker needs the same ones as its servers";
 
 impl StartupError {
-    /// RabbitMQ at `url` failed with `error`.
-    pub fn broker(url: &str, error: lapin::Error, hint: &'static str) -> Self {
-        Self::Broker {
-            url: redact_url(url),
-            error,
-            hint,
-        }
-    }
-
-    /// Redis at `url` failed with `error`.
-    pub fn redis(url: &str, error: StoreError, hint: &'static str) -> Self {
-        Self::Redis {
-            url: redact_url(url),
-            error,
+    /// `what` (see [`rabbitmq`] and [`redis`]) failed with `error`.
+    pub fn backend(what: String, error: impl std::fmt::Display, hint: &'static str) -> Self {
+        Self::Backend {
+            what,
+            error: error.to_string(),
             hint,
         }
     }
@@ -75,6 +57,42 @@ impl StartupError {
     /// Listening on `addr`, set by `--flag`, failed with `error`.
     pub fn listen(addr: SocketAddr, flag: &'static str, error: std::io::Error) -> Self {
         Self::Listen { addr, flag, error }
+    }
+}
+
+/// RabbitMQ as a person reads where it was tried: its nodes (no credentials) and the flag.
+pub fn rabbitmq(backend: &BackendArgs) -> String {
+    let nodes: Vec<String> = backend
+        .amqp_urls()
+        .iter()
+        .map(|url| crate::connect::node_address(url))
+        .collect();
+    format!("RabbitMQ at {} (--amqp-url)", nodes.join(", "))
+}
+
+/// Redis as a person reads where it was tried: its address (password hidden) or its Sentinels, and
+/// the flag.
+pub fn redis(backend: &BackendArgs) -> String {
+    match (&backend.redis_sentinel, &backend.redis_master_name) {
+        (Some(sentinels), Some(name)) => {
+            format!("Redis through the Sentinels {sentinels} for {name:?} (--redis-sentinel)")
+        }
+        _ => format!(
+            "Redis at {} (--redis-url)",
+            redis_address(backend.redis_url())
+        ),
+    }
+}
+
+/// `host:port` (or the socket's path) of a Redis URL, without its credentials.
+fn redis_address(url: &str) -> String {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    match url.into_connection_info().map(|info| info.addr().clone()) {
+        Ok(ConnectionAddr::Tcp(host, port)) | Ok(ConnectionAddr::TcpTls { host, port, .. }) => {
+            format!("{host}:{port}")
+        }
+        Ok(ConnectionAddr::Unix(path)) => path.display().to_string(),
+        _ => redact_url(url),
     }
 }
 
@@ -104,12 +122,30 @@ mod tests {
 
     #[test]
     fn backend_errors_name_the_address_but_not_the_password() {
-        let error = StartupError::redis(
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            backend: BackendArgs,
+        }
+        let flags = Flags::parse_from([
+            "test",
+            "--redis-url",
             "redis://:hunter2@db.example:6380/0",
-            StoreError::Unavailable("Connection refused (os error 111)".into()),
+            "--amqp-url",
+            "amqp://herald:hunter2@rabbit-1:5672/%2f,amqp://herald:hunter2@rabbit-2:5672/%2f",
+        ]);
+        let error = StartupError::backend(
+            redis(&flags.backend),
+            "Connection refused (os error 111)",
             SERVER_BACKEND_HINT,
         )
         .to_string();
+        let broker = rabbitmq(&flags.backend);
+        assert_eq!(
+            broker,
+            "RabbitMQ at rabbit-1:5672, rabbit-2:5672 (--amqp-url)"
+        );
         assert!(error.contains("db.example:6380"), "{error}");
         assert!(error.contains("--redis-url"), "{error}");
         assert!(error.contains("scripts/services.sh"), "{error}");

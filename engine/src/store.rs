@@ -6,15 +6,18 @@
 //! that finishes the job or sees the finished record itself.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_protocol::{JobId, JobRecord, JobStatus, Json, Keys, RecordError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::Script;
 
 use crate::backend::{Cancel, Finish, JobStore, Report, Start};
+use crate::settings::{redact_url, BackendArgs};
 
 /// Longest wait for any one Redis operation: a Redis that does not answer is treated as unreachable
 /// rather than hanging a socket or a job.
@@ -178,6 +181,61 @@ if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) end
     )
 });
 
+/// Why the store could not be opened at start-up, and whether waiting may help.
+#[derive(Debug, thiserror::Error)]
+#[error("redis ({redis}): {error}")]
+pub struct OpenError {
+    /// What was tried: the URL without its password, or the Sentinels and master name.
+    pub redis: String,
+    /// What went wrong.
+    pub error: String,
+    transient: bool,
+}
+
+impl OpenError {
+    fn from_redis(redis: &str, error: &redis::RedisError) -> Self {
+        // Nothing listening, a dropped connection, a Redis still loading its data or a Sentinel that
+        // knows no primary yet may all pass; a refused password or a bad setting does not.
+        let transient = error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_refusal()
+            || error.is_connection_dropped()
+            || matches!(error.retry_method(), redis::RetryMethod::WaitAndRetry)
+            || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        Self {
+            redis: redis.to_owned(),
+            error: error.to_string(),
+            transient,
+        }
+    }
+}
+
+impl crate::connect::Transient for OpenError {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+/// What a Redis keeps on disk, as its configuration says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persistence {
+    /// The append-only file (`appendonly yes`), with snapshots on the `save` schedule or not: a
+    /// restart loses at most the last second of writes (with the default `appendfsync everysec`).
+    AppendOnly {
+        /// The snapshot schedule (`""`: none).
+        save: String,
+    },
+    /// Snapshots only: a crash loses what was written since the last one.
+    Snapshots {
+        /// The snapshot schedule.
+        save: String,
+    },
+    /// Nothing: a restart loses every record.
+    Nothing,
+    /// Not known: `CONFIG GET` was refused (managed Redis services often disable it), with why.
+    Unknown(String),
+}
+
 /// Handle to the Redis job store; cheap to clone.
 ///
 /// Every operation of the process goes over one multiplexed connection, so operations issued at once
@@ -187,14 +245,46 @@ if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) end
 pub struct RedisStore {
     link: Arc<Link>,
     keys: Keys,
+    /// Replicas that must hold a new or final record before the write counts (Redis WAIT); 0: none.
+    replica_acks: u32,
+}
+
+/// Longest wait for the replicas named by `--redis-replica-acks` to hold a write; past it the write
+/// counts as failed (`unavailable`), and is tried again (by the worker) or refused (by the server).
+pub const REPLICA_WAIT: Duration = Duration::from_secs(1);
+
+/// Shortest gap between two questions to Sentinel about the primary, while operations keep failing.
+const SENTINEL_ASK_EVERY: Duration = Duration::from_millis(200);
+
+/// Where the store's Redis is.
+enum Source {
+    /// One Redis at a fixed address.
+    Direct,
+    /// The primary that Sentinel names for a master name: asked again whenever operations fail, so
+    /// the store follows a failover.
+    Sentinel(Box<tokio::sync::Mutex<SentinelClient>>),
+}
+
+/// The connection in use.
+#[derive(Clone)]
+struct Current {
+    /// Bumped by every replacement, so that of many operations that fail on the same connection only
+    /// the first replaces it.
+    generation: u64,
+    manager: ConnectionManager,
+    /// The Redis it goes to.
+    client: redis::Client,
+    /// The same, as `host:port`.
+    address: String,
 }
 
 /// The shared connection, and what it takes to replace it.
 struct Link {
-    client: redis::Client,
-    /// The connection in use and its generation, so that of many operations that time out on the same
-    /// connection only the first replaces it.
-    current: RwLock<(u64, ConnectionManager)>,
+    source: Source,
+    current: RwLock<Current>,
+    /// Set while a question to Sentinel is under way (and a little after), so a burst of failures
+    /// asks once.
+    asking: AtomicBool,
 }
 
 impl Link {
@@ -212,27 +302,83 @@ impl Link {
         )?)
     }
 
-    fn current(&self) -> (u64, ConnectionManager) {
+    fn connect_to(client: &redis::Client, generation: u64) -> Result<Current, StoreError> {
+        Ok(Current {
+            generation,
+            manager: Self::manager(client)?,
+            client: client.clone(),
+            address: client.get_connection_info().addr().to_string(),
+        })
+    }
+
+    fn current(&self) -> Current {
         self.current
             .read()
             .expect("connection lock never poisoned")
             .clone()
     }
 
-    /// Drops the connection of `generation` for a new one. The crate reconnects by itself when the
-    /// connection breaks, but not when it stays open and silent (a peer gone without a reset).
-    fn replace(&self, generation: u64) {
+    /// Drops the connection of `generation` for a new one to `client` (by default, the same Redis).
+    /// The crate reconnects by itself when the connection breaks, but not when it stays open and
+    /// silent (a peer gone without a reset), nor to another address.
+    fn replace(&self, generation: u64, client: Option<&redis::Client>) {
         let mut current = self
             .current
             .write()
             .expect("connection lock never poisoned");
-        if current.0 != generation {
+        if current.generation != generation {
             return;
         }
-        match Self::manager(&self.client) {
-            Ok(manager) => *current = (generation + 1, manager),
+        let client = client.unwrap_or(&current.client).clone();
+        match Self::connect_to(&client, generation + 1) {
+            Ok(next) => {
+                if next.address != current.address {
+                    tracing::warn!(
+                        from = %current.address,
+                        to = %next.address,
+                        "redis primary changed; following it"
+                    );
+                }
+                *current = next;
+            }
             Err(e) => tracing::warn!(error = %e, "could not replace the redis connection"),
         }
+    }
+
+    /// After a failed operation on `generation`: with Sentinel, asks it (in the background, at most
+    /// every [`SENTINEL_ASK_EVERY`]) which Redis is the primary now, and moves there if it moved. A
+    /// connection to a primary that died fails every operation until then; one to a primary that
+    /// came back as a replica answers writes with READONLY.
+    fn failed(self: &Arc<Self>, generation: u64) {
+        let Source::Sentinel(_) = &self.source else {
+            return;
+        };
+        if self.asking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let link = self.clone();
+        tokio::spawn(async move {
+            let asked = async {
+                let Source::Sentinel(sentinel) = &link.source else {
+                    unreachable!("checked above");
+                };
+                sentinel.lock().await.async_get_client().await
+            };
+            match tokio::time::timeout(OPERATION_TIMEOUT, asked).await {
+                Ok(Ok(client)) => {
+                    let address = client.get_connection_info().addr().to_string();
+                    if address != link.current().address {
+                        link.replace(generation, Some(&client));
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "sentinel could not name the redis primary")
+                }
+                Err(_) => tracing::warn!("sentinel did not name the redis primary in time"),
+            }
+            tokio::time::sleep(SENTINEL_ASK_EVERY).await;
+            link.asking.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -244,14 +390,176 @@ impl RedisStore {
         let info = redis::IntoConnectionInfo::into_connection_info(url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info)?;
-        let manager = Link::manager(&client)?;
+        let current = Link::connect_to(&client, 0)?;
         Ok(Self {
             link: Arc::new(Link {
-                client,
-                current: RwLock::new((0, manager)),
+                source: Source::Direct,
+                current: RwLock::new(current),
+                asking: AtomicBool::new(false),
             }),
             keys,
+            replica_acks: 0,
         })
+    }
+
+    /// The store the backend settings name: the Redis of `--redis-url`, or the primary that the
+    /// Sentinels of `--redis-sentinel` name (with `--redis-url`'s user, password and database), with
+    /// `--redis-replica-acks`. Asks Sentinel at once, and checks that the Redis answers.
+    pub async fn open(backend: &BackendArgs) -> Result<Self, OpenError> {
+        let sentinels = backend.sentinels().map_err(|e| OpenError {
+            redis: "--redis-sentinel".into(),
+            error: e.to_string(),
+            transient: false,
+        })?;
+        let redis = if sentinels.is_empty() {
+            redact_url(backend.redis_url())
+        } else {
+            format!(
+                "the primary {:?} of the sentinels {}",
+                backend.redis_master_name.as_deref().unwrap_or_default(),
+                backend.redis_sentinel.as_deref().unwrap_or_default()
+            )
+        };
+        let failed = |e: redis::RedisError| OpenError::from_redis(&redis, &e);
+        let mut store = if sentinels.is_empty() {
+            Self::new(backend.redis_url(), backend.keys()).map_err(|e| OpenError {
+                redis: redis.clone(),
+                error: e.to_string(),
+                transient: false,
+            })?
+        } else {
+            let master_name = backend.redis_master_name.clone().unwrap_or_default();
+            let nodelay = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+            let mut builder = SentinelClientBuilder::new(
+                sentinels
+                    .into_iter()
+                    .map(|(host, port)| redis::ConnectionAddr::Tcp(host, port)),
+                master_name,
+                SentinelServerType::Master,
+            )
+            .map_err(failed)?
+            .set_client_to_redis_tcp_settings(nodelay.clone())
+            .set_client_to_sentinel_tcp_settings(nodelay);
+            if let Some(url) = &backend.redis_url {
+                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .map_err(failed)?;
+                let settings = info.redis_settings();
+                builder = builder.set_client_to_redis_db(settings.db());
+                if let Some(username) = settings.username() {
+                    builder = builder.set_client_to_redis_username(username);
+                }
+                if let Some(password) = settings.password() {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+            }
+            let mut sentinel = builder.build().map_err(failed)?;
+            let client = tokio::time::timeout(OPERATION_TIMEOUT, sentinel.async_get_client())
+                .await
+                .map_err(|_| OpenError {
+                    redis: redis.clone(),
+                    error: "no sentinel named the primary in time".into(),
+                    transient: true,
+                })?
+                .map_err(failed)?;
+            let current = Link::connect_to(&client, 0).map_err(|e| OpenError {
+                redis: redis.clone(),
+                error: e.to_string(),
+                transient: false,
+            })?;
+            Self {
+                link: Arc::new(Link {
+                    source: Source::Sentinel(Box::new(tokio::sync::Mutex::new(sentinel))),
+                    current: RwLock::new(current),
+                    asking: AtomicBool::new(false),
+                }),
+                keys: backend.keys(),
+                replica_acks: 0,
+            }
+        };
+        store.replica_acks = backend.redis_replica_acks;
+        // Asked directly rather than through `run`, so that the error says whether waiting may help.
+        let mut conn = store.link.current().manager;
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(OPERATION_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(store),
+            Ok(Err(e)) => Err(failed(e)),
+            Err(_) => Err(OpenError {
+                redis,
+                error: "no answer in time".into(),
+                transient: true,
+            }),
+        }
+    }
+
+    /// `host:port` of the Redis in use (the primary, with Sentinel).
+    pub fn address(&self) -> String {
+        self.link.current().address
+    }
+
+    /// Replicas each new and final record waits for.
+    pub fn with_replica_acks(mut self, replicas: u32) -> Self {
+        self.replica_acks = replicas;
+        self
+    }
+
+    /// What the Redis in use keeps on disk, from `CONFIG GET appendonly` and `CONFIG GET save`.
+    pub async fn persistence(&self) -> Persistence {
+        let read = self
+            .run(|mut conn| async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("CONFIG").arg("GET").arg("appendonly");
+                pipe.cmd("CONFIG").arg("GET").arg("save");
+                let (appendonly, save): (Vec<String>, Vec<String>) =
+                    pipe.query_async(&mut conn).await?;
+                Ok((appendonly, save))
+            })
+            .await;
+        match read {
+            Ok((appendonly, save)) => {
+                let (Some(appendonly), Some(save)) = (appendonly.get(1), save.get(1)) else {
+                    return Persistence::Unknown("CONFIG GET answered without a value".into());
+                };
+                let save = save.trim().to_owned();
+                match (appendonly.as_str(), save.is_empty()) {
+                    ("yes", _) => Persistence::AppendOnly { save },
+                    (_, false) => Persistence::Snapshots { save },
+                    (_, true) => Persistence::Nothing,
+                }
+            }
+            Err(e) => Persistence::Unknown(e.to_string()),
+        }
+    }
+
+    /// Reads what Redis keeps on disk and says it in the log: a WARN when it keeps nothing (or when
+    /// that cannot be read), since a Redis restart then loses every job a client holds an ID of.
+    pub async fn check_persistence(&self) -> Persistence {
+        let persistence = self.persistence().await;
+        let redis = self.address();
+        match &persistence {
+            Persistence::AppendOnly { save } => tracing::info!(
+                %redis, save = %save,
+                "redis keeps an append-only file (appendonly yes): a restart keeps job records"
+            ),
+            Persistence::Snapshots { save } => tracing::warn!(
+                %redis, save = %save,
+                "redis keeps only snapshots (appendonly no): a crash loses the job records written \
+                 since the last snapshot, and clients resuming those jobs get not_found; set \
+                 appendonly yes (docs/deploy.md)"
+            ),
+            Persistence::Nothing => tracing::warn!(
+                %redis,
+                "redis keeps NOTHING on disk (appendonly no, save \"\"): a restart loses every job \
+                 record and stored result, and clients resuming those jobs get not_found; set \
+                 appendonly yes (docs/deploy.md)"
+            ),
+            Persistence::Unknown(reason) => tracing::warn!(
+                %redis, %reason,
+                "cannot tell whether redis keeps job records on disk: CONFIG GET was refused; make \
+                 sure it runs with appendonly yes (docs/deploy.md)"
+            ),
+        }
+        persistence
     }
 
     /// The key layout.
@@ -266,11 +574,22 @@ impl RedisStore {
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let (generation, conn) = self.link.current();
-        match tokio::time::timeout(OPERATION_TIMEOUT, f(conn)).await {
+        let Current {
+            generation,
+            manager,
+            ..
+        } = self.link.current();
+        match tokio::time::timeout(OPERATION_TIMEOUT, f(manager)).await {
+            Ok(Err(StoreError::Unavailable(reason))) => {
+                self.link.failed(generation);
+                Err(StoreError::Unavailable(reason))
+            }
             Ok(result) => result,
             Err(_) => {
-                self.link.replace(generation);
+                match self.link.source {
+                    Source::Direct => self.link.replace(generation, None),
+                    Source::Sentinel(_) => self.link.failed(generation),
+                }
                 Err(StoreError::Unavailable(
                     "redis did not answer in time".into(),
                 ))
@@ -299,10 +618,17 @@ impl JobStore for RedisStore {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
         let ttl_ms = ttl.as_millis() as i64;
+        let replica_acks = self.replica_acks;
         self.run(|mut conn| async move {
             let mut pipe = redis::pipe();
-            pipe.atomic()
-                .hset_multiple(&job, &record.to_fields())
+            if replica_acks > 0 {
+                // WAIT blocks nothing in a transaction, and counts only this connection's writes:
+                // it follows the transaction in the same pipeline, on the same connection.
+                pipe.cmd("MULTI").ignore();
+            } else {
+                pipe.atomic();
+            }
+            pipe.hset_multiple(&job, &record.to_fields())
                 .ignore()
                 .pexpire(&job, ttl_ms)
                 .ignore();
@@ -312,8 +638,22 @@ impl JobStore for RedisStore {
                     .pexpire(&watchers, ttl_ms)
                     .ignore();
             }
-            pipe.query_async::<()>(&mut conn).await?;
-            Ok(())
+            if replica_acks == 0 {
+                pipe.query_async::<()>(&mut conn).await?;
+                return Ok(());
+            }
+            pipe.cmd("EXEC").ignore();
+            wait_for_replicas(&mut pipe, replica_acks);
+            let (acked,): (u32,) = pipe.query_async(&mut conn).await?;
+            if acked < replica_acks {
+                // Nobody has the ID yet: take the record back rather than leave it queued forever.
+                let _: Result<(), _> = redis::cmd("DEL")
+                    .arg(&job)
+                    .arg(&watchers)
+                    .query_async(&mut conn)
+                    .await;
+            }
+            replicas_acknowledged(acked, replica_acks)
         })
         .await
     }
@@ -431,13 +771,38 @@ impl JobStore for RedisStore {
         debug_assert!(record.status.is_final());
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
+        let replica_acks = self.replica_acks;
         self.run(|mut conn| async move {
             let mut invocation = FINISH.key(&job);
             invocation.key(&watchers);
             for (field, value) in record.to_fields() {
                 invocation.arg(field).arg(value);
             }
-            let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await?;
+            let reply: Vec<redis::Value> = if replica_acks == 0 {
+                invocation.invoke_async(&mut conn).await?
+            } else {
+                // The script and WAIT in one pipeline, so WAIT follows the write on its connection.
+                // An already final record is waited for too: it may be this worker's own earlier
+                // write, whose WAIT fell short.
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&invocation);
+                wait_for_replicas(&mut pipe, replica_acks);
+                let answered: Result<(Vec<redis::Value>, u32), _> =
+                    pipe.query_async(&mut conn).await;
+                let (reply, acked) = match answered {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        // First use of the script on this Redis (a new primary has an empty cache).
+                        invocation.load_async(&mut conn).await?;
+                        pipe.query_async(&mut conn).await?
+                    }
+                    answered => answered?,
+                };
+                replicas_acknowledged(acked, replica_acks)?;
+                reply
+            };
             let mut reply = reply.into_iter();
             let outcome: i64 = match reply.next() {
                 Some(v) => redis::from_redis_value(v)?,
@@ -585,6 +950,25 @@ impl JobStore for RedisStore {
         })
         .await
     }
+}
+
+/// Adds `WAIT replicas timeout` to `pipe`: its answer is the number of replicas that hold every write
+/// sent before it on the connection.
+fn wait_for_replicas(pipe: &mut redis::Pipeline, replicas: u32) {
+    pipe.cmd("WAIT")
+        .arg(replicas)
+        .arg(REPLICA_WAIT.as_millis() as u64);
+}
+
+/// A write that fewer replicas than required hold has not happened, as far as the caller can promise.
+fn replicas_acknowledged(acked: u32, required: u32) -> Result<(), StoreError> {
+    if acked >= required {
+        return Ok(());
+    }
+    Err(StoreError::Unavailable(format!(
+        "only {acked} of {required} redis replicas acknowledged the write within {} ms",
+        REPLICA_WAIT.as_millis()
+    )))
 }
 
 fn record_from(fields: HashMap<String, String>) -> Result<Option<JobRecord>, StoreError> {

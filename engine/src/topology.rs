@@ -24,11 +24,16 @@ pub fn dead_letter_queue(queue: &str) -> String {
 ///
 /// Every server and worker declares the queue with these arguments; RabbitMQ refuses a declaration whose
 /// arguments differ from the existing queue's, so all of them must use the same `--max-queue-length`.
-pub fn job_queue_arguments(queue: &str, max_length: u32) -> FieldTable {
+/// `group_size` is the number of nodes the queue is replicated on (capped by the cluster's size).
+pub fn job_queue_arguments(queue: &str, max_length: u32, group_size: u16) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-quorum-initial-group-size".into(),
+        AMQPValue::LongInt(group_size.into()),
     );
     args.insert(
         "x-max-length".into(),
@@ -49,12 +54,28 @@ pub fn job_queue_arguments(queue: &str, max_length: u32) -> FieldTable {
     args
 }
 
+/// Arguments of the dead-letter queue: a quorum queue on `group_size` nodes, like the job queue.
+pub fn dead_letter_queue_arguments(group_size: u16) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-quorum-initial-group-size".into(),
+        AMQPValue::LongInt(group_size.into()),
+    );
+    args
+}
+
 /// Declares the durable job queue and its dead-letter queue (idempotent: every server and worker does it
-/// on each connection).
+/// on each connection). Both are quorum queues: a classic queue lives on one node, and while that node
+/// is down nobody can declare it, so no client could connect to the rest of the cluster.
 pub async fn declare_job_queue(
     channel: &Channel,
     queue: &str,
     max_length: u32,
+    group_size: u16,
 ) -> lapin::Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
@@ -64,14 +85,14 @@ pub async fn declare_job_queue(
         .queue_declare(
             dead_letter_queue(queue).as_str().into(),
             durable,
-            FieldTable::default(),
+            dead_letter_queue_arguments(group_size),
         )
         .await?;
     channel
         .queue_declare(
             queue.into(),
             durable,
-            job_queue_arguments(queue, max_length),
+            job_queue_arguments(queue, max_length, group_size),
         )
         .await?;
     Ok(())

@@ -5,13 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_engine::connect::{self, AmqpNodes};
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
 use herald_engine::metrics::WorkerMetrics;
-use herald_engine::settings::redact_url;
-use herald_engine::startup::SERVER_BACKEND_HINT;
-use herald_engine::{
-    JobContext, JobLimits, JobQueue, JobStore, Notifier, RedisStore, StartupError, Store,
-};
+use herald_engine::startup::{self, SERVER_BACKEND_HINT};
+use herald_engine::{JobContext, JobLimits, JobQueue, Notifier, RedisStore, StartupError, Store};
 use herald_models::Factorial;
 use herald_protocol::JobMessage;
 use prometheus_client::registry::Registry;
@@ -130,33 +128,40 @@ pub async fn distributed(settings: &Settings, instance: &str) -> Result<Backends
              workers announce; give it to herald-worker"
         );
     }
+    let (broker_at, redis_at) = (startup::rabbitmq(backend), startup::redis(backend));
     info!(
-        amqp = %redact_url(backend.amqp_url()),
-        redis = %redact_url(backend.redis_url()),
+        amqp = %broker_at,
+        redis = %redis_at,
         queue = %backend.queue,
         reply_exchange = %backend.reply_exchange,
         redis_prefix = %backend.redis_prefix,
         "DISTRIBUTED mode: jobs go through RabbitMQ's queues and live in Redis, computed by \
          herald-worker processes started with the same --amqp-url, --redis-url and names"
     );
-    let redis_failed = |e| StartupError::redis(backend.redis_url(), e, SERVER_BACKEND_HINT);
-    let redis = RedisStore::new(backend.redis_url(), backend.keys()).map_err(redis_failed)?;
-    redis.ping().await.map_err(redis_failed)?;
+    // A backend started at the same time (Compose, Kubernetes) may not be up yet: wait for it.
+    let redis = connect::wait_for(&redis_at, SERVER_BACKEND_HINT, || RedisStore::open(backend))
+        .await
+        .map_err(|e| StartupError::backend(redis_at.clone(), e, SERVER_BACKEND_HINT))?;
+    redis.check_persistence().await;
     let directory = Arc::new(Directory::distributed(
         Arc::new(Factorial::new(backend.max_n)),
         redis.clone(),
     ));
     directory.refresh().await;
     let config = broker::BrokerConfig {
-        url: backend.amqp_url().into(),
+        nodes: Arc::new(AmqpNodes::new(&backend.amqp_urls())),
         queue: backend.queue.clone(),
         max_queue_length: backend.max_queue_length,
+        quorum_group_size: backend.quorum_initial_group_size,
         reply_exchange: backend.reply_exchange.clone(),
         instance: instance.to_owned(),
     };
-    let connected = broker::Connected::open(&config)
-        .await
-        .map_err(|e| StartupError::broker(config.url.expose(), e, SERVER_BACKEND_HINT))?;
+    let connected = connect::wait_for(&broker_at, SERVER_BACKEND_HINT, || {
+        broker::Connected::open(&config)
+    })
+    .await
+    .map_err(|e| StartupError::backend(broker_at.clone(), e, SERVER_BACKEND_HINT))?;
+    info!(node = %connected.node, nodes = %config.nodes.addresses(), "connected to rabbitmq");
     let broker = Arc::new(broker::Broker::new(config, &connected));
     Ok(Backends {
         store: Arc::new(redis),

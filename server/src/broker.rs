@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use herald_engine::amqp::AmqpNotifier;
 use herald_engine::backend::{JobQueue, PublishError};
+use herald_engine::connect::{AmqpError, AmqpNodes};
 use herald_engine::{topology, Store};
 use herald_protocol::{Completion, JobMessage, ProgressMessage};
 use lapin::options::{
@@ -35,12 +36,14 @@ const REREAD_CONCURRENCY: usize = 16;
 /// What the broker connects with.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// RabbitMQ URL (it may hold a password, so its `Debug` shows nothing).
-    pub url: herald_engine::Secret,
+    /// RabbitMQ's nodes (their URLs may hold a password, so their `Debug` shows addresses only).
+    pub nodes: Arc<AmqpNodes>,
     /// Name of each model's job queue (`{model}` stands for the model's name).
     pub queue: String,
     /// Job queue length cap.
     pub max_queue_length: u32,
+    /// Nodes a new job queue is replicated on.
+    pub quorum_group_size: u16,
     /// Reply exchange.
     pub reply_exchange: String,
     /// This instance's routing key on the reply exchange.
@@ -61,6 +64,8 @@ impl BrokerConfig {
 
 /// One live connection: the publishing channel and the reply consumer.
 pub struct Connected {
+    /// The node connected to, as `host:port`.
+    pub node: String,
     connection: Connection,
     publish: Channel,
     consumer: Consumer,
@@ -69,20 +74,34 @@ pub struct Connected {
 impl Connected {
     /// Connects, declares the topology, and binds this instance's exclusive reply queue to the reply
     /// exchange with the instance ID as its routing key.
-    pub async fn open(config: &BrokerConfig) -> lapin::Result<Self> {
-        let connection = Connection::connect(
-            config.url.expose(),
-            ConnectionProperties::default()
-                .with_connection_name(format!("herald-server-{}", config.instance).into()),
-        )
-        .await?;
+    pub async fn open(config: &BrokerConfig) -> Result<Self, AmqpError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("herald-server-{}", config.instance).into());
+        let (connection, node) = config.nodes.connect(&properties).await?;
+        match Self::declare(connection, &node, config).await {
+            Ok(connected) => Ok(connected),
+            Err(error) => Err(AmqpError::Node { node, error }),
+        }
+    }
+
+    async fn declare(
+        connection: Connection,
+        node: &str,
+        config: &BrokerConfig,
+    ) -> lapin::Result<Self> {
         let publish = connection.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         // The factorial's queue always; other models' queues when their first job is published.
         let factorial = config.job_queue(herald_protocol::FACTORIAL);
-        topology::declare_job_queue(&publish, &factorial, config.max_queue_length).await?;
+        topology::declare_job_queue(
+            &publish,
+            &factorial,
+            config.max_queue_length,
+            config.quorum_group_size,
+        )
+        .await?;
         topology::declare_reply_exchange(&publish, &config.reply_exchange).await?;
         let replies = connection.create_channel().await?;
         let reply_queue = config.reply_queue();
@@ -120,6 +139,7 @@ impl Connected {
             )
             .await?;
         Ok(Self {
+            node: node.to_owned(),
             connection,
             publish,
             consumer,
@@ -211,9 +231,14 @@ impl Broker {
             .expect("declared lock never poisoned")
             .contains(&queue);
         if !known {
-            topology::declare_job_queue(&channel, &queue, self.config.max_queue_length)
-                .await
-                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            topology::declare_job_queue(
+                &channel,
+                &queue,
+                self.config.max_queue_length,
+                self.config.quorum_group_size,
+            )
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
             self.declared
                 .lock()
                 .expect("declared lock never poisoned")
@@ -302,7 +327,7 @@ impl Broker {
             }
             match Connected::open(&self.config).await {
                 Ok(connected) => {
-                    info!("reconnected to rabbitmq");
+                    info!(node = %connected.node, "reconnected to rabbitmq");
                     return Some(connected);
                 }
                 Err(e) => {

@@ -54,9 +54,6 @@ pub enum ServerError {
     /// Redis cannot be used.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// RabbitMQ cannot be used at start-up.
-    #[error("rabbitmq: {0}")]
-    Broker(#[from] lapin::Error),
     /// The listening socket failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),

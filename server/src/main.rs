@@ -9,9 +9,13 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     telemetry::init(settings.log.log_format);
-    let app = Application::build(settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
+    // Building waits for RabbitMQ and Redis if they are not up yet; a signal meanwhile ends it.
+    let app = tokio::select! {
+        app = Application::build(settings) => app?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
     app.run(shutdown).await?;
     Ok(())
 }

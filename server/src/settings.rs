@@ -102,16 +102,17 @@ impl Settings {
     /// is a mistake, not a mode: the server would silently keep jobs where other instances can't see
     /// them.
     pub fn embedded(&self) -> Result<bool, SettingsError> {
-        match (&self.backend.amqp_url, &self.backend.redis_url) {
-            (None, None) => Ok(true),
-            (Some(_), Some(_)) => Ok(false),
-            (Some(_), None) => Err(SettingsError::new(
+        match (self.backend.amqp_url.is_some(), self.backend.redis_given()) {
+            (false, false) => Ok(true),
+            (true, true) => Ok(false),
+            (true, false) => Err(SettingsError::new(
                 "redis-url",
                 "is needed with --amqp-url (give both for RabbitMQ and Redis, or neither for embedded mode)",
             )),
-            (None, Some(_)) => Err(SettingsError::new(
+            (false, true) => Err(SettingsError::new(
                 "amqp-url",
-                "is needed with --redis-url (give both for RabbitMQ and Redis, or neither for embedded mode)",
+                "is needed with --redis-url or --redis-sentinel (give both for RabbitMQ and Redis, or \
+                 neither for embedded mode)",
             )),
         }
     }

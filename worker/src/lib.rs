@@ -24,12 +24,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+use herald_engine::connect::{self, AmqpError, AmqpNodes};
 use herald_engine::metrics::WorkerMetrics;
-use herald_engine::startup::WORKER_BACKEND_HINT;
+use herald_engine::startup::{self, WORKER_BACKEND_HINT};
 use herald_engine::{amqp, cache, topology};
 use herald_engine::{
-    JobContext, JobLimits, JobStore, RedisStore, SettingsError, Settle, StartupError, Store,
-    StoreError,
+    JobContext, JobLimits, RedisStore, SettingsError, Settle, StartupError, Store,
 };
 use herald_models::Models;
 
@@ -47,12 +47,6 @@ pub enum WorkerError {
     /// A backend or the metrics address cannot be used at start-up.
     #[error(transparent)]
     Startup(#[from] StartupError),
-    /// RabbitMQ failed or refused something at start-up.
-    #[error("rabbitmq: {0}")]
-    Amqp(#[from] lapin::Error),
-    /// Redis cannot be used at start-up.
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// The metrics port cannot be opened.
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
@@ -60,34 +54,56 @@ pub enum WorkerError {
 
 /// One AMQP connection with the worker's two channels and its topology declared.
 struct Amqp {
+    /// The node connected to, as `host:port`.
+    node: String,
     connection: Connection,
     consume: Channel,
     publish: Channel,
 }
 
 impl Amqp {
-    /// Connects and declares the reply exchange and the job queue of each of `models`.
-    async fn open(settings: &Settings, models: &[String]) -> lapin::Result<Self> {
+    /// Connects to a node and declares the reply exchange and the job queue of each of `models`.
+    async fn open(
+        settings: &Settings,
+        nodes: &AmqpNodes,
+        models: &[String],
+    ) -> Result<Self, AmqpError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("herald-worker".into());
+        let (connection, node) = nodes.connect(&properties).await?;
+        match Self::declare(connection, &node, settings, models).await {
+            Ok(amqp) => Ok(amqp),
+            Err(error) => Err(AmqpError::Node { node, error }),
+        }
+    }
+
+    async fn declare(
+        connection: Connection,
+        node: &str,
+        settings: &Settings,
+        models: &[String],
+    ) -> lapin::Result<Self> {
         let backend = &settings.backend;
-        let connection = Connection::connect(
-            settings.backend.amqp_url(),
-            ConnectionProperties::default().with_connection_name("herald-worker".into()),
-        )
-        .await?;
         let consume = connection.create_channel().await?;
         let publish = connection.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         for model in models {
-            let queue = backend.job_queue(model);
-            topology::declare_job_queue(&consume, &queue, backend.max_queue_length).await?;
+            topology::declare_job_queue(
+                &consume,
+                &backend.job_queue(model),
+                backend.max_queue_length,
+                backend.quorum_initial_group_size,
+            )
+            .await?;
         }
         topology::declare_reply_exchange(&consume, &backend.reply_exchange).await?;
         consume
             .basic_qos(settings.prefetch(), BasicQosOptions::default())
             .await?;
         Ok(Self {
+            node: node.to_owned(),
             connection,
             consume,
             publish,
@@ -99,6 +115,7 @@ impl Amqp {
 pub struct Worker {
     settings: Settings,
     models: Models,
+    nodes: AmqpNodes,
     amqp: Amqp,
     redis: RedisStore,
     store: Store,
@@ -109,7 +126,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Connects to RabbitMQ and Redis and declares the topology; fails fast if either cannot be used.
+    /// Connects to Redis and RabbitMQ and declares the topology. While either is unreachable it
+    /// waits, with backoff, logging each try (a backend started at the same time may not be up yet);
+    /// it fails at once on what waiting cannot mend (a bad setting, a refused password).
     pub async fn connect(settings: Settings) -> Result<Self, WorkerError> {
         settings.validate()?;
         let backend = &settings.backend;
@@ -117,12 +136,20 @@ impl Worker {
             .models
             .build(backend.max_n, settings.concurrency())
             .await?;
-        let redis_failed = |e| StartupError::redis(backend.redis_url(), e, WORKER_BACKEND_HINT);
-        let store = RedisStore::new(backend.redis_url(), backend.keys()).map_err(redis_failed)?;
-        store.ping().await.map_err(redis_failed)?;
-        let amqp = Amqp::open(&settings, &models.names())
+        let (broker_at, redis_at) = (startup::rabbitmq(backend), startup::redis(backend));
+        // A backend started at the same time (Compose, Kubernetes) may not be up yet: wait for it.
+        let store = connect::wait_for(&redis_at, WORKER_BACKEND_HINT, || RedisStore::open(backend))
             .await
-            .map_err(|e| StartupError::broker(backend.amqp_url(), e, WORKER_BACKEND_HINT))?;
+            .map_err(|e| StartupError::backend(redis_at.clone(), e, WORKER_BACKEND_HINT))?;
+        store.check_persistence().await;
+        let nodes = AmqpNodes::new(&backend.amqp_urls());
+        let names = models.names();
+        let amqp = connect::wait_for(&broker_at, WORKER_BACKEND_HINT, || {
+            Amqp::open(&settings, &nodes, &names)
+        })
+        .await
+        .map_err(|e| StartupError::backend(broker_at.clone(), e, WORKER_BACKEND_HINT))?;
+        info!(node = %amqp.node, nodes = %nodes.addresses(), "connected to rabbitmq");
         let notifier = Arc::new(amqp::AmqpNotifier::new(backend.reply_exchange.clone()));
         notifier.set_channel(Some(amqp.publish.clone()));
         let mut registry = Registry::default();
@@ -130,6 +157,7 @@ impl Worker {
         Ok(Self {
             settings,
             models,
+            nodes,
             amqp,
             redis: store.clone(),
             store: Arc::new(store),
@@ -152,6 +180,7 @@ impl Worker {
         let Self {
             settings,
             models,
+            nodes,
             amqp,
             redis,
             store,
@@ -198,7 +227,7 @@ impl Worker {
         let last = loop {
             let amqp = match connected.take() {
                 Some(amqp) => amqp,
-                None => match reconnect(&settings, &names, &shutdown).await {
+                None => match reconnect(&settings, &nodes, &names, &shutdown).await {
                     Some(amqp) => {
                         notifier.set_channel(Some(amqp.publish.clone()));
                         amqp
@@ -243,6 +272,7 @@ impl Worker {
 /// Connects again, backing off; `None` if shutdown comes first.
 async fn reconnect(
     settings: &Settings,
+    nodes: &AmqpNodes,
     models: &[String],
     shutdown: &CancellationToken,
 ) -> Option<Amqp> {
@@ -252,9 +282,9 @@ async fn reconnect(
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
-        match Amqp::open(settings, models).await {
+        match Amqp::open(settings, nodes, models).await {
             Ok(amqp) => {
-                info!("reconnected to rabbitmq");
+                info!(node = %amqp.node, "reconnected to rabbitmq");
                 return Some(amqp);
             }
             Err(e) => {

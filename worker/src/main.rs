@@ -12,9 +12,13 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     telemetry::init(settings.log.log_format);
-    let worker = Worker::connect(settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
+    // Connecting waits for RabbitMQ and Redis if they are not up yet; a signal meanwhile ends it.
+    let worker = tokio::select! {
+        worker = Worker::connect(settings) => worker?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
     worker.run(shutdown).await?;
     Ok(())
 }

@@ -1,0 +1,450 @@
+//! Herald on a real cluster: three RabbitMQ nodes, and a Redis primary with a replica and three
+//! Sentinels, all started by `scripts/cluster.sh start` on loopback. While jobs flow through two servers
+//! and two worker processes, the node that leads the job queue is stopped, the Redis primary is killed
+//! with SIGKILL, and a soak mixes those faults with worker kills and dropped sockets. Every accepted job
+//! must reach exactly one correct result; clients may only hear `unavailable` meanwhile.
+//!
+//! The tests stop and start the cluster's nodes, so they run one at a time, in their own binary that
+//! `cargo test` leaves out; `scripts/test.sh` starts the cluster, runs them and stops it. By hand:
+//!
+//! ```sh
+//! eval "$(scripts/cluster.sh start)"
+//! cargo test -p herald-tests --test cluster -- --test-threads=1 --nocapture
+//! scripts/cluster.sh stop
+//! ```
+
+// The integration tests' fixtures; this binary uses some of them.
+#[allow(dead_code)]
+mod helpers;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use herald_protocol::{ErrorCode, JobId, Outcome, ServerMessage};
+use num_bigint::BigUint;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+use helpers::{Process, TestEnv, TestServer, PATIENCE};
+
+const CLIENTS: usize = 6;
+const WINDOW: usize = 12;
+const MAX_N: u64 = 2000;
+
+/// A variable that `scripts/cluster.sh start` prints; the tests cannot run without it.
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: start the cluster first with eval \"$(scripts/cluster.sh start)\" \
+             (scripts/test.sh does)"
+        )
+    })
+}
+
+/// An isolated environment on the cluster, with `replica_acks` replicas per new and final record.
+fn cluster_env(replica_acks: u32) -> TestEnv {
+    let mut env = TestEnv::new();
+    env.backend.amqp_url = Some(var("HERALD_AMQP_URL"));
+    env.backend.redis_url = None;
+    env.backend.redis_sentinel = Some(var("HERALD_REDIS_SENTINEL"));
+    env.backend.redis_master_name = Some(var("HERALD_REDIS_MASTER_NAME"));
+    env.backend.redis_replica_acks = replica_acks;
+    env
+}
+
+/// Runs `scripts/cluster.sh` with `args`; its stdout.
+async fn cluster(args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
+    let output = tokio::process::Command::new(script)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("scripts/cluster.sh runs");
+    assert!(
+        output.status.success(),
+        "scripts/cluster.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// The flags that put a worker process on the cluster, in `env`.
+fn worker_flags(env: &TestEnv) -> Vec<String> {
+    let b = &env.backend;
+    [
+        ("--amqp-url", b.amqp_url.clone().unwrap()),
+        ("--redis-sentinel", b.redis_sentinel.clone().unwrap()),
+        ("--redis-master-name", b.redis_master_name.clone().unwrap()),
+        ("--redis-replica-acks", b.redis_replica_acks.to_string()),
+        ("--queue", b.queue.clone()),
+        ("--reply-exchange", b.reply_exchange.clone()),
+        ("--redis-prefix", b.redis_prefix.clone()),
+        ("--concurrency", "2".to_owned()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect()
+}
+
+/// What the clients saw, summed.
+#[derive(Default)]
+struct Tally {
+    /// Jobs some client still waits for.
+    waiting: Mutex<HashSet<JobId>>,
+    accepted: AtomicUsize,
+    results: AtomicUsize,
+    duplicated: AtomicUsize,
+    wrong: AtomicUsize,
+    unavailable: AtomicUsize,
+    /// Errors other than `unavailable`, with their text.
+    other_errors: Mutex<Vec<String>>,
+    unanswered_submits: AtomicUsize,
+}
+
+struct Xs(u64);
+impl Xs {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn reference(n: u64, cache: &Mutex<HashMap<u64, Arc<str>>>) -> Arc<str> {
+    if let Some(hit) = cache.lock().unwrap().get(&n) {
+        return hit.clone();
+    }
+    let value: Arc<str> = (1..=n)
+        .fold(BigUint::from(1u32), |acc, k| acc * k)
+        .to_string()
+        .into();
+    cache.lock().unwrap().insert(n, value.clone());
+    value
+}
+
+/// One client: keeps up to WINDOW jobs in flight on either server, reconnects when its socket drops or
+/// is dropped (or a resume meets an outage), resumes what it still waits for, and counts what it sees.
+async fn client(
+    seed: u64,
+    urls: Arc<Vec<String>>,
+    budget: Arc<AtomicUsize>,
+    drop_now: Arc<Notify>,
+    tally: Arc<Tally>,
+    cache: Arc<Mutex<HashMap<u64, Arc<str>>>>,
+) {
+    let mut rng = Xs(seed);
+    let mut pending: HashMap<JobId, u64> = HashMap::new();
+    let mut finished: HashSet<JobId> = HashSet::new();
+    loop {
+        let url = &urls[rng.below(urls.len() as u64) as usize];
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        for id in pending.keys() {
+            let frame = serde_json::json!({"type":"resume","id":id}).to_string();
+            if ws.send(Message::text(frame)).await.is_err() {
+                break;
+            }
+        }
+        let mut submits_in_flight = 0usize;
+        let mut retry_at = Instant::now();
+        loop {
+            if pending.len() + submits_in_flight < WINDOW && Instant::now() >= retry_at {
+                let taken = budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                    .is_ok();
+                if taken {
+                    let n = rng.below(MAX_N + 1);
+                    let frame = serde_json::json!({"type":"submit","n":n,"ref":n.to_string()});
+                    if ws.send(Message::text(frame.to_string())).await.is_err() {
+                        budget.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    submits_in_flight += 1;
+                    continue;
+                }
+            }
+            if pending.is_empty() && submits_in_flight == 0 && budget.load(Ordering::Relaxed) == 0 {
+                let _ = ws.close(None).await;
+                return;
+            }
+            let message = tokio::select! {
+                _ = drop_now.notified() => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                message = ws.next() => message,
+            };
+            let Some(Ok(Message::Text(text))) = message else {
+                match message {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => break,
+                }
+            };
+            match serde_json::from_str::<ServerMessage>(&text).expect("valid server message") {
+                ServerMessage::Accepted { id, n, .. } => {
+                    submits_in_flight -= 1;
+                    pending.insert(id, n);
+                    tally.waiting.lock().unwrap().insert(id);
+                    tally.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                ServerMessage::Error(e) => {
+                    if e.code == ErrorCode::Unavailable {
+                        tally.unavailable.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        tally.other_errors.lock().unwrap().push(format!("{e:?}"));
+                    }
+                    if e.tag.is_some() {
+                        // A refused submit: try it again a little later.
+                        submits_in_flight -= 1;
+                        budget.fetch_add(1, Ordering::Relaxed);
+                        retry_at = Instant::now() + Duration::from_millis(100);
+                    } else {
+                        // A resume met the outage: ask again on a new socket.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        break;
+                    }
+                }
+                ServerMessage::Status { .. } | ServerMessage::Progress { .. } => {}
+                ServerMessage::Result(result) => {
+                    if finished.contains(&result.id) {
+                        tally.duplicated.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let Some(n) = pending.remove(&result.id) else {
+                        tally.wrong.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    match result.outcome {
+                        Outcome::Done { output, .. } if output == reference(n, &cache) => {}
+                        _ => {
+                            tally.wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    finished.insert(result.id);
+                    tally.waiting.lock().unwrap().remove(&result.id);
+                    tally.results.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        tally
+            .unanswered_submits
+            .fetch_add(submits_in_flight, Ordering::Relaxed);
+    }
+}
+
+/// Jobs flowing through the servers while a test injects faults.
+struct Load {
+    tally: Arc<Tally>,
+    drops: Vec<Arc<Notify>>,
+    budget: Arc<AtomicUsize>,
+    clients: tokio::task::JoinSet<()>,
+    started: Instant,
+}
+
+impl Load {
+    fn start(servers: &[TestServer], jobs: usize) -> Self {
+        let urls = Arc::new(servers.iter().map(|s| s.ws_url()).collect::<Vec<_>>());
+        let budget = Arc::new(AtomicUsize::new(jobs));
+        let tally = Arc::new(Tally::default());
+        let cache = Arc::new(Mutex::new(HashMap::new()));
+        let drops: Vec<Arc<Notify>> = (0..CLIENTS).map(|_| Arc::new(Notify::new())).collect();
+        let mut clients = tokio::task::JoinSet::new();
+        for (i, drop_now) in drops.iter().enumerate() {
+            clients.spawn(client(
+                0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
+                urls.clone(),
+                budget.clone(),
+                drop_now.clone(),
+                tally.clone(),
+                cache.clone(),
+            ));
+        }
+        Self {
+            tally,
+            drops,
+            budget,
+            clients,
+            started: Instant::now(),
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.tally.accepted.load(Ordering::Relaxed)
+    }
+
+    fn jobs_left(&self) -> usize {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` further jobs were accepted (or the budget ran out).
+    async fn until_accepted(&self, more: usize) {
+        let target = self.accepted() + more;
+        let deadline = Instant::now() + PATIENCE * 2;
+        while self.accepted() < target && self.jobs_left() > 0 {
+            assert!(Instant::now() < deadline, "jobs stopped being accepted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for every client to finish (within a generous limit: what is still awaited after it is
+    /// counted lost), then prints the counts and checks that nothing was lost, duplicated or wrong.
+    async fn finish(mut self, what: &str, faults: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 4;
+        while !self.clients.is_empty() {
+            match tokio::time::timeout_at(deadline, self.clients.join_next()).await {
+                Ok(joined) => joined.unwrap().expect("a client panicked"),
+                Err(_) => break,
+            }
+        }
+        self.clients.abort_all();
+        let t = &self.tally;
+        let lost = t.waiting.lock().unwrap().len();
+        let accepted = self.accepted();
+        let (duplicated, wrong) = (
+            t.duplicated.load(Ordering::Relaxed),
+            t.wrong.load(Ordering::Relaxed),
+        );
+        let other_errors = t.other_errors.lock().unwrap().clone();
+        eprintln!(
+            "{what}: accepted {accepted}, results {}, lost {lost}, duplicated to a socket {duplicated}, \
+             wrong {wrong}, unavailable answers {}, other errors {}, submits lost with their socket {}; \
+             faults: {faults}; {:.1} s",
+            t.results.load(Ordering::Relaxed),
+            t.unavailable.load(Ordering::Relaxed),
+            other_errors.len(),
+            t.unanswered_submits.load(Ordering::Relaxed),
+            self.started.elapsed().as_secs_f64()
+        );
+        assert_eq!(lost, 0, "accepted jobs without a result");
+        assert_eq!(duplicated, 0, "results delivered twice");
+        assert_eq!(wrong, 0, "wrong results");
+        assert!(
+            other_errors.is_empty(),
+            "errors besides unavailable: {other_errors:?}"
+        );
+        assert!(accepted > 0);
+    }
+}
+
+/// Two servers on the cluster and two worker processes.
+async fn herald(env: &TestEnv) -> (Vec<TestServer>, Vec<Process>) {
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        servers.push(env.spawn_server().await);
+    }
+    let workers = (0..2)
+        .map(|_| Process::start("herald-worker", &worker_flags(env)))
+        .collect();
+    (servers, workers)
+}
+
+/// Stops RabbitMQ node `node` and waits for the job queue to have another leader, then starts it again
+/// once `while_down` is done.
+async fn with_rabbit_node_down<F: std::future::Future<Output = ()>>(
+    env: &TestEnv,
+    node: &str,
+    while_down: F,
+) {
+    cluster(&["stop-rabbit", node]).await;
+    helpers::eventually("another node to lead the job queue", || async {
+        cluster(&["queue-leader", &env.backend.queue]).await != node
+    })
+    .await;
+    while_down.await;
+    cluster(&["start-rabbit", node]).await;
+}
+
+/// Kills the Redis primary and waits for Sentinel to promote the replica, then starts the old primary
+/// again (as a replica of the new one) once `while_down` is done.
+async fn with_redis_primary_killed<F: std::future::Future<Output = ()>>(while_down: F) {
+    let killed = cluster(&["kill-redis-primary"]).await;
+    helpers::eventually("sentinel to promote the replica", || async {
+        cluster(&["primary"]).await != killed
+    })
+    .await;
+    while_down.await;
+    cluster(&["start-redis"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_node_that_leads_the_job_queue_loses_no_accepted_job() {
+    let env = cluster_env(0);
+    let (servers, _workers) = herald(&env).await;
+    let load = Load::start(&servers, 1500);
+    load.until_accepted(300).await;
+    let leader = cluster(&["queue-leader", &env.backend.queue]).await;
+    with_rabbit_node_down(&env, &leader, load.until_accepted(400)).await;
+    load.finish(
+        "rabbitmq leader stopped",
+        &format!("RabbitMQ node {leader} (the queue's leader) stopped and started again"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_redis_primary_loses_no_accepted_job_with_one_replica_ack() {
+    let env = cluster_env(1);
+    let (servers, _workers) = herald(&env).await;
+    let load = Load::start(&servers, 1500);
+    load.until_accepted(300).await;
+    with_redis_primary_killed(tokio::time::sleep(Duration::from_secs(2))).await;
+    load.until_accepted(300).await;
+    load.finish(
+        "redis primary killed",
+        "the Redis primary killed with SIGKILL, the replica promoted, the old primary back as replica",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_with_node_faults_worker_kills_and_dropped_sockets() {
+    let env = cluster_env(1);
+    let (servers, mut workers) = herald(&env).await;
+    let load = Load::start(&servers, 8000);
+    let mut rng = Xs(0x5eed_f00d);
+    let (mut rabbit_stops, mut redis_kills, mut worker_kills, mut dropped) = (0, 0, 0, 0);
+    // Each kind of fault in turn, so a short run still meets all of them.
+    let plan = ["rabbit", "worker", "drop", "redis", "worker", "drop"];
+    for fault in plan.iter().cycle() {
+        if load.jobs_left() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+        match *fault {
+            "rabbit" => {
+                let node = (1 + rng.below(3)).to_string();
+                with_rabbit_node_down(&env, &node, load.until_accepted(100)).await;
+                rabbit_stops += 1;
+            }
+            "redis" => {
+                with_redis_primary_killed(tokio::time::sleep(Duration::from_secs(1))).await;
+                redis_kills += 1;
+            }
+            "worker" => {
+                let i = rng.below(2) as usize;
+                workers[i].kill().await;
+                workers[i] = Process::start("herald-worker", &worker_flags(&env));
+                worker_kills += 1;
+            }
+            _ => {
+                load.drops[rng.below(CLIENTS as u64) as usize].notify_one();
+                dropped += 1;
+            }
+        }
+    }
+    load.finish(
+        "soak with node faults",
+        &format!(
+            "{rabbit_stops} RabbitMQ node stops, {redis_kills} Redis primary kills, \
+             {worker_kills} worker kills, {dropped} client sockets dropped"
+        ),
+    )
+    .await;
+    drop(workers);
+    drop(servers);
+}
