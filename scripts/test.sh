@@ -13,6 +13,8 @@ cargo fmt --all -- --check
 # Also the minimum Rust version with one toolchain: clippy's incompatible_msrv lint holds Herald's use
 # of the standard library to Cargo.toml's rust-version, and tests/toolchain.rs the locked dependencies.
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The cluster tests are a target of their own (run below, against the cluster): lint them too.
+cargo clippy -p herald-tests --test cluster --locked -- -D warnings
 cargo test --workspace --locked "$@"
 # The optional malachite backend (off by default) against the built-in kernel.
 cargo clippy -p herald-models -p herald-worker --features herald-models/malachite --all-targets --locked -- -D warnings

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use herald_protocol::{ErrorCode, JobId, Outcome, ServerMessage};
+use herald_protocol::{ErrorCode, JobId, ServerMessage};
 use num_bigint::BigUint;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -188,7 +188,7 @@ async fn client(
             match serde_json::from_str::<ServerMessage>(&text).expect("valid server message") {
                 ServerMessage::Accepted { id, n, .. } => {
                     submits_in_flight -= 1;
-                    pending.insert(id, n);
+                    pending.insert(id, n.expect("a factorial job's accepted carries n"));
                     tally.waiting.lock().unwrap().insert(id);
                     tally.accepted.fetch_add(1, Ordering::Relaxed);
                 }
@@ -219,8 +219,8 @@ async fn client(
                         tally.wrong.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    match result.outcome {
-                        Outcome::Done { output, .. } if output == reference(n, &cache) => {}
+                    match result.outcome.output_text() {
+                        Some(output) if *output == *reference(n, &cache) => {}
                         _ => {
                             tally.wrong.fetch_add(1, Ordering::Relaxed);
                         }
@@ -352,7 +352,7 @@ async fn with_rabbit_node_down<F: std::future::Future<Output = ()>>(
 ) {
     cluster(&["stop-rabbit", node]).await;
     helpers::eventually("another node to lead the job queue", || async {
-        cluster(&["queue-leader", &env.backend.queue]).await != node
+        cluster(&["queue-leader", &env.factorial_queue()]).await != node
     })
     .await;
     while_down.await;
@@ -377,7 +377,7 @@ async fn stopping_the_node_that_leads_the_job_queue_loses_no_accepted_job() {
     let (servers, _workers) = herald(&env).await;
     let load = Load::start(&servers, 1500);
     load.until_accepted(300).await;
-    let leader = cluster(&["queue-leader", &env.backend.queue]).await;
+    let leader = cluster(&["queue-leader", &env.factorial_queue()]).await;
     with_rabbit_node_down(&env, &leader, load.until_accepted(400)).await;
     load.finish(
         "rabbitmq leader stopped",
