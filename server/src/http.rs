@@ -114,11 +114,12 @@ async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    // tungstenite's default 128 KiB read buffer is zero-filled on the first read: at 4 KiB an idle
-    // socket costs a fraction of that, and frames above it are still read, in more steps.
+    // tungstenite's default 128 KiB read buffer is zero-filled on the first read, and every idle
+    // socket keeps it. Requests are a few dozen bytes: 1 KiB still takes a burst of them in one read,
+    // and frames above it (up to the 64 KiB limit) are read in more steps.
     let ws = ws
         .protocols([auth::WS_PROTOCOL])
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES);
     match state.limits.open_socket(caller.key.clone()) {

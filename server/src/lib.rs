@@ -6,10 +6,13 @@
 
 pub mod auth;
 pub mod broker;
+pub mod capacity;
+pub mod heartbeat;
 pub mod http;
 pub mod hub;
 pub mod jobs;
 pub mod limits;
+pub mod listener;
 pub mod mailbox;
 pub mod metrics;
 pub mod origin;
@@ -21,7 +24,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
 use herald_engine::metrics::WorkerMetrics;
 use herald_engine::{
@@ -147,6 +149,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     backend: Backend,
+    max_connections: u32,
 }
 
 impl Application {
@@ -247,6 +250,7 @@ impl Application {
                 },
             )
         };
+        let max_connections = capacity::plan(settings.max_connections);
         let listener = TcpListener::bind(settings.listen).await?;
         let state = AppState {
             jobs: jobs::Jobs {
@@ -270,6 +274,7 @@ impl Application {
             listener,
             state,
             backend,
+            max_connections,
         })
     }
 
@@ -291,12 +296,13 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled: then every socket gets a Close frame (1001) and the server
-    /// returns once they are closed.
+    /// returns once every connection is closed (or 10 s have passed).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let Self {
             listener,
             mut state,
             backend,
+            max_connections,
         } = self;
         state.shutdown = shutdown.clone();
         let backend_task = match backend {
@@ -344,17 +350,14 @@ impl Application {
             }
         });
         info!("listening on http://{}", listener.local_addr()?);
-        // Small frames (accepted, status, results of small jobs) must not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        // The peer's address is what limits count against when there is no identity.
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        let serving = listener::Serving {
+            max_connections,
+            header_timeout: state.settings.header_timeout(),
+            request_timeout: state.settings.request_timeout(),
+            limits: state.limits.clone(),
+            metrics: state.metrics.clone(),
+        };
+        listener::serve(listener, http::router(state), serving, shutdown).await;
         let _ = backend_task.await;
         Ok(())
     }
