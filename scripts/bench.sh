@@ -12,6 +12,9 @@
 #   EMBEDDED=1 scripts/bench.sh cancel ...             (the server alone, embedded: its queue, store and
 #                                                       workers in process; no RabbitMQ, Redis or worker)
 #   MALACHITE=1 scripts/bench.sh cancel ...            (binaries built with the malachite backend)
+#   SERVER_BIN=/tmp/herald-server-old scripts/bench.sh connections ...
+#                                                     (another build's server, e.g. the previous
+#                                                      commit's, against the same worker and load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 embedded=${EMBEDDED:-}
@@ -38,7 +41,7 @@ else
 fi
 # shellcheck disable=SC2086
 # One client on loopback opens many sockets and submits fast: the per-client limits are off here.
-./target/release/herald-server "${backend[@]}" --listen "127.0.0.1:${BENCH_PORT:-0}" \
+"${SERVER_BIN:-./target/release/herald-server}" "${backend[@]}" --listen "127.0.0.1:${BENCH_PORT:-0}" \
   --submit-rate 0 --max-sockets-per-client 0 ${SERVER_ARGS:-} \
   >"$log/server.log" 2>&1 &
 server=$!

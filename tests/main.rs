@@ -8,6 +8,7 @@ mod compose;
 mod docs;
 mod errors;
 mod faults;
+mod floods;
 mod flow;
 mod hostile;
 mod http_api;
