@@ -64,7 +64,8 @@ pub struct Settings {
     #[arg(long, env = "HERALD_SUBMIT_BURST", default_value_t = 100)]
     pub submit_burst: u32,
     /// WebSockets one client (identity, or IP address without authentication) may hold open at once;
-    /// more are answered `busy` and closed. 0: no limit.
+    /// more are answered `busy` and closed. The same number bounds one address's connections that have
+    /// not upgraded to a WebSocket (plain HTTP, handshakes): one more gets 429 at once. 0: no limit.
     #[arg(long, env = "HERALD_MAX_SOCKETS_PER_CLIENT", default_value_t = 32)]
     pub max_sockets_per_client: u32,
     /// Connections (WebSockets and plain HTTP) open at once; past it a new connection is answered 503
