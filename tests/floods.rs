@@ -1,7 +1,8 @@
 //! Connection floods and dead peers, against real server processes: request headers that never finish
-//! are cut at the header timeout, WebSockets that stop answering are pinged and closed (their jobs stay
-//! resumable), and past --max-connections, or past --max-sockets-per-client connections from one
-//! address that have not upgraded, a new connection is refused at once while the open ones go on.
+//! are cut at the header timeout, a request left without an answer gets 408 at the request timeout,
+//! WebSockets that stop answering are pinged and closed (their jobs stay resumable), and past
+//! --max-connections, or past --max-sockets-per-client connections from one address that have not
+//! upgraded, a new connection is refused at once while the open ones go on.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,7 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 
-use crate::helpers::{eventually, Client, Mode, Process, TestEnv, AMQP_URL, PATIENCE, REDIS_URL};
+use crate::helpers::{
+    eventually, Client, Mode, Process, Proxy, TestEnv, AMQP_URL, PATIENCE, REDIS_URL,
+};
 
 /// A server process: embedded, or on this environment's RabbitMQ and Redis; with `flags`.
 async fn start_server(env: &TestEnv, flags: &[&str]) -> (Process, SocketAddr) {
@@ -338,4 +341,33 @@ async fn an_address_holds_only_so_many_connections_that_have_not_upgraded() {
         Some(1.0)
     );
     drop(quiet);
+}
+
+#[tokio::test]
+async fn a_request_left_without_an_answer_gets_408_at_the_request_timeout() {
+    // Redis behind a proxy that goes silent: a poll waits on it (the store gives up only after 5 s).
+    let env = TestEnv::new();
+    let redis = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let mut args = env.backend_flags(AMQP_URL, &redis.redis_url());
+    args.extend(["--listen", "127.0.0.1:0", "--request-timeout-secs", "1"].map(String::from));
+    let server = Process::start("herald-server", &args);
+    let addr: SocketAddr = server.server_addr().await.parse().unwrap();
+    let mut client = Client::connect(&format!("ws://{addr}/ws")).await;
+    client.expect_nothing_pending().await;
+
+    redis.stall();
+    let poll = format!("http://{addr}/factorial/result?id={}", uuid::Uuid::new_v4());
+    let response = http().get(&poll).send().await.unwrap();
+    assert_eq!(response.status(), 408);
+    // The server stays up; the WebSocket, not a request, is not cut.
+    let health = http()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    client.send_text("bad").await;
+    client
+        .expect_error(herald_protocol::ErrorCode::BadRequest)
+        .await;
 }
