@@ -15,6 +15,9 @@
 #   EMBEDDED=1 scripts/bench.sh cancel ...             (the server alone, embedded: its queue, store and
 #                                                       workers in process; no RabbitMQ, Redis or worker)
 #   MALACHITE=1 scripts/bench.sh cancel ...            (binaries built with the malachite backend)
+#   SERVER_BIN=/tmp/herald-server-old scripts/bench.sh connections ...
+#                                                     (another build's server, e.g. the previous
+#                                                      commit's, against the same worker and load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 embedded=${EMBEDDED:-}
@@ -24,7 +27,7 @@ features=()
 [ -z "${MALACHITE:-}" ] || features=(--features herald-worker/malachite)
 profile=${BUILD_PROFILE:-release}
 cargo build --profile "$profile" --locked -q -p herald-server -p herald-worker -p herald-loadgen "${features[@]}"
-bin=./target/$profile
+bin="${CARGO_TARGET_DIR:-./target}/$profile"
 run=herald-bench.$$
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp -d)
@@ -43,7 +46,7 @@ else
 fi
 # shellcheck disable=SC2086
 # One client on loopback opens many sockets and submits fast: the per-client limits are off here.
-"$bin/herald-server" "${backend[@]}" --listen "127.0.0.1:${BENCH_PORT:-0}" \
+"${SERVER_BIN:-$bin/herald-server}" "${backend[@]}" --listen "127.0.0.1:${BENCH_PORT:-0}" \
   --submit-rate 0 --max-sockets-per-client 0 ${SERVER_ARGS:-} \
   >"$log/server.log" 2>&1 &
 server=$!

@@ -154,6 +154,45 @@ fn docs_configuration_lists_every_flag_of_both_binaries() {
     }
 }
 
+/// The connection limits, as README's Guarantees table states them: each flag with its default from the
+/// real `--help` in parentheses after it (`--max-connections` has none there: it is sized from the file
+/// limit at start).
+#[test]
+fn readme_guarantees_state_the_connection_limits_with_their_defaults() {
+    let readme = read_doc("README.md");
+    let guarantees: String = readme
+        .lines()
+        .skip_while(|line| line.trim() != "## Guarantees")
+        .skip(1)
+        .take_while(|line| !line.starts_with("## "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!guarantees.is_empty(), "README has no `## Guarantees`");
+    let help = help_flags("herald-server");
+    for flag in [
+        "--header-timeout-secs",
+        "--request-timeout-secs",
+        "--ping-interval-secs",
+        "--ping-timeout-secs",
+        "--max-sockets-per-client",
+    ] {
+        let default = help[flag]
+            .default
+            .as_ref()
+            .unwrap_or_else(|| panic!("{flag} has no default in --help"));
+        let stated = format!("`{flag}` ({default})");
+        assert!(
+            guarantees.contains(&stated),
+            "README's Guarantees lack {stated}"
+        );
+    }
+    assert_eq!(help["--max-connections"].default, None);
+    assert!(
+        guarantees.contains("`--max-connections` (90 % of the open-file limit"),
+        "README's Guarantees lack --max-connections and its default"
+    );
+}
+
 /// Every error code (the match has no wildcard, so a new variant must be added here to compile).
 fn error_codes() -> Vec<ErrorCode> {
     let codes = [

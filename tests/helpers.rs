@@ -159,6 +159,12 @@ impl TestEnv {
             submit_rate: 0,
             submit_burst: 1,
             max_sockets_per_client: 0,
+            // The defaults: a test that needs other values sets them.
+            max_connections: None,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            ping_interval_secs: 20,
+            ping_timeout_secs: 20,
         }
     }
 

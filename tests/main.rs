@@ -10,6 +10,7 @@ mod docs;
 mod durability;
 mod errors;
 mod faults;
+mod floods;
 mod flow;
 mod hostile;
 mod http_api;

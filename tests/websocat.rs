@@ -377,3 +377,43 @@ async fn the_documented_websocat_session_works() {
     assert_result(&terminal.read_json().await, &ten, 10, "3628800");
     terminal.end_input().await;
 }
+
+#[tokio::test]
+async fn a_websocat_session_idle_for_several_ping_intervals_stays_open() {
+    let env = TestEnv::in_mode(crate::helpers::Mode::Embedded);
+    let mut settings = env.server_settings();
+    // A generous timeout: websocat answers at once, but the machine may be busy.
+    settings.ping_interval_secs = 1;
+    settings.ping_timeout_secs = 3;
+    let server = env.spawn_app_with(settings).await;
+    let mut terminal = Websocat::connect(&server.ws_url());
+    terminal.type_lines(&["10"]).await;
+    let ten = accepted_id(&terminal.read_json().await, 10);
+    assert_result(&terminal.read_json().await, &ten, 10, "3628800");
+
+    // Idle for five ping intervals: the server pings, websocat answers by itself, nothing is closed.
+    let metric = |name: &'static str| {
+        let url = server.http_url("/metrics");
+        async move {
+            let page = reqwest::get(url).await.unwrap().text().await.unwrap();
+            page.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {name} in {page}"))
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(metric("herald_pings_sent_total").await >= 2.0);
+    assert_eq!(metric("herald_sockets_ping_timeouts_total").await, 0.0);
+    assert_eq!(metric("herald_sockets_open").await, 1.0);
+
+    terminal.type_lines(&["7"]).await;
+    let seven = accepted_id(&terminal.read_json().await, 7);
+    assert_result(&terminal.read_json().await, &seven, 7, "5040");
+    terminal.end_input().await;
+}

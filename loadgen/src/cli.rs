@@ -187,6 +187,13 @@ pub struct ConnectionsArgs {
     /// PID of the server: its VmRSS is read from /proc before and while the sockets are held.
     #[arg(long, env = "HERALD_SERVER_PID")]
     pub server_pid: Option<u32>,
+    /// While the sockets are held, submit jobs at this rate (per second) over one more socket and
+    /// report their latency: how the server serves a working client while it holds the idle ones.
+    #[arg(long, value_parser = parse_rate)]
+    pub jobs_per_sec: Option<f64>,
+    /// The input of those jobs (n!).
+    #[arg(long, default_value_t = 10, requires = "jobs_per_sec")]
+    pub n: u64,
 }
 
 /// Flags of `cancel`.
@@ -291,6 +298,31 @@ mod tests {
             panic!("expected throughput");
         };
         assert_eq!((args.window, args.connections, args.jobs), (7, 50, 20_000));
+    }
+
+    #[test]
+    fn connections_may_run_jobs_meanwhile() {
+        let cli = Cli::try_parse_from(["herald-loadgen", "connections"]).unwrap();
+        let Command::Connections(args) = cli.command else {
+            panic!("expected connections");
+        };
+        assert_eq!((args.jobs_per_sec, args.n), (None, 10));
+        let cli = Cli::try_parse_from([
+            "herald-loadgen",
+            "connections",
+            "--jobs-per-sec",
+            "100",
+            "--n",
+            "20",
+        ])
+        .unwrap();
+        let Command::Connections(args) = cli.command else {
+            panic!("expected connections");
+        };
+        assert_eq!((args.jobs_per_sec, args.n), (Some(100.0), 20));
+        assert!(
+            Cli::try_parse_from(["herald-loadgen", "connections", "--jobs-per-sec", "0"]).is_err()
+        );
     }
 
     #[test]

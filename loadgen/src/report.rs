@@ -443,14 +443,49 @@ fn connections_table(r: &ConnectionsReport) -> String {
                 .map_or("-".to_owned(), |v| format!("{v:.1} KiB of server RSS")),
         ));
     }
+    if let (Some(before), Some(held), Some(per_socket)) =
+        (r.kernel_before, r.kernel_held, r.kernel_per_socket_kib)
+    {
+        rows.push((
+            "kernel".to_owned(),
+            format!(
+                "socket slabs +{:.1} MiB, {per_socket:.1} KiB per socket (both ends are on this \
+                 machine); TCP buffers {} -> {} pages",
+                (held.socket_slabs_bytes as f64 - before.socket_slabs_bytes as f64)
+                    / (1024.0 * 1024.0),
+                before.tcp_buffer_pages,
+                held.tcp_buffer_pages
+            ),
+        ));
+    }
+    if let Some(jobs) = &r.jobs {
+        rows.push((
+            "jobs meanwhile".to_owned(),
+            format!(
+                "n={} at {}/s over {:.1} s: {} submitted, {} done, {} failed, {} unfinished",
+                jobs.n,
+                jobs.rate,
+                jobs.submitting_s,
+                jobs.submitted,
+                jobs.done,
+                jobs.failed,
+                jobs.unfinished
+            ),
+        ));
+    }
     out.push_str(&pairs(&rows));
     out.push('\n');
-    out.push_str(&latency_grid(
-        "latency (ms)",
-        &[("connect + handshake", r.handshake_latency)],
-    ));
+    let mut latencies = vec![("connect + handshake", r.handshake_latency)];
+    if let Some(jobs) = &r.jobs {
+        latencies.push(("job: submit -> result", jobs.result_latency));
+    }
+    out.push_str(&latency_grid("latency (ms)", &latencies));
     out.push('\n');
     out.push_str(&pairs(&problem_rows(&r.problems)));
+    if let Some(jobs) = r.jobs.as_ref().filter(|jobs| !jobs.problems.is_empty()) {
+        out.push_str("\njobs meanwhile:\n");
+        out.push_str(&pairs(&problem_rows(&jobs.problems)));
+    }
     notes(&mut out, r.timed_out, &r.notes);
     out
 }

@@ -82,6 +82,75 @@ pub fn max_open_files(pid: u32) -> Result<u64, SysError> {
     })
 }
 
+/// The kernel's slab caches that hold a TCP socket's objects: the socket itself, its inode, its file and
+/// dentry, its epoll entry and the security module's blobs.
+pub const SOCKET_SLABS: [&str; 9] = [
+    "TCP",
+    "TCPv6",
+    "sock_inode_cache",
+    "dentry",
+    "filp",
+    "eventpoll_epi",
+    "ep_head",
+    "lsm_inode_cache",
+    "lsm_file_cache",
+];
+
+/// What the kernel holds for sockets, machine-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KernelMemory {
+    /// Bytes in use in the slab caches of [`SOCKET_SLABS`] (active objects times their size).
+    pub socket_slabs_bytes: u64,
+    /// Pages of TCP socket buffers (`mem` of the TCP line of /proc/net/sockstat).
+    pub tcp_buffer_pages: u64,
+}
+
+/// The kernel's memory for sockets now, from /proc/slabinfo (readable by root only) and
+/// /proc/net/sockstat.
+pub fn kernel_memory() -> Result<KernelMemory, SysError> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path).map_err(|error| SysError::Proc {
+            path: path.to_owned(),
+            error,
+        })
+    };
+    let slabinfo = read("/proc/slabinfo")?;
+    let sockstat = read("/proc/net/sockstat")?;
+    Ok(KernelMemory {
+        socket_slabs_bytes: parse_slab_bytes(&slabinfo, &SOCKET_SLABS),
+        tcp_buffer_pages: parse_tcp_pages(&sockstat).ok_or(SysError::Missing {
+            path: "/proc/net/sockstat".into(),
+            what: "TCP mem",
+        })?,
+    })
+}
+
+/// Sums active objects times object size over the caches `names` of /proc/slabinfo's text.
+pub fn parse_slab_bytes(slabinfo: &str, names: &[&str]) -> u64 {
+    slabinfo
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?;
+            if !names.contains(&name) {
+                return None;
+            }
+            let active: u64 = words.next()?.parse().ok()?;
+            let _total = words.next()?;
+            let size: u64 = words.next()?.parse().ok()?;
+            Some(active * size)
+        })
+        .sum()
+}
+
+/// Reads `mem` of `TCP: inuse 88 orphan 0 tw 8 alloc 91 mem 184` in /proc/net/sockstat's text.
+pub fn parse_tcp_pages(sockstat: &str) -> Option<u64> {
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem")?;
+    words.next()?.parse().ok()
+}
+
 /// How many local ports outgoing connections can use (net.ipv4.ip_local_port_range); one per socket to a
 /// given server address.
 pub fn local_ports() -> Option<u64> {
@@ -137,6 +206,23 @@ mod tests {
             "Max open files            unlimited            unlimited            files\n";
         assert_eq!(parse_max_open_files(unlimited), Some(u64::MAX));
         assert_eq!(parse_max_open_files(""), None);
+    }
+
+    #[test]
+    fn reads_kernel_socket_memory() {
+        let slabinfo = "slabinfo - version: 2.1\n\
+                        # name <active_objs> <num_objs> <objsize> <objperslab>\n\
+                        TCP                 122    140   2368   13    8 : tunables 0 0 0\n\
+                        sock_inode_cache    217    240    832   19    4 : tunables 0 0 0\n\
+                        kmalloc-64         2742   2752     64   64    1 : tunables 0 0 0\n";
+        assert_eq!(
+            parse_slab_bytes(slabinfo, &SOCKET_SLABS),
+            122 * 2368 + 217 * 832
+        );
+        let sockstat =
+            "sockets: used 130\nTCP: inuse 88 orphan 0 tw 8 alloc 91 mem 184\nUDP: inuse 0 mem 7\n";
+        assert_eq!(parse_tcp_pages(sockstat), Some(184));
+        assert_eq!(parse_tcp_pages("UDP: inuse 0 mem 7\n"), None);
     }
 
     #[test]

@@ -7,11 +7,14 @@
 pub mod auth;
 pub mod backend;
 pub mod broker;
+pub mod capacity;
 pub mod directory;
+pub mod heartbeat;
 pub mod http;
 pub mod hub;
 pub mod jobs;
 pub mod limits;
+pub mod listener;
 pub mod mailbox;
 pub mod metrics;
 pub mod origin;
@@ -22,7 +25,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use herald_engine::{SettingsError, StartupError, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -116,6 +118,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     running: backend::Running,
+    max_connections: u32,
 }
 
 impl Application {
@@ -154,6 +157,7 @@ impl Application {
         } else {
             backend::distributed(&settings, &instance).await?
         };
+        let max_connections = capacity::plan(settings.max_connections);
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|e| StartupError::listen(settings.listen, "listen", e))?;
@@ -181,6 +185,7 @@ impl Application {
             listener,
             state,
             running: backends.running,
+            max_connections,
         })
     }
 
@@ -202,12 +207,13 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled: then every socket gets a Close frame (1001) and the server
-    /// returns once they are closed.
+    /// returns once every connection is closed (or 10 s have passed).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let Self {
             listener,
             mut state,
             running,
+            max_connections,
         } = self;
         state.shutdown = shutdown.clone();
         let backend_task = running.start(&state.hub, &state.jobs.store, &state.stats, &shutdown);
@@ -230,17 +236,14 @@ impl Application {
             }
         });
         info!("listening on http://{}", listener.local_addr()?);
-        // Small frames (accepted, status, results of small jobs) must not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        // The peer's address is what limits count against when there is no identity.
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        let serving = listener::Serving {
+            max_connections,
+            header_timeout: state.settings.header_timeout(),
+            request_timeout: state.settings.request_timeout(),
+            limits: state.limits.clone(),
+            metrics: state.metrics.clone(),
+        };
+        listener::serve(listener, http::router(state), serving, shutdown).await;
         let _ = backend_task.await;
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Abuse limits per client (an identity, or an address without authentication): submits per second with
-//! a burst, and WebSockets open at once. They hold per server instance.
+//! a burst, WebSockets open at once, and connections from one address that have not upgraded to a
+//! WebSocket (plain HTTP, and handshakes in progress). They hold per server instance.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +20,38 @@ pub const SOCKET_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The limits of this server instance.
 pub struct Limits {
     submits: Option<DefaultKeyedRateLimiter<ClientKey>>,
-    max_sockets: Option<NonZeroU32>,
-    sockets: DashMap<ClientKey, u32>,
+    sockets: Arc<Counts>,
+    connections: Arc<Counts>,
+}
+
+/// How many of something each client holds, with a cap.
+struct Counts {
+    max: Option<NonZeroU32>,
+    held: DashMap<ClientKey, u32>,
+}
+
+impl Counts {
+    fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max: NonZeroU32::new(max),
+            held: DashMap::new(),
+        })
+    }
+
+    /// One more for `client`, held until the slot is dropped; `None` when it holds the maximum.
+    fn take(self: &Arc<Self>, client: ClientKey) -> Option<Slot> {
+        if let Some(max) = self.max {
+            let mut open = self.held.entry(client.clone()).or_insert(0);
+            if *open >= max.get() {
+                return None;
+            }
+            *open += 1;
+        }
+        Some(Slot {
+            counts: self.clone(),
+            client,
+        })
+    }
 }
 
 impl Limits {
@@ -32,8 +64,8 @@ impl Limits {
         });
         Self {
             submits,
-            max_sockets: NonZeroU32::new(max_sockets),
-            sockets: DashMap::new(),
+            sockets: Counts::new(max_sockets),
+            connections: Counts::new(max_sockets),
         }
     }
 
@@ -47,20 +79,18 @@ impl Limits {
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
-    /// A slot for one more socket of `client`, held until the slot is dropped; `None` when the client
-    /// already holds as many as it may.
-    pub fn open_socket(self: &Arc<Self>, client: ClientKey) -> Option<SocketSlot> {
-        if let Some(max) = self.max_sockets {
-            let mut open = self.sockets.entry(client.clone()).or_insert(0);
-            if *open >= max.get() {
-                return None;
-            }
-            *open += 1;
-        }
-        Some(SocketSlot {
-            limits: self.clone(),
-            client,
-        })
+    /// A slot for one more WebSocket of `client`, held until the slot is dropped; `None` when the
+    /// client already holds as many as it may.
+    pub fn open_socket(&self, client: ClientKey) -> Option<SocketSlot> {
+        self.sockets.take(client)
+    }
+
+    /// A slot for one more connection from `peer` that has not upgraded to a WebSocket (the same cap
+    /// as sockets: a client may hold that many of each), held until the slot is dropped; `None` when
+    /// the address already holds as many as it may. Counted by address whatever the token, as it is
+    /// taken before any request is read.
+    pub fn open_connection(&self, peer: IpAddr) -> Option<ConnectionSlot> {
+        self.connections.take(ClientKey::for_address(peer))
     }
 
     /// Forgets clients whose allowance is full again, so that a stream of passing addresses does not
@@ -70,21 +100,28 @@ impl Limits {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        self.sockets.shrink_to_fit();
+        self.sockets.held.shrink_to_fit();
+        self.connections.held.shrink_to_fit();
     }
 }
 
-/// One open socket, counted against its client until dropped.
-pub struct SocketSlot {
-    limits: Arc<Limits>,
+/// One open socket or connection, counted against its client until dropped.
+pub struct Slot {
+    counts: Arc<Counts>,
     client: ClientKey,
 }
 
-impl Drop for SocketSlot {
+/// One open WebSocket, counted against its client until dropped.
+pub type SocketSlot = Slot;
+
+/// One connection that has not upgraded, counted against its address until dropped.
+pub type ConnectionSlot = Slot;
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        if self.limits.max_sockets.is_some() {
+        if self.counts.max.is_some() {
             // Remove the entry at zero: closed sockets leave nothing behind.
-            self.limits.sockets.remove_if_mut(&self.client, |_, open| {
+            self.counts.held.remove_if_mut(&self.client, |_, open| {
                 *open = open.saturating_sub(1);
                 *open == 0
             });
@@ -132,7 +169,7 @@ mod tests {
 
     #[test]
     fn socket_slots_are_given_back_when_dropped() {
-        let limits = Arc::new(Limits::new(0, 1, 2));
+        let limits = Limits::new(0, 1, 2);
         let a = limits.open_socket(key(1)).unwrap();
         let _b = limits.open_socket(key(1)).unwrap();
         assert!(limits.open_socket(key(1)).is_none());
@@ -140,7 +177,39 @@ mod tests {
         drop(a);
         let _c = limits.open_socket(key(1)).expect("a slot came free");
         drop((_b, _c, _other));
-        assert!(limits.sockets.is_empty(), "nothing left of closed sockets");
+        assert!(
+            limits.sockets.held.is_empty(),
+            "nothing left of closed sockets"
+        );
+    }
+
+    #[test]
+    fn connections_are_counted_by_address_apart_from_sockets() {
+        let limits = Limits::new(0, 1, 2);
+        let peer: IpAddr = [10, 0, 0, 1].into();
+        let a = limits.open_connection(peer).unwrap();
+        let _b = limits.open_connection(peer).unwrap();
+        assert!(limits.open_connection(peer).is_none());
+        // An IPv6 client is counted by its /64.
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let _c = limits.open_connection(v6).unwrap();
+        let _d = limits
+            .open_connection("2001:db8::2".parse().unwrap())
+            .unwrap();
+        assert!(limits
+            .open_connection("2001:db8::3".parse().unwrap())
+            .is_none());
+        // Upgraded sockets have their own count.
+        let _socket = limits.open_socket(key(1)).unwrap();
+        drop(a);
+        let _e = limits.open_connection(peer).expect("a slot came free");
+        let unlimited = Limits::new(0, 1, 0);
+        let held: Vec<_> = (0..100).map(|_| unlimited.open_connection(peer)).collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(
+            unlimited.connections.held.is_empty(),
+            "nothing counted without a cap"
+        );
     }
 
     #[test]

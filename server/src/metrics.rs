@@ -1,6 +1,7 @@
 //! The server's Prometheus metrics, served at `GET /metrics`: jobs submitted, results pushed (by
-//! status), time to result, sockets open, messages pushed, and each model's queue depth and workers. In embedded
-//! mode the in-process workers' metrics are in the same registry.
+//! status), time to result, sockets open, messages pushed, each model's queue depth and workers, and
+//! what the connection limits did (connections open and refused, slow headers, pings and unanswered
+//! ones). In embedded mode the in-process workers' metrics are in the same registry.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,6 +31,14 @@ pub struct ModelLabel {
     pub model: String,
 }
 
+/// The label of a refused connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    /// `max_connections` (the server holds --max-connections) or `per_client` (the address holds
+    /// --max-sockets-per-client connections that have not upgraded).
+    pub limit: &'static str,
+}
+
 /// What the server counts.
 #[derive(Clone)]
 pub struct ServerMetrics {
@@ -50,6 +59,16 @@ pub struct ServerMetrics {
     pub queue_depth: Family<ModelLabel, Gauge>,
     /// Workers announcing each model, read when scraped (distributed mode).
     pub model_workers: Family<ModelLabel, Gauge>,
+    /// TCP connections open now (WebSockets, plain HTTP, and handshakes in progress).
+    pub connections_open: Gauge,
+    /// Connections refused at once, by the limit they hit.
+    pub connections_refused: Family<RefusedLabel, Counter>,
+    /// Connections closed because a request's headers did not arrive within --header-timeout-secs.
+    pub header_timeouts: Counter,
+    /// Pings sent to WebSockets that stayed silent for --ping-interval-secs.
+    pub pings_sent: Counter,
+    /// WebSockets closed because nothing came back within --ping-timeout-secs of a ping.
+    pub ping_timeouts: Counter,
 }
 
 impl ServerMetrics {
@@ -64,6 +83,11 @@ impl ServerMetrics {
             messages_pushed: Counter::default(),
             queue_depth: Family::default(),
             model_workers: Family::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Family::default(),
+            header_timeouts: Counter::default(),
+            pings_sent: Counter::default(),
+            ping_timeouts: Counter::default(),
         };
         registry.register(
             "herald_jobs_submitted",
@@ -104,6 +128,31 @@ impl ServerMetrics {
             "herald_model_workers",
             "Workers announcing each model (distributed mode)",
             metrics.model_workers.clone(),
+        );
+        registry.register(
+            "herald_connections_open",
+            "TCP connections open on this server, WebSockets and plain HTTP",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "herald_connections_refused",
+            "Connections refused at once, by the limit they hit",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "herald_connections_header_timeouts",
+            "Connections closed because a request's headers did not arrive in time",
+            metrics.header_timeouts.clone(),
+        );
+        registry.register(
+            "herald_pings_sent",
+            "Pings sent to silent WebSockets",
+            metrics.pings_sent.clone(),
+        );
+        registry.register(
+            "herald_sockets_ping_timeouts",
+            "WebSockets closed because they did not answer a ping in time",
+            metrics.ping_timeouts.clone(),
         );
         metrics
     }

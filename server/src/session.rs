@@ -4,11 +4,13 @@
 //! goes out before the `result` of the same job (a result that arrives first is held back), and each job
 //! gets exactly one `result` on this socket (a job leaves the session's table when its result is sent, and
 //! anything arriving later for it is a duplicate). Writes go through a separate writer task with a byte
-//! budget, so a client that stops reading costs bounded memory and never stalls the session.
+//! budget, so a client that stops reading costs bounded memory and never stalls the session. A client
+//! that stays silent is pinged, and closed if it does not answer (see `heartbeat`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -19,12 +21,13 @@ use herald_protocol::{
     parse_client_frame, unix_ms, ClientMessage, ErrorCode, ErrorMessage, JobId, JobRecord,
     JobStatus, ProgressMessage, ServerMessage, Submit,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::Caller;
+use crate::heartbeat::{Beat, Heartbeat};
 use crate::jobs::unavailable;
 use crate::limits::{retry_after_ms, SocketSlot};
 use crate::mailbox::{SessionEvent, SessionHandle, Submitted};
@@ -77,10 +80,18 @@ pub async fn refuse(mut socket: WebSocket, error: ErrorMessage) {
     .await;
 }
 
-/// Runs a session on an upgraded socket for `caller` until the client leaves, the server stops, or the
-/// client is too slow. `slot` counts the socket against the caller's limit while it is open.
-pub async fn run(socket: WebSocket, state: AppState, caller: Caller, slot: SocketSlot) {
-    let _slot = slot;
+/// Starts a session on an upgraded socket for `caller`. The future it returns runs until the client
+/// leaves, the server stops, or the client is too slow or stops answering pings. `slot` counts the
+/// socket against the caller's limit while it is open.
+///
+/// The set-up runs here, before the future is built, so that the future holds only what an open
+/// session needs: every idle socket keeps one for as long as it is open.
+pub fn run(
+    socket: WebSocket,
+    state: AppState,
+    caller: Caller,
+    slot: SocketSlot,
+) -> impl Future<Output = ()> + Send + 'static {
     let (sink, mut stream) = socket.split();
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let overloaded = CancellationToken::new();
@@ -91,44 +102,60 @@ pub async fn run(socket: WebSocket, state: AppState, caller: Caller, slot: Socke
     };
     let (outbox, writer) =
         Outbox::start(sink, state.settings.socket_buffer_bytes, overloaded.clone());
+    let mut heartbeat = Heartbeat::new(
+        state.settings.ping_interval(),
+        state.settings.ping_timeout(),
+    );
+    let span = tracing::debug_span!("session", session = handle.id);
+    let metrics = state.metrics.clone();
+    metrics.sockets_open.inc();
     let mut session = Session {
-        state: state.clone(),
+        state,
         caller,
         handle,
         outbox,
         watches: HashMap::new(),
     };
-    let span = tracing::debug_span!("session", session = session.handle.id);
-    state.metrics.sockets_open.inc();
     async move {
-    debug!("session opened");
-    let close = loop {
-        tokio::select! {
-            biased;
-            _ = state.shutdown.cancelled() => break Some((GOING_AWAY, "server shutting down")),
-            _ = overloaded.cancelled() => {
-                warn!("client too slow: closing its socket");
-                state.stats.sockets_closed_slow.fetch_add(1, Ordering::Relaxed);
-                break Some((POLICY, "too slow: outgoing buffer full; resume by request ID"));
+        let _slot = slot;
+        debug!("session opened");
+        let close = loop {
+            tokio::select! {
+                biased;
+                _ = session.state.shutdown.cancelled() => break Some((GOING_AWAY, "server shutting down")),
+                _ = overloaded.cancelled() => {
+                    warn!("client too slow: closing its socket");
+                    session.state.stats.sockets_closed_slow.fetch_add(1, Ordering::Relaxed);
+                    break Some((POLICY, "too slow: outgoing buffer full; resume by request ID"));
+                }
+                Some(event) = events.recv() => session.on_event(event),
+                frame = stream.next() => match frame.inspect(|_| heartbeat.heard()) {
+                    Some(Ok(Message::Text(text))) => session.on_text(&text),
+                    Some(Ok(Message::Binary(_))) => session.send(&ServerMessage::Error(ErrorMessage::new(
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported; send text frames holding JSON",
+                    ))),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(e)) => break Some(close_for(e)),
+                },
+                beat = heartbeat.due() => match beat {
+                    Beat::Ping => {
+                        metrics.pings_sent.inc();
+                        session.outbox.ping();
+                    }
+                    Beat::Dead => {
+                        debug!("no answer to a ping: closing the socket");
+                        metrics.ping_timeouts.inc();
+                        break Some((GOING_AWAY, "no answer to ping; resume by request ID"));
+                    }
+                },
             }
-            Some(event) = events.recv() => session.on_event(event),
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => session.on_text(&text),
-                Some(Ok(Message::Binary(_))) => session.send(&ServerMessage::Error(ErrorMessage::new(
-                    ErrorCode::BadRequest,
-                    "binary frames are not supported; send text frames holding JSON",
-                ))),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Err(e)) => break Some(close_for(e)),
-            },
-        }
-    };
-    session.close(close, writer).await;
+        };
+        session.close(close, writer).await;
+        metrics.sockets_open.dec();
     }
     .instrument(span)
-    .await;
-    state.metrics.sockets_open.dec();
 }
 
 /// The close code and reason for a frame the socket could not read.
@@ -476,7 +503,7 @@ impl Session {
         }
     }
 
-    async fn close(mut self, close: Option<(u16, &'static str)>, writer: JoinHandle<()>) {
+    async fn close(&mut self, close: Option<(u16, &'static str)>, writer: JoinHandle<()>) {
         let pending: Vec<JobId> = self.watches.keys().copied().collect();
         for id in pending {
             self.forget(id);
@@ -510,12 +537,31 @@ async fn release(store: &herald_engine::Store, instance: &str, id: JobId, regist
 const WRITE_BATCH: usize = 64;
 
 /// The session's outgoing queue, bounded in bytes, drained by a writer task.
+///
+/// A plain queue behind a mutex rather than a channel: a tokio channel allocates its first block of
+/// slots up front, and an idle socket would pay for it; an empty `VecDeque` holds no memory.
 struct Outbox {
-    frames: mpsc::UnboundedSender<Utf8Bytes>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     limit: usize,
     overloaded: CancellationToken,
-    close: Option<oneshot::Sender<Option<(u16, &'static str)>>>,
+}
+
+/// What the session and its writer share.
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the writer; a wake-up given while it is busy is kept for its next wait.
+    wake: Notify,
+    /// Bytes queued and not yet written.
+    queued: AtomicUsize,
+}
+
+/// Work for the writer.
+#[derive(Default)]
+struct Pending {
+    frames: VecDeque<Utf8Bytes>,
+    ping: bool,
+    /// Set when the session ends: the Close frame to send, if any. It goes before frames still queued.
+    close: Option<Option<(u16, &'static str)>>,
 }
 
 impl Outbox {
@@ -524,39 +570,47 @@ impl Outbox {
     where
         S: futures::Sink<Message> + Unpin + Send + 'static,
     {
-        let (frames, mut rx) = mpsc::unbounded_channel::<Utf8Bytes>();
-        let (close_tx, mut close_rx) = oneshot::channel::<Option<(u16, &'static str)>>();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let drained = queued.clone();
+        let shared = Arc::new(Shared {
+            pending: Mutex::default(),
+            wake: Notify::new(),
+            queued: AtomicUsize::new(0),
+        });
+        let work = shared.clone();
         let writer = tokio::spawn(async move {
             let close = loop {
-                tokio::select! {
-                    biased;
-                    close = &mut close_rx => break close.ok().flatten(),
-                    frame = rx.recv() => {
-                        // Frames already queued go out in the same write: a socket with many jobs
-                        // in flight gets its answers in a few system calls instead of one each.
-                        let mut next = frame;
-                        let (mut written, mut batched) = (0, 0);
-                        while let Some(frame) = next.take() {
-                            written += frame.len();
-                            batched += 1;
-                            if sink.feed(Message::Text(frame)).await.is_err() {
-                                return;
-                            }
-                            if batched < WRITE_BATCH {
-                                next = rx.try_recv().ok();
-                            }
-                        }
-                        if batched == 0 {
-                            break None;
-                        }
-                        if sink.flush().await.is_err() {
-                            return;
-                        }
-                        drained.fetch_sub(written, Ordering::Relaxed);
+                let (frames, ping) = {
+                    let mut pending = work.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(close) = pending.close.take() {
+                        break close;
+                    }
+                    // Frames already queued go out in the same write: a socket with many jobs in
+                    // flight gets its answers in a few system calls instead of one each. Taking the
+                    // whole queue also frees its memory once written: an idle socket keeps none.
+                    let frames = if pending.frames.len() <= WRITE_BATCH {
+                        std::mem::take(&mut pending.frames)
+                    } else {
+                        pending.frames.drain(..WRITE_BATCH).collect()
+                    };
+                    (frames, std::mem::take(&mut pending.ping))
+                };
+                if frames.is_empty() && !ping {
+                    work.wake.notified().await;
+                    continue;
+                }
+                if ping && sink.feed(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+                let mut written = 0;
+                for frame in frames {
+                    written += frame.len();
+                    if sink.feed(Message::Text(frame)).await.is_err() {
+                        return;
                     }
                 }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                work.queued.fetch_sub(written, Ordering::Relaxed);
             };
             if let Some((code, reason)) = close {
                 let frame = CloseFrame {
@@ -568,11 +622,9 @@ impl Outbox {
             let _ = sink.close().await;
         });
         let outbox = Self {
-            frames,
-            queued,
+            shared,
             limit,
             overloaded,
-            close: Some(close_tx),
         };
         (outbox, writer)
     }
@@ -581,20 +633,44 @@ impl Outbox {
     /// larger than the whole budget still goes out when nothing else is waiting.
     fn push(&self, text: String) {
         let len = text.len();
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        let before = self.shared.queued.fetch_add(len, Ordering::Relaxed);
         if before > 0 && before + len > self.limit {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
+            self.shared.queued.fetch_sub(len, Ordering::Relaxed);
             self.overloaded.cancel();
             return;
         }
-        let _ = self.frames.send(text.into());
+        self.update(|pending| pending.frames.push_back(text.into()));
     }
 
-    /// Asks the writer to send a Close frame (if `close` is set) and finish.
+    /// Asks the writer to send a Ping, ahead of the frames queued.
+    fn ping(&self) {
+        self.update(|pending| pending.ping = true);
+    }
+
+    /// Asks the writer to send a Close frame (if `close` is set) and finish; frames still queued are
+    /// dropped. Only the first call counts.
     fn close(&mut self, close: Option<(u16, &'static str)>) {
-        if let Some(tx) = self.close.take() {
-            let _ = tx.send(close);
-        }
+        self.update(|pending| {
+            pending.close.get_or_insert(close);
+        });
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Pending)) {
+        change(
+            &mut self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Outbox {
+    /// A session that goes without closing its outbox still ends its writer (without a Close frame).
+    fn drop(&mut self) {
+        self.close(None);
     }
 }
 
@@ -618,7 +694,7 @@ mod tests {
                 other => panic!("frame {i}: {other:?}"),
             }
         }
-        assert_eq!(outbox.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(outbox.shared.queued.load(Ordering::Relaxed), 0);
         drop(outbox);
         writer.await.unwrap();
         assert!(

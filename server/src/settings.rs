@@ -69,9 +69,31 @@ pub struct Settings {
     #[arg(long, env = "HERALD_SUBMIT_BURST", default_value_t = 100)]
     pub submit_burst: u32,
     /// WebSockets one client (identity, or IP address without authentication) may hold open at once;
-    /// more are answered `busy` and closed. 0: no limit.
+    /// more are answered `busy` and closed. The same number bounds one address's connections that have
+    /// not upgraded to a WebSocket (plain HTTP, handshakes): one more gets 429 at once. 0: no limit.
     #[arg(long, env = "HERALD_MAX_SOCKETS_PER_CLIENT", default_value_t = 32)]
     pub max_sockets_per_client: u32,
+    /// Connections (WebSockets and plain HTTP) open at once; past it a new connection is answered 503
+    /// with Retry-After at once and closed, and the open ones are not disturbed. Default: 90 % of the
+    /// open-file limit, which the server raises to its hard limit at start (both are logged).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+    /// Longest wait, in seconds, for a request's headers: from a new connection's start, or from the
+    /// end of the previous request on a kept-alive one. Past it the connection is closed.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Longest time, in seconds, from a plain HTTP request's headers to the start of its response
+    /// (reading its body included); past it the answer is 408. A download that has started is not
+    /// cut, and WebSockets are not concerned.
+    #[arg(long, env = "HERALD_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Seconds a WebSocket may stay silent before the server sends it a Ping.
+    #[arg(long, env = "HERALD_PING_INTERVAL_SECS", default_value_t = 20)]
+    pub ping_interval_secs: u64,
+    /// Seconds a pinged WebSocket has to send anything (its Pong) before the server closes it; its
+    /// jobs stay resumable.
+    #[arg(long, env = "HERALD_PING_TIMEOUT_SECS", default_value_t = 20)]
+    pub ping_timeout_secs: u64,
     /// Embedded mode only: jobs computed at once by the in-process workers; default: the number of
     /// cores.
     #[arg(long, env = "HERALD_CONCURRENCY")]
@@ -130,6 +152,33 @@ const MAX_RATE: u32 = 1_000_000;
 
 /// Upper bound of --max-input-bytes: a submit travels whole in one WebSocket frame and one message.
 const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
+/// Upper bound of the timeouts, in seconds (an hour): beyond it a timeout no longer protects anything.
+const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// Upper bound of --max-connections: Linux's largest possible open-file limit (fs.nr_open) is 2^30.
+pub const MAX_CONNECTIONS: u32 = 1 << 30;
+
+impl Settings {
+    /// How long a connection may take to send a request's headers.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+
+    /// How long a plain HTTP request may take until its response starts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// How long a WebSocket may stay silent before it is pinged.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+
+    /// How long a pinged WebSocket has to answer.
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout_secs)
+    }
+}
 
 impl Settings {
     /// Checks every value before anything connects (and reads --auth-tokens-file).
@@ -169,6 +218,27 @@ impl Settings {
                 "socket-buffer-bytes",
                 "must be at least 65536",
             ));
+        }
+        for (flag, secs) in [
+            ("header-timeout-secs", self.header_timeout_secs),
+            ("request-timeout-secs", self.request_timeout_secs),
+            ("ping-interval-secs", self.ping_interval_secs),
+            ("ping-timeout-secs", self.ping_timeout_secs),
+        ] {
+            if secs == 0 || secs > MAX_TIMEOUT_SECS {
+                return Err(SettingsError::new(
+                    flag,
+                    format!("must be from 1 to {MAX_TIMEOUT_SECS} seconds"),
+                ));
+            }
+        }
+        if let Some(max) = self.max_connections {
+            if max == 0 || max > MAX_CONNECTIONS {
+                return Err(SettingsError::new(
+                    "max-connections",
+                    format!("must be from 1 to {MAX_CONNECTIONS}"),
+                ));
+            }
         }
         self.static_tokens()?;
         if let Some(secret) = &self.jwt_secret {
@@ -287,6 +357,11 @@ impl fmt::Debug for Settings {
             .field("submit_rate", &self.submit_rate)
             .field("submit_burst", &self.submit_burst)
             .field("max_sockets_per_client", &self.max_sockets_per_client)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout_secs", &self.header_timeout_secs)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("ping_interval_secs", &self.ping_interval_secs)
+            .field("ping_timeout_secs", &self.ping_timeout_secs)
             .field("concurrency", &self.concurrency)
             .field("job_time_limit_secs", &self.job_time_limit_secs)
             .field("models", &self.models)
@@ -318,6 +393,17 @@ mod tests {
             "limits are on by default"
         );
         assert_eq!(settings.max_sockets_per_client, 32);
+        assert_eq!(
+            (
+                settings.header_timeout_secs,
+                settings.request_timeout_secs,
+                settings.ping_interval_secs,
+                settings.ping_timeout_secs,
+                settings.max_connections,
+            ),
+            (10, 30, 20, 20, None),
+            "connection limits are on by default; the cap comes from the file limit"
+        );
         assert!(settings.embedded().unwrap(), "no URLs: embedded mode");
     }
 
@@ -427,6 +513,12 @@ mod tests {
             (&["--allowed-origins", "null"], "allowed-origins"),
             (&["--submit-burst", "0"], "submit-burst"),
             (&["--submit-rate", "2000000"], "submit-rate"),
+            (&["--header-timeout-secs", "0"], "header-timeout-secs"),
+            (&["--request-timeout-secs", "3601"], "request-timeout-secs"),
+            (&["--ping-interval-secs", "0"], "ping-interval-secs"),
+            (&["--ping-timeout-secs", "0"], "ping-timeout-secs"),
+            (&["--max-connections", "0"], "max-connections"),
+            (&["--max-connections", "2000000000"], "max-connections"),
         ] {
             let error = parse(args).validate().unwrap_err();
             assert_eq!(error.flag, flag, "{args:?}");

@@ -1,5 +1,6 @@
 //! `connections`: many idle WebSockets opened at a bounded rate and held, to see how many the server takes
-//! and what each one costs it in resident memory.
+//! and what each one costs it in resident memory; optionally with jobs at a steady rate meanwhile, to see
+//! how it serves a working client while it holds them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,12 @@ use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::paced::{self, PacedReport};
 use super::{Ctx, RunError};
 use crate::cli::ConnectionsArgs;
 use crate::progress;
 use crate::stats::{Latencies, Problems, Summary};
-use crate::sys::{self, FdLimit};
+use crate::sys::{self, FdLimit, KernelMemory};
 use crate::target::Target;
 use crate::ws::{self, ConnectError};
 
@@ -71,6 +73,15 @@ pub struct ConnectionsReport {
     pub rss_after_close_kib: Option<u64>,
     /// (held - before) / opened, KiB.
     pub rss_per_socket_kib: Option<f64>,
+    /// The kernel's memory for sockets before opening (machine-wide; needs root for /proc/slabinfo).
+    pub kernel_before: Option<KernelMemory>,
+    /// The same with the sockets held.
+    pub kernel_held: Option<KernelMemory>,
+    /// Growth of the socket slab caches per socket, KiB: (held - before) / (2 × opened), as both ends
+    /// of every connection are sockets on this machine.
+    pub kernel_per_socket_kib: Option<f64>,
+    /// The jobs submitted at `--jobs-per-sec` while the sockets were held.
+    pub jobs: Option<Box<PacedReport>>,
     /// Everything that went wrong.
     pub problems: Problems,
     /// The run hit `--timeout`.
@@ -82,7 +93,10 @@ pub struct ConnectionsReport {
 impl ConnectionsReport {
     /// Every socket opened and stayed open, with nothing unexpected.
     pub fn is_clean(&self) -> bool {
-        self.opened == self.sockets && self.dropped == 0 && self.problems.is_clean()
+        self.opened == self.sockets
+            && self.dropped == 0
+            && self.problems.is_clean()
+            && self.jobs.as_ref().is_none_or(|jobs| jobs.is_clean())
     }
 }
 
@@ -146,6 +160,15 @@ pub async fn run(
         server_fd_limit,
         rss_before,
     } = preflight(args)?;
+    let kernel_before = match sys::kernel_memory() {
+        Ok(memory) => Some(memory),
+        Err(e) => {
+            notes.push(format!(
+                "{e}: the kernel's memory per socket is not measured"
+            ));
+            None
+        }
+    };
     for note in &notes {
         ctx.note(note);
     }
@@ -219,12 +242,17 @@ pub async fn run(
         args.hold.as_secs_f64()
     ));
 
-    // Hold, watching for sockets the server drops.
+    // Hold, watching for sockets the server drops, with jobs at a steady rate meanwhile if asked.
     let hold_start = Instant::now();
     let hold_end = (hold_start + args.hold).min(ctx.deadline);
     if hold_start + args.hold > ctx.deadline {
         timed_out = true;
     }
+    let paced = args.jobs_per_sec.map(|rate| {
+        let target = target.clone();
+        let n = args.n;
+        tokio::spawn(async move { paced::run(&target, rate, n, hold_end).await })
+    });
     loop {
         tokio::select! {
             biased;
@@ -241,6 +269,26 @@ pub async fn run(
     let hold = hold_start.elapsed();
     let rss_held = match args.server_pid {
         Some(pid) => Some(sys::rss_kib(pid)?),
+        None => None,
+    };
+    let kernel_held = kernel_before.and_then(|_| sys::kernel_memory().ok());
+
+    let jobs = match paced {
+        Some(task) => match task.await {
+            Ok(report) => {
+                ctx.note(&format!(
+                    "{} jobs submitted at {}/s while holding: {} done, {} failed, {} unfinished",
+                    report.submitted, report.rate, report.done, report.failed, report.unfinished
+                ));
+                Some(Box::new(report))
+            }
+            Err(e) => {
+                tally
+                    .problems
+                    .transport("job task panicked", &e.to_string());
+                None
+            }
+        },
         None => None,
     };
 
@@ -290,6 +338,14 @@ pub async fn run(
             );
         }
     }
+    let kernel_per_socket = match (kernel_before, kernel_held) {
+        (Some(before), Some(held)) if tally.opened > 0 => Some(
+            (held.socket_slabs_bytes as f64 - before.socket_slabs_bytes as f64)
+                / 1024.0
+                / (2 * tally.opened) as f64,
+        ),
+        _ => None,
+    };
     let per_socket = match (rss_before, rss_held) {
         (Some(before), Some(held)) if tally.opened > 0 => {
             Some((held as f64 - before as f64) / tally.opened as f64)
@@ -319,6 +375,10 @@ pub async fn run(
         rss_held_kib: rss_held,
         rss_after_close_kib: rss_after_close,
         rss_per_socket_kib: per_socket,
+        kernel_before,
+        kernel_held,
+        kernel_per_socket_kib: kernel_per_socket,
+        jobs,
         problems: tally.problems,
         timed_out,
         notes,

@@ -3,6 +3,7 @@
 pub mod cancel;
 pub mod compare;
 pub mod connections;
+pub mod paced;
 pub mod poll;
 pub mod push;
 

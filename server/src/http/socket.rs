@@ -44,11 +44,12 @@ pub async fn upgrade(
     };
     // A submit is its input plus a little; a larger frame closes the socket with 1009.
     let max_frame = state.settings.max_input_bytes + herald_protocol::FRAME_OVERHEAD_BYTES;
-    // tungstenite's default 128 KiB read buffer is zero-filled on the first read: at 4 KiB an idle
-    // socket costs a fraction of that, and frames above it are still read, in more steps.
+    // tungstenite's default 128 KiB read buffer is zero-filled on the first read, and every idle
+    // socket keeps it. Requests are a few dozen bytes: 1 KiB still takes a burst of them in one read,
+    // and frames above it (up to the limit) are read in more steps.
     let ws = ws
         .protocols([auth::WS_PROTOCOL])
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .max_message_size(max_frame)
         .max_frame_size(max_frame);
     match state.limits.open_socket(caller.key.clone()) {
