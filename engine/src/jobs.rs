@@ -209,7 +209,7 @@ impl JobContext {
         // A job that must wait for a compute slot counts its attempt only once it has one (see
         // `obtain`): one still waiting in this worker's hand when the worker dies was never tried.
         let waits = matches!((&model, &input), (Some(m), Some(Ok(i))) if !m.is_quick(i));
-        let started = match self.start(&job, !waits).await? {
+        let started = match self.start(job.id, &job.model, !waits).await? {
             Ok(started) => started,
             Err(over) => return Ok(over),
         };
@@ -305,7 +305,7 @@ impl JobContext {
             // Another writer's completion, or this worker's own earlier write whose reply was lost
             // (say, Redis WAIT fell short): publish what is stored, as after a redelivery. Servers
             // drop a second copy.
-            Finish::AlreadyFinal => self.republish(job).await,
+            Finish::AlreadyFinal => self.republish(job.id).await,
             Finish::Missing => {
                 warn!("job record expired while the job ran; result dropped");
                 Ok(Processed::Nothing)
@@ -313,17 +313,18 @@ impl JobContext {
         }
     }
 
-    /// Reads where job `job` stands before it runs and, if `count`, marks it running and counts the
+    /// Reads where job `id` (of `model`) stands before it runs and, if `count`, marks it running and counts the
     /// attempt. `Err` holds what is left to do when the job must not run (gone, already final, or
     /// the worker stops during a store outage).
     async fn start(
         &self,
-        job: &JobMessage,
+        id: JobId,
+        model: &str,
         count: bool,
     ) -> Result<Result<Started, Processed>, StoreError> {
         let at_ms = unix_ms();
         let Some(start) = self
-            .persist("start the job", || self.store.start(&job.id, at_ms, count))
+            .persist("start the job", || self.store.start(&id, at_ms, count))
             .await?
         else {
             return Ok(Err(Processed::Abandoned));
@@ -333,14 +334,14 @@ impl JobContext {
                 warn!("job record is missing (expired or never stored); dropping the job");
                 Err(Processed::Nothing)
             }
-            Start::Final => Err(self.republish(job.clone()).await?),
+            Start::Final => Err(self.republish(id).await?),
             Start::Run {
                 attempts,
                 submitted_ms,
                 cancel_requested,
             } => {
                 if count {
-                    info!(model = %job.model, attempts, "job started");
+                    info!(model, attempts, "job started");
                     self.metrics.attempts.observe(f64::from(attempts));
                 }
                 Ok(Started {
@@ -412,12 +413,7 @@ impl JobContext {
                 },
             },
         };
-        let message = JobMessage {
-            id,
-            model: model.name().to_owned(),
-            input: input.clone(),
-        };
-        let started = match self.start(&message, true).await? {
+        let started = match self.start(id, model.name(), true).await? {
             Ok(started) => started,
             Err(over) => return Ok(Outcome::Over(over)),
         };
@@ -531,9 +527,9 @@ impl JobContext {
         computed(model.run(input, run).await, self.limits.time_limit)
     }
 
-    async fn republish(&self, job: JobMessage) -> Result<Processed, StoreError> {
+    async fn republish(&self, id: JobId) -> Result<Processed, StoreError> {
         let Some(record) = self
-            .persist("read the stored result", || self.store.get(&job.id))
+            .persist("read the stored result", || self.store.get(&id))
             .await?
         else {
             return Ok(Processed::Abandoned);
@@ -542,14 +538,14 @@ impl JobContext {
             return Ok(Processed::Nothing);
         };
         let Some(watchers) = self
-            .persist("read the watchers", || self.store.watchers(&job.id))
+            .persist("read the watchers", || self.store.watchers(&id))
             .await?
         else {
             return Ok(Processed::Abandoned);
         };
         info!(status = %record.status, "job already final; publishing its completion again");
         Ok(Processed::Publish {
-            completion: Box::new(Completion::new(job.id, record)),
+            completion: Box::new(Completion::new(id, record)),
             watchers,
             dead_letter: false,
         })

@@ -545,6 +545,7 @@ mod tests {
             id: JobId::new_v4(),
             model: FACTORIAL.into(),
             input: factorial_input(3),
+            client: None,
         };
         queue.publish(&job).await.unwrap();
         queue.publish(&job).await.unwrap();

@@ -28,6 +28,9 @@ pub struct JobMessage {
     pub model: String,
     /// Its input.
     pub input: Json,
+    /// Who submitted it (see [`JobRecord::client`]), for a queue that shares its workers fairly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// What a job message holds on the wire; older servers published `{"id","n"}` for the factorial.
@@ -40,6 +43,8 @@ struct WireJob {
     input: Option<Json>,
     #[serde(default)]
     n: Option<u64>,
+    #[serde(default)]
+    client: Option<String>,
 }
 
 impl JobMessage {
@@ -64,6 +69,7 @@ impl JobMessage {
             id: wire.id,
             model,
             input,
+            client: wire.client,
         })
     }
 }
@@ -174,6 +180,7 @@ mod tests {
             id: JobId::new_v4(),
             model: FACTORIAL.into(),
             input: factorial_input(n),
+            client: Some("ip:127.0.0.1".into()),
         }
     }
 
@@ -185,6 +192,7 @@ mod tests {
             id: JobId::new_v4(),
             model: "echo".into(),
             input: json(r#"{"text":"hi","big":123456789012345678901234567890}"#).unwrap(),
+            client: None,
         };
         let decoded = JobMessage::decode(&other.encode()).unwrap();
         assert_eq!(
@@ -199,6 +207,7 @@ mod tests {
             old,
             JobMessage {
                 id,
+                client: None,
                 ..factorial_job(42)
             }
         );

@@ -131,6 +131,11 @@ pub struct JobRecord {
     /// read it. Absent in records written without authentication (and by older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Who submitted it, for the limits and the fair share of each client: `id:<identity>` with
+    /// authentication, else `ip:<address>` (an IPv6 client by its /64). Absent in records of older
+    /// versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// The fraction done, as last reported by the worker (pending jobs only; 0.0 ..= 1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
@@ -157,6 +162,7 @@ impl JobRecord {
             error: None,
             attempts: 0,
             owner: None,
+            client: None,
             progress: None,
             phase: None,
             cancel_requested: false,
@@ -166,6 +172,12 @@ impl JobRecord {
     /// The same record, belonging to `owner` (see [`JobRecord::owner`]).
     pub fn owned_by(mut self, owner: Option<&str>) -> Self {
         self.owner = owner.map(str::to_owned);
+        self
+    }
+
+    /// The same record, submitted by `client` (see [`JobRecord::client`]).
+    pub fn from_client(mut self, client: Option<&str>) -> Self {
+        self.client = client.map(str::to_owned);
         self
     }
 
@@ -203,6 +215,9 @@ impl JobRecord {
         }
         if let Some(owner) = &self.owner {
             fields.push(("owner", owner.clone()));
+        }
+        if let Some(client) = &self.client {
+            fields.push(("client", client.clone()));
         }
         if let Some(progress) = self.progress {
             fields.push(("progress", progress.to_string()));
@@ -263,6 +278,7 @@ impl JobRecord {
             error: fields.remove("error"),
             attempts: optional(&mut fields, "attempts")?.unwrap_or(0),
             owner: fields.remove("owner"),
+            client: fields.remove("client"),
             progress: optional(&mut fields, "progress")?,
             phase: fields.remove("phase"),
             cancel_requested: match fields.remove("cancel").as_deref() {
@@ -432,6 +448,7 @@ mod tests {
         record.output = Some(json_string("2432902008176640000"));
         record.attempts = 1;
         record.owner = Some("alice".into());
+        record.client = Some("id:alice".into());
         assert_eq!(JobRecord::from_fields(fields_of(&record)).unwrap(), record);
         let mut other = JobRecord::queued("echo", json(r#"{"text": [1, 2.50, "é"]}"#).unwrap(), 1);
         other.status = JobStatus::Running;

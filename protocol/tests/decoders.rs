@@ -81,6 +81,7 @@ proptest! {
             id: uuid::Uuid::from_u128(id),
             model: FACTORIAL.into(),
             input: factorial_input(n),
+            client: Some(format!("ip:10.0.0.{}", n % 256)),
         };
         prop_assert_eq!(JobMessage::decode(&job.encode()).unwrap(), job);
     }

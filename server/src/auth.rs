@@ -60,6 +60,16 @@ impl ClientKey {
     }
 }
 
+/// The key as stored with a job (its record's `client`): `id:<identity>` or `ip:<address>`.
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Identity(identity) => write!(f, "id:{identity}"),
+            Self::Address(ip) => write!(f, "ip:{ip}"),
+        }
+    }
+}
+
 /// Who a request comes from.
 #[derive(Debug, Clone)]
 pub struct Caller {

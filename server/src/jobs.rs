@@ -140,7 +140,8 @@ impl Jobs {
         })
     }
 
-    /// Stores the record of job `id` (status `queued`, belonging to `owner`), registering this instance
+    /// Stores the record of job `id` (status `queued`, belonging to `owner`, submitted by `client`, a
+    /// [`crate::auth::ClientKey`] as text), registering this instance
     /// as a watcher if `watched`, then publishes the job to its model's queue and waits for the
     /// broker's confirm.
     ///
@@ -153,8 +154,11 @@ impl Jobs {
         job: &Prepared,
         watched: bool,
         owner: Option<&str>,
+        client: &str,
     ) -> Result<(), Refusal> {
-        let record = JobRecord::queued(&job.model, job.input.clone(), unix_ms()).owned_by(owner);
+        let record = JobRecord::queued(&job.model, job.input.clone(), unix_ms())
+            .owned_by(owner)
+            .from_client(Some(client));
         let watcher = watched.then_some(self.instance.as_str());
         if let Err(e) = self.store.create(&id, &record, watcher, self.ttl).await {
             warn!(%id, error = %e, "could not store a new job");
@@ -164,6 +168,7 @@ impl Jobs {
             id,
             model: job.model.clone(),
             input: job.input.clone(),
+            client: Some(client.to_owned()),
         };
         let refusal = match self.queue.publish(&message).await {
             Ok(()) => return Ok(()),

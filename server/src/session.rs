@@ -229,11 +229,12 @@ impl Session {
         let jobs = self.state.jobs.clone();
         let events = self.handle.events.clone();
         let owner = self.caller.identity.clone();
+        let client = self.caller.key.to_string();
         tokio::spawn(async move {
             // Runs to the end even if the session goes away, so a record is never left half-submitted.
             let outcome = match jobs.prepare(model.as_deref(), input).await {
                 Ok(job) => jobs
-                    .submit(id, &job, true, owner.as_deref())
+                    .submit(id, &job, true, owner.as_deref(), &client)
                     .await
                     .map(|()| job)
                     .map_err(|r| r.to_error()),

@@ -77,7 +77,13 @@ pub async fn submit(
     let id = JobId::new_v4();
     state
         .jobs
-        .submit(id, &job, false, caller.identity.as_deref())
+        .submit(
+            id,
+            &job,
+            false,
+            caller.identity.as_deref(),
+            &caller.key.to_string(),
+        )
         .await?;
     state
         .metrics
