@@ -144,3 +144,48 @@ async fn logs_written_to_a_file_carry_no_colour_codes() {
     assert_no_colour(&server);
     server.kill().await;
 }
+
+#[tokio::test]
+async fn a_server_with_no_worker_says_so_and_keeps_the_jobs_until_one_comes() {
+    let env = TestEnv::new();
+    let mut args = env.backend_flags(AMQP_URL, REDIS_URL);
+    args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let mut server = Process::start("herald-server", &args);
+    let addr = server.server_addr().await;
+    let http = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    // Ready (the server itself works), and the body says what is missing.
+    let (status, body) = http("/readyz").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("no worker serves: factorial"), "{body}");
+    // The job is taken, with the news that nobody computes it yet.
+    let mut client = crate::helpers::Client::connect(&format!("ws://{addr}/ws")).await;
+    client.send_text("10").await;
+    let id = match client.recv().await {
+        herald_protocol::ServerMessage::Accepted { id, workers, .. } => {
+            assert_eq!(workers, Some(0));
+            id
+        }
+        other => panic!("expected accepted, got {other:?}"),
+    };
+    line_naming(&server, "no worker serves the model factorial").await;
+    let (_, metrics) = http("/metrics").await;
+    assert!(
+        metrics.contains("herald_model_workers{model=\"factorial\"} 0"),
+        "{metrics}"
+    );
+    // A worker that comes later computes it: it waited, durably queued.
+    let _worker = env.spawn_worker(1).await;
+    assert_eq!(client.output_of(id).await, "3628800");
+    eventually("readyz to stop mentioning a missing worker", || async {
+        http("/readyz").await == (200, "ready".to_owned())
+    })
+    .await;
+    assert_no_colour(&server);
+    server.kill().await;
+}

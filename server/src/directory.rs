@@ -20,6 +20,9 @@ const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// serves costs Redis a few reads a second at most.
 const REREAD_AFTER: Duration = Duration::from_millis(250);
 
+/// Shortest gap between two warnings that a model has no worker, per model.
+const WARN_IDLE_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a model stays known after its last worker went: jobs submitted while its workers restart
 /// are queued (durably) rather than refused.
 pub const GRACE: Duration = Duration::from_secs(60);
@@ -51,6 +54,8 @@ pub struct Directory {
     reading: RwLock<Reading>,
     /// How long a model stays known after its last worker went.
     grace: Duration,
+    /// When each model was last said to have no worker.
+    warned: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl Directory {
@@ -61,6 +66,7 @@ impl Directory {
             announcements: None,
             reading: RwLock::default(),
             grace: GRACE,
+            warned: Default::default(),
         }
     }
 
@@ -81,12 +87,17 @@ impl Directory {
             announcements: Some(store),
             reading: RwLock::default(),
             grace,
+            warned: Default::default(),
         }
     }
 
-    /// The model called `name`, or the names of the models served.
+    /// The model called `name`, or the names of the models served. A model with no worker now is
+    /// served all the same (its jobs wait in its queue), and said so in the log.
     pub async fn lookup(&self, name: &str) -> Result<Served, Vec<String>> {
         if let Some(served) = self.find(name) {
+            if served.workers == Some(0) {
+                self.warn_idle(name);
+            }
             return Ok(served);
         }
         let stale = self
@@ -123,6 +134,33 @@ impl Directory {
             model: local,
             workers: Some(workers),
         })
+    }
+
+    /// The models served with no worker now (distributed mode), in name order.
+    pub fn idle(&self) -> Vec<String> {
+        self.served()
+            .into_iter()
+            .filter(|(_, workers)| *workers == Some(0))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// Warns that no worker serves `model` (at most every [`WARN_IDLE_EVERY`] per model).
+    fn warn_idle(&self, model: &str) {
+        let mut warned = self.warned.lock().expect("directory lock never poisoned");
+        if warned
+            .get(model)
+            .is_some_and(|at| at.elapsed() < WARN_IDLE_EVERY)
+        {
+            return;
+        }
+        warned.insert(model.to_owned(), Instant::now());
+        warn!(
+            model,
+            "no worker serves the model {model}: its jobs are accepted and wait, durably queued, \
+             until a herald-worker serving it starts (with the same --amqp-url, --redis-url, --queue \
+             and --redis-prefix)"
+        );
     }
 
     /// Workers announcing `model` in the last reading (distributed mode; `None` in embedded mode).
@@ -170,11 +208,7 @@ impl Directory {
                     }
                     reading.last_seen.insert(name.clone(), now);
                 }
-                for (name, _) in reading.workers.iter() {
-                    if !workers.contains_key(name) {
-                        warn!(model = %name, "no worker serves the model {name} any more; its jobs wait in its queue");
-                    }
-                }
+
                 reading
                     .last_seen
                     .retain(|_, seen| seen.elapsed() < self.grace);

@@ -15,15 +15,32 @@ pub async fn index() -> Html<&'static str> {
 }
 
 /// `GET /readyz`: 200 when the job queue is usable (with RabbitMQ: connected, reply queue consuming)
-/// and the store answers, else 503. Embedded mode is ready as soon as it runs.
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+/// and the store answers, else 503. Embedded mode is ready as soon as it runs. A model no worker serves
+/// does not make the server unready (its jobs are taken and wait in its queue), but the body says so.
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
     if !state.jobs.queue.is_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "job queue unavailable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "job queue unavailable".into(),
+        );
     }
     if state.jobs.store.ping().await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "job store unavailable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "job store unavailable".into(),
+        );
     }
-    (StatusCode::OK, "ready")
+    let idle = state.jobs.directory.idle();
+    if idle.is_empty() {
+        return (StatusCode::OK, "ready".into());
+    }
+    (
+        StatusCode::OK,
+        format!(
+            "ready; no worker serves: {} (their jobs wait in their queues until one starts)",
+            idle.join(", ")
+        ),
+    )
 }
 
 /// `GET /metrics`: the OpenMetrics text format. Each served model's queue depth is read now (a
