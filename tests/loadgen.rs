@@ -61,3 +61,41 @@ async fn loadgen_honours_retry_after_and_names_the_submit_rate() {
     assert!(notes.contains("--submit-rate"), "{notes}");
     assert!(!notes.contains("--max-in-flight"), "{notes}");
 }
+
+#[tokio::test]
+async fn loadgen_measures_any_model_and_checks_its_output() {
+    let env = TestEnv::in_mode(Mode::Embedded);
+    let echo = format!("echo={}", crate::helpers::example_model("echo.py", ""));
+    let server = env.spawn_app_with_models(&[echo], 1, 30).await;
+    let run_with = |expect: &'static str| {
+        let url = server.http_url("");
+        async move {
+            let run = tokio::process::Command::new(binary("herald-loadgen"))
+                .args(["--url", &url, "--json", "--quiet", "--timeout", "50s"])
+                .args([
+                    "latency", "--jobs", "30", "--warmup", "2", "--model", "echo",
+                ])
+                .args([
+                    "--input",
+                    r#"{"text":"hi","n":[1,2.5]}"#,
+                    "--expect",
+                    expect,
+                ])
+                .kill_on_drop(true)
+                .output();
+            let output = tokio::time::timeout(PATIENCE, run)
+                .await
+                .expect("the load generator ends within its --timeout")
+                .expect("herald-loadgen runs");
+            let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON report");
+            (output.status.success(), report)
+        }
+    };
+    // echo.py answers its input: the right expectation passes every job, a wrong one fails them.
+    let (clean, report) = run_with(r#"{"text":"hi","n":[1,2.5]}"#).await;
+    assert!(clean, "{report}");
+    assert_eq!(report["done"], 32, "{report}");
+    let (clean, report) = run_with(r#"{"text":"other"}"#).await;
+    assert!(!clean, "a wrong output must fail the run: {report}");
+    assert_eq!(report["done"], 0, "{report}");
+}

@@ -74,12 +74,51 @@ pub enum Command {
     Cancel(CancelArgs),
 }
 
+/// Flags that point a run at another model than the factorial.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ModelArgs {
+    /// Submit every job to this model instead of the factorial (with --input).
+    #[arg(long, requires = "input")]
+    pub model: Option<String>,
+    /// The input of every job of --model, as JSON.
+    #[arg(long, requires = "model", value_parser = parse_json)]
+    pub input: Option<String>,
+    /// The output every job of --model must give, as JSON; without it any `done` result counts.
+    #[arg(long, requires = "model", value_parser = parse_json)]
+    pub expect: Option<String>,
+}
+
+impl ModelArgs {
+    /// The model job these flags describe, if any.
+    pub fn job(&self) -> Option<std::sync::Arc<crate::modes::push::ModelJob>> {
+        let (model, input) = (self.model.clone()?, self.input.clone()?);
+        Some(std::sync::Arc::new(crate::modes::push::ModelJob {
+            model,
+            input,
+            expect: self
+                .expect
+                .as_deref()
+                .map(|e| serde_json::from_str(e).expect("checked by parse_json")),
+        }))
+    }
+}
+
+/// Reads a JSON value given on the command line (kept as its text).
+fn parse_json(raw: &str) -> Result<String, String> {
+    serde_json::from_str::<serde_json::Value>(raw)
+        .map(|_| raw.to_owned())
+        .map_err(|e| format!("not JSON: {e}"))
+}
+
 /// Flags of `latency`.
 #[derive(Debug, Clone, Args)]
 pub struct LatencyArgs {
     /// The input of every job (n!).
     #[arg(long, default_value_t = 10)]
     pub n: u64,
+    /// Another model to submit to.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Jobs measured.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs: u64,
@@ -94,6 +133,9 @@ pub struct ThroughputArgs {
     /// The input of every job (n!).
     #[arg(long, default_value_t = 10)]
     pub n: u64,
+    /// Another model to submit to.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Concurrent WebSockets.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub connections: u64,
@@ -150,6 +192,7 @@ impl CompareArgs {
     pub fn latency(&self) -> LatencyArgs {
         LatencyArgs {
             n: self.n,
+            model: ModelArgs::default(),
             jobs: self.push_jobs,
             warmup: self.warmup,
         }

@@ -57,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Latency(args) => {
                 let plan = Plan {
                     n: args.n,
+                    model: args.model.job(),
                     connections: 1,
                     window: 1,
                     jobs: args.jobs,
@@ -67,6 +68,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Throughput(args) => {
                 let plan = Plan {
                     n: args.n,
+                    model: args.model.job(),
                     connections: args.connections,
                     window: args.window,
                     jobs: args.jobs,

@@ -1,11 +1,12 @@
 //! The real ML example, `examples/python/embeddings.py` (WordLlama from PyPI), behind the Model
-//! trait. Not in the default run: it needs the example's virtual environment. Run it with
+//! trait. Not built in the default run (cargo feature `ml-example`): it needs the example's virtual
+//! environment, from PyPI. Run it with
 //!
 //! ```sh
 //! python3 -m venv target/embeddings-venv
 //! target/embeddings-venv/bin/pip install -r examples/python/requirements-embeddings.txt
 //! HERALD_EMBEDDINGS_PYTHON=$PWD/target/embeddings-venv/bin/python \
-//!     cargo test -p herald-models --test embeddings -- --ignored
+//!     cargo test -p herald-models --features ml-example --test embeddings
 //! ```
 
 use std::time::Duration;
@@ -20,7 +21,6 @@ fn run() -> Run {
 }
 
 #[tokio::test]
-#[ignore = "needs the example's virtual environment (HERALD_EMBEDDINGS_PYTHON)"]
 async fn sentence_embeddings_from_a_real_model() {
     let python = std::env::var("HERALD_EMBEDDINGS_PYTHON")
         .expect("HERALD_EMBEDDINGS_PYTHON names the Python of the example's virtual environment");

@@ -66,6 +66,7 @@ pub async fn run(
     let latency = args.latency();
     let plan = Plan {
         n: latency.n,
+        model: None,
         connections: 1,
         window: 1,
         jobs: latency.jobs,

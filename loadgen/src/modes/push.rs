@@ -31,11 +31,35 @@ const MAX_AWAITING_IDS: usize = 10;
 /// Wait before retrying a `busy` submit when the server gives no `retry_after_ms`.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 
+/// A job of another model than the factorial: what every job of a run submits and should get.
+#[derive(Debug, Clone)]
+pub struct ModelJob {
+    /// The model.
+    pub model: String,
+    /// Its input, as JSON text.
+    pub input: String,
+    /// The output each job must give; without it, any `done` result counts.
+    pub expect: Option<serde_json::Value>,
+}
+
+impl ModelJob {
+    /// The submit frame of job `tag`.
+    fn submit_frame(&self, tag: u64) -> tokio_tungstenite::tungstenite::Message {
+        tokio_tungstenite::tungstenite::Message::text(format!(
+            r#"{{"type":"submit","model":{},"input":{},"ref":"{tag}"}}"#,
+            serde_json::Value::from(self.model.as_str()),
+            self.input
+        ))
+    }
+}
+
 /// The shape of a push run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
-    /// Input of every job.
+    /// Input of every job (the factorial's n).
     pub n: u64,
+    /// Submit to this model instead of the factorial.
+    pub model: Option<Arc<ModelJob>>,
     /// Sockets.
     pub connections: u64,
     /// Jobs in flight per socket.
@@ -152,6 +176,7 @@ pub async fn run(
         .map(|socket| {
             let driver = Driver {
                 n: plan.n,
+                model: plan.model.clone(),
                 window: plan.window as usize,
                 pool: pool.clone(),
                 deadline: ctx.deadline,
@@ -344,9 +369,25 @@ struct Sent {
     at: Instant,
 }
 
+/// Whether a model job's output is what the run expects.
+fn check_model_output(job: &ModelJob, output: &herald_protocol::Json) -> Result<(), String> {
+    let Some(expected) = &job.expect else {
+        return Ok(());
+    };
+    let got: serde_json::Value =
+        serde_json::from_str(output.get()).map_err(|e| format!("output is not JSON: {e}"))?;
+    if got == *expected {
+        Ok(())
+    } else {
+        let shown: String = output.get().chars().take(120).collect();
+        Err(format!("output {shown} is not the expected {expected}"))
+    }
+}
+
 /// One socket's loop: keep up to `window` jobs in flight until the pool runs dry.
 struct Driver {
     n: u64,
+    model: Option<Arc<ModelJob>>,
     window: usize,
     pool: Arc<JobPool>,
     deadline: Instant,
@@ -429,7 +470,11 @@ impl Driver {
                 stats.claimed += u64::from(new);
                 let at = Instant::now();
                 // `feed` queues without flushing, so a burst of submits goes out in few writes.
-                if let Err(e) = socket.feed(submit_frame(self.n, seq)).await {
+                let frame = match &self.model {
+                    Some(job) => job.submit_frame(seq),
+                    None => submit_frame(self.n, seq),
+                };
+                if let Err(e) = socket.feed(frame).await {
                     stats.unfinished += 1;
                     stats.problems.transport("send failed", &e.to_string());
                     break 'run false;
@@ -514,17 +559,23 @@ impl Driver {
         match message {
             // Long jobs report progress; the load generator measures only their end.
             ServerMessage::Progress { .. } => {}
-            ServerMessage::Accepted { id, n, tag, .. } => {
+            ServerMessage::Accepted {
+                id, n, tag, model, ..
+            } => {
                 let Some(sent) = parse_tag(tag.as_deref()).and_then(|t| flight.by_tag.remove(&t))
                 else {
                     return stats
                         .problems
                         .unexpected("accepted for no pending submit", text);
                 };
-                if n != Some(self.n) {
-                    stats
+                match &self.model {
+                    Some(job) if model != job.model => stats
                         .problems
-                        .wrong(&format!("accepted n={n:?} for n={}", self.n));
+                        .wrong(&format!("accepted model={model} for {}", job.model)),
+                    None if n != Some(self.n) => stats
+                        .problems
+                        .wrong(&format!("accepted n={n:?} for n={}", self.n)),
+                    _ => {}
                 }
                 if self.pool.measured(sent.seq) {
                     stats.accepted.record(now - sent.at);
@@ -547,12 +598,14 @@ impl Driver {
                         output,
                         timings,
                     } => {
-                        // The factorial's output is the JSON string of its digits.
-                        let digits_text = output.get().trim_matches('"');
-                        let checked = if result.n == Some(self.n) {
-                            check_output(self.n, digits, digits_text).map_err(|e| e.to_string())
-                        } else {
-                            Err(format!("result n={:?} for n={}", result.n, self.n))
+                        let checked = match &self.model {
+                            Some(job) => check_model_output(job, &output),
+                            // The factorial's output is the JSON string of its digits.
+                            None if result.n == Some(self.n) => {
+                                let digits_text = output.get().trim_matches('"');
+                                check_output(self.n, digits, digits_text).map_err(|e| e.to_string())
+                            }
+                            None => Err(format!("result n={:?} for n={}", result.n, self.n)),
                         };
                         if let Err(why) = checked {
                             stats.failed += 1;
