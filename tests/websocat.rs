@@ -67,8 +67,15 @@ impl Websocat {
             ),
         )
         .unwrap();
-        let mut child = tokio::process::Command::new("sh")
-            .args(["-c", command])
+        // bash with pipefail, as a user's shell: a documented pipeline fails when websocat does. From the
+        // repository's root, where the docs' relative paths (scripts/…) point.
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("repository root")
+            .to_path_buf();
+        let mut child = tokio::process::Command::new("bash")
+            .args(["-o", "pipefail", "-c", command])
+            .current_dir(root)
             .env("PATH", path)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
@@ -130,6 +137,16 @@ impl Websocat {
     /// whose number depends on the machine's speed).
     async fn read_json(&mut self) -> Value {
         loop {
+            let value = self.read_any().await;
+            if value["type"] != "progress" {
+                return value;
+            }
+        }
+    }
+
+    /// The next JSON line on the screen, whatever it is.
+    async fn read_any(&mut self) -> Value {
+        {
             let line = tokio::time::timeout(PATIENCE, self.stdout.next_line())
                 .await
                 .unwrap_or_else(|_| {
@@ -143,14 +160,11 @@ impl Websocat {
                         std::fs::read_to_string(&self.log).unwrap_or_default()
                     )
                 });
-            let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            serde_json::from_str(&line).unwrap_or_else(|e| {
                 // A message split over several lines (see `-B`) is not JSON; its start is enough.
                 let start: String = line.chars().take(200).collect();
                 panic!("websocat printed a line that is not JSON ({e}): {start}…")
-            });
-            if value["type"] != "progress" {
-                return value;
-            }
+            })
         }
     }
 
@@ -299,9 +313,15 @@ fn assert_result(line: &Value, id: &str, n: u64, output: &str) {
 
 #[tokio::test]
 async fn the_documented_websocat_session_works() {
-    let env = TestEnv::new();
-    let server = env.spawn_server().await;
-    let _worker = env.spawn_worker(2).await;
+    // As docs/terminal.md starts it: embedded, the factorial and the slow example model.
+    let env = TestEnv::in_mode(Mode::Embedded);
+    let sentiment = format!(
+        "sentiment={}",
+        crate::helpers::example_model("slow_sentiment.py", "")
+    );
+    let server = env
+        .spawn_app_with_models(&["factorial".to_owned(), sentiment], 2, 120)
+        .await;
     let url = server.ws_url();
 
     let mut terminal = Websocat::connect(&url);
@@ -367,6 +387,45 @@ async fn the_documented_websocat_session_works() {
         output.starts_with("18192063202303451348"),
         "20000! begins so"
     );
+
+    // The same large n twice: the second comes from the stored result of the first, not computed.
+    terminal.type_lines(&["100000"]).await;
+    let first = accepted_id(&terminal.read_json().await, 100_000);
+    let computed = terminal.read_json().await;
+    assert_eq!(computed["id"], first.as_str(), "{}", computed["type"]);
+    terminal.type_lines(&["100000"]).await;
+    let second = accepted_id(&terminal.read_json().await, 100_000);
+    let stored = terminal.read_json().await;
+    assert_eq!(stored["id"], second.as_str(), "{}", stored["type"]);
+    assert_eq!(stored["output"], computed["output"]);
+    assert_eq!(stored["timings"]["compute_ms"], 0, "{}", stored["timings"]);
+
+    // The slow model: watch its progress, then cancel it with its ID.
+    terminal
+        .type_lines(&[
+            r#"{"type":"submit","model":"sentiment","input":{"text":"what a lovely day","seconds":30}}"#,
+        ])
+        .await;
+    let accepted = terminal.read_json().await;
+    assert_eq!(
+        (accepted["type"].as_str(), accepted["model"].as_str()),
+        (Some("accepted"), Some("sentiment")),
+        "{accepted}"
+    );
+    let slow = accepted["id"].as_str().unwrap().to_owned();
+    let progress = terminal.read_any().await;
+    assert_eq!(progress["type"], "progress", "{progress}");
+    assert_eq!(progress["id"], slow.as_str(), "{progress}");
+    terminal
+        .type_lines(&[&format!(r#"{{"type":"cancel","id":"{slow}"}}"#)])
+        .await;
+    let cancelled = terminal.read_json().await;
+    assert_eq!(
+        (cancelled["type"].as_str(), cancelled["status"].as_str()),
+        (Some("result"), Some("cancelled")),
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["id"], slow.as_str());
 
     // The user leaves (Ctrl-D), comes back with a new websocat, and resumes the first job by its ID.
     terminal.end_input().await;
