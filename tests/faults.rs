@@ -51,6 +51,70 @@ async fn a_job_that_keeps_killing_its_worker_fails_and_is_dead_lettered() {
 }
 
 #[tokio::test]
+async fn jobs_waiting_in_a_killed_workers_hand_are_not_charged_an_attempt() {
+    let mut env = TestEnv::new();
+    env.backend.max_n = 2 * PAST_A_SECOND_N;
+    let server = env.spawn_server().await;
+    let mut client = server.client().await;
+    let args = ["--concurrency", "1", "--max-attempts", "2"];
+    let mut worker = env.start_worker_process(&args);
+    // One slot: the long job holds it, and the others wait in the worker's hand (its prefetch).
+    let doomed = client.submit(PAST_A_SECOND_N).await;
+    env.until_field(&doomed, "status", "running").await;
+    let mut waiting = Vec::new();
+    for n in [3000, 3001, 3002] {
+        waiting.push(client.submit(n).await);
+    }
+    // The worker dies twice while the long job runs, with the others delivered to it and waiting.
+    for attempt in 1..=2 {
+        env.until_field(&doomed, "attempts", &attempt.to_string())
+            .await;
+        // They are in the worker's hand, delivered and unacknowledged, not ready in the queue.
+        eventually("the waiting jobs delivered to the worker", || async {
+            ready_jobs(&env).await == 0
+        })
+        .await;
+        for id in &waiting {
+            assert_eq!(
+                env.record_field(id, "status").await.as_deref(),
+                Some("queued")
+            );
+            assert_eq!(env.attempts(id).await, 0, "a waiting job was never tried");
+        }
+        worker.kill().await;
+        worker = env.start_worker_process(&args);
+    }
+    // The long job used its two attempts and fails; the waiting ones run on their first.
+    match client.result_of(doomed).await {
+        Outcome::Failed { error } => assert!(error.contains("gave up after 2 attempts"), "{error}"),
+        other => panic!("expected failed, got {other:?}"),
+    }
+    let outputs = client.outputs_of(&waiting).await;
+    for id in &waiting {
+        assert!(!outputs[id].is_empty());
+        assert_eq!(env.attempts(id).await, 1);
+    }
+}
+
+/// Messages ready (not delivered to a consumer) in the factorial's job queue.
+async fn ready_jobs(env: &TestEnv) -> u32 {
+    let (connection, channel) = env.amqp_channel().await;
+    let queue = channel
+        .queue_declare(
+            env.factorial_queue().as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("the job queue exists");
+    let _ = connection.close(200, "".into()).await;
+    queue.message_count()
+}
+
+#[tokio::test]
 async fn messages_that_are_not_jobs_go_straight_to_the_dead_letter_queue() {
     let env = TestEnv::new();
     let server = env.spawn_server().await;
