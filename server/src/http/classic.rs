@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use herald_protocol::Json as JsonText;
 use herald_protocol::{JobId, JobStatus, SubmitInput, FACTORIAL};
 use serde::Serialize;
 
-use super::{cancel_job, output_file, path_id, read_job, ApiError, Failure};
+use super::{cancel_response, output_response, read_job, ApiError, Failure, JobRequest};
 use crate::auth;
 use crate::AppState;
 
@@ -157,26 +157,16 @@ pub async fn result(
 /// `DELETE /factorial/ID`: cancels a job (as `DELETE /jobs/ID`).
 pub async fn cancel(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    request: JobRequest<ApiError>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
-    let id = path_id(id)?;
-    let (code, answer) = cancel_job(&state, &caller, id).await?;
-    Ok((code, Json(answer)).into_response())
+    cancel_response(&state, request).await
 }
 
 /// `GET /factorial/ID/output`: the whole output as a file, so that a large result can be fetched
 /// without a JSON message around it.
 pub async fn output(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    request: JobRequest<ApiError>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
-    let id = path_id(id)?;
-    let record = read_job(&state, &caller, id).await?;
-    Ok(output_file(id, record)?)
+    output_response(&state, request).await
 }

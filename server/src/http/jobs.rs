@@ -5,8 +5,7 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +14,7 @@ use herald_protocol::frame::parse_submit_body;
 use herald_protocol::{ErrorCode, JobId};
 use serde::Serialize;
 
-use super::{cancel_job, output_file, path_id, read_job, ApiError, Failure};
+use super::{cancel_response, output_response, read_job, ApiError, Failure, JobRequest};
 use crate::auth;
 use crate::AppState;
 
@@ -103,41 +102,27 @@ pub async fn submit(
 /// `GET /jobs/<id>`: the job, whole (its output once done).
 pub async fn show(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    request: JobRequest<JsonError>,
 ) -> Result<Json<JobView>, JsonError> {
-    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
-    let id = path_id(id)?;
-    let record = read_job(&state, &caller, id).await?;
-    Ok(Json(JobView::new(id, &record)))
+    let record = read_job(&state, &request.caller, request.id).await?;
+    Ok(Json(JobView::new(request.id, &record)))
 }
 
 /// `DELETE /jobs/<id>`: cancels the job; 200 `cancelled` when it was queued, 202 `cancelling` when it
 /// was running, 409 when it had already finished.
 pub async fn cancel(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    request: JobRequest<JsonError>,
 ) -> Result<Response, JsonError> {
-    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
-    let id = path_id(id)?;
-    let (code, answer) = cancel_job(&state, &caller, id).await?;
-    Ok((code, Json(answer)).into_response())
+    Ok(cancel_response(&state, request).await?)
 }
 
 /// `GET /jobs/<id>/output`: the output as a file (the factorial's as text, others' as JSON).
 pub async fn output(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    request: JobRequest<JsonError>,
 ) -> Result<Response, JsonError> {
-    let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
-    let id = path_id(id)?;
-    let record = read_job(&state, &caller, id).await?;
-    Ok(output_file(id, record)?)
+    Ok(output_response(&state, request).await?)
 }
 
 /// The models served.

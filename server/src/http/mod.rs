@@ -12,8 +12,11 @@ mod socket;
 
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::extract::rejection::PathRejection;
-use axum::extract::Path;
+use axum::extract::{ConnectInfo, FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -164,6 +167,60 @@ impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         Self::Auth(error)
     }
+}
+
+/// What a request on a job's route (`/jobs/{id}`, `/factorial/{id}`, …) comes with: its caller, checked
+/// against the token, and the job's ID from the path. `E` is how the route answers a refusal: plain
+/// text on the classic API, JSON on the jobs API.
+pub struct JobRequest<E> {
+    /// Who asks.
+    pub caller: Caller,
+    /// The job.
+    pub id: JobId,
+    answers: std::marker::PhantomData<E>,
+}
+
+impl<E> FromRequestParts<AppState> for JobRequest<E>
+where
+    E: From<ApiError> + IntoResponse,
+{
+    type Rejection = E;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, E> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip())
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let caller = state
+            .caller(crate::auth::bearer_header(&parts.headers), peer)
+            .map_err(|e| E::from(ApiError::from(e)))?;
+        let path = Path::<String>::from_request_parts(parts, state).await;
+        let id = path_id(path).map_err(|e| E::from(ApiError::from(e)))?;
+        Ok(Self {
+            caller,
+            id,
+            answers: std::marker::PhantomData,
+        })
+    }
+}
+
+/// Cancels the job of `request` (see [`cancel_job`]) and answers as both APIs do.
+async fn cancel_response<E>(
+    state: &AppState,
+    request: JobRequest<E>,
+) -> Result<Response, ApiError> {
+    let (code, answer) = cancel_job(state, &request.caller, request.id).await?;
+    Ok((code, axum::Json(answer)).into_response())
+}
+
+/// The output of the job of `request` as a file (see [`output_file`]).
+async fn output_response<E>(
+    state: &AppState,
+    request: JobRequest<E>,
+) -> Result<Response, ApiError> {
+    let record = read_job(state, &request.caller, request.id).await?;
+    Ok(output_file(request.id, record)?)
 }
 
 /// The job ID in a path.
