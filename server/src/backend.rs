@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_engine::connect::{self, AmqpNodes};
+use herald_engine::fair::FairQueue;
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
 use herald_engine::metrics::WorkerMetrics;
 use herald_engine::startup::{self, SERVER_BACKEND_HINT};
 use herald_engine::{JobContext, JobLimits, JobQueue, Notifier, RedisStore, StartupError, Store};
 use herald_models::Factorial;
-use herald_protocol::JobMessage;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -56,10 +56,10 @@ pub enum Running {
     /// The in-process worker pool, and the sweep of expired records.
     Embedded {
         context: JobContext,
-        jobs: mpsc::Receiver<JobMessage>,
-        requeue: mpsc::WeakSender<JobMessage>,
+        jobs: Arc<FairQueue>,
         store: Arc<MemoryStore>,
         in_flight: usize,
+        slots: usize,
     },
 }
 
@@ -78,6 +78,7 @@ pub async fn embedded(
          --redis-url (HERALD_AMQP_URL, HERALD_REDIS_URL) and run herald-worker processes"
     );
     let memory_store = Arc::new(MemoryStore::new());
+    memory_store.register(registry);
     let store: Store = memory_store.clone();
     let (queue, jobs) = MemoryQueue::new(settings.backend.max_queue_length as usize);
     let notifier = Arc::new(hub::HubNotifier {
@@ -106,9 +107,9 @@ pub async fn embedded(
     let running = Running::Embedded {
         context,
         jobs,
-        requeue: queue.requeuer(),
         store: memory_store,
         in_flight: settings.concurrency() * EMBEDDED_JOBS_PER_SLOT,
+        slots: settings.concurrency(),
     };
     Ok(Backends {
         store,
@@ -195,9 +196,9 @@ impl Running {
             Self::Embedded {
                 context,
                 jobs,
-                requeue,
                 store,
                 in_flight,
+                slots,
             } => {
                 let stopped = shutdown.clone();
                 tokio::spawn(async move {
@@ -213,8 +214,8 @@ impl Running {
                 let pool = memory::run_pool(
                     context,
                     jobs,
-                    requeue,
                     in_flight,
+                    slots,
                     shutdown.clone(),
                     EMBEDDED_GRACE,
                 );

@@ -170,6 +170,7 @@ impl Application {
                 ttl: settings.job_ttl(),
                 directory: backends.directory,
                 max_input_bytes: settings.max_input_bytes,
+                client_limits: settings.client_limits(),
             },
             settings: Arc::new(settings),
             hub,
