@@ -52,17 +52,21 @@ async fn metric(server: &TestServer, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Whether job `id` is done (read without its output: in Redis its record's status; embedded, the
-/// job's summary over HTTP would carry the whole output, so the store's own count is asked).
-async fn done_in_redis(env: &TestEnv, id: &JobId) -> bool {
-    let mut redis = env.redis().await;
-    let status: Option<String> = redis::cmd("HGET")
-        .arg(env.backend.keys().job(id))
-        .arg("status")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    status.as_deref() == Some("done")
+/// How many of `ids` are done, by their records' status in Redis (read without their outputs).
+async fn done_in_redis(
+    env: &TestEnv,
+    redis: &mut redis::aio::MultiplexedConnection,
+    ids: &[JobId],
+) -> usize {
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.hget(env.backend.keys().job(id), "status");
+    }
+    let statuses: Vec<Option<String>> = pipe.query_async(redis).await.unwrap();
+    statuses
+        .iter()
+        .filter(|status| status.as_deref() == Some("done"))
+        .count()
 }
 
 /// The digits of job `id`'s output, over HTTP.
@@ -85,10 +89,13 @@ async fn two_hundred_submits_of_one_input_store_one_output(mode: Mode) {
     client.close().await;
     match mode {
         Mode::Distributed => {
-            for id in &ids {
-                eventually("every job done", || done_in_redis(&env, id)).await;
-            }
             let mut redis = env.redis().await;
+            eventually("every job done", || {
+                let mut redis = redis.clone();
+                let (env, ids) = (&env, &ids);
+                async move { done_in_redis(env, &mut redis, ids).await == ids.len() }
+            })
+            .await;
             let outputs: Vec<String> = redis::cmd("KEYS")
                 .arg(format!("{}output:*", env.backend.redis_prefix))
                 .query_async(&mut redis)
