@@ -40,8 +40,10 @@ else
   backend=(--queue "$run.{model}" --reply-exchange herald-bench.replies --redis-prefix "$run:"
     --amqp-url "${HERALD_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
     --redis-url "${HERALD_REDIS_URL:-redis://127.0.0.1:6379}")
-  # shellcheck disable=SC2086
-  "$bin/herald-worker" "${backend[@]}" ${WORKER_ARGS:-} >"$log/worker.log" 2>&1 &
+  # WORKER_ARGS is split as a shell would (as scripts/run.sh does), so a --model command line keeps
+  # its quotes: WORKER_ARGS='--model echo="python3 examples/python/echo.py"'.
+  eval "worker_args=(${WORKER_ARGS:-})"
+  "$bin/herald-worker" "${backend[@]}" "${worker_args[@]}" >"$log/worker.log" 2>&1 &
   worker=$!
 fi
 # shellcheck disable=SC2086
