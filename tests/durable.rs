@@ -339,12 +339,22 @@ async fn expired_records_leave_the_data_directory() {
     let server = Process::start("herald-server", &args);
     let addr = server.server_addr().await;
     let mut client = Client::connect(&format!("ws://{addr}/ws")).await;
-    let mut ids = Vec::new();
-    for n in 3000..3200 {
-        ids.push(client.submit(n).await);
+    for n in 5000..5090 {
+        client.send_json(json!({"type": "submit", "n": n})).await;
     }
-    client.outputs_of(&ids).await;
-    // Each record holds about 9,000 digits: the file holds megabytes now.
+    let mut ids = Vec::new();
+    let mut done = 0;
+    while done < 90 {
+        match client.recv().await {
+            ServerMessage::Accepted { id, .. } => ids.push(id),
+            ServerMessage::Result(result) => {
+                assert!(result.outcome.output_text().is_some(), "{result:?}");
+                done += 1;
+            }
+            other => panic!("expected accepted and results, got {other:?}"),
+        }
+    }
+    // Each record holds about 16,000 digits: the file holds megabytes now.
     let full = database_bytes(data.path());
     let rows = job_rows(data.path());
     assert!(rows > 0, "the records are in the file");
