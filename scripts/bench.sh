@@ -13,7 +13,9 @@
 #   BUILD_PROFILE=profiling scripts/bench.sh ...       (binaries with line tables and symbols, for perf
 #                                                       or flamegraphs attached to the running processes)
 #   EMBEDDED=1 scripts/bench.sh cancel ...             (the server alone, embedded: its queue, store and
-#                                                       workers in process; no RabbitMQ, Redis or worker)
+#                                                       workers in process; no RabbitMQ, Redis or worker;
+#                                                       its jobs kept in a fresh data directory, removed
+#                                                       after; SERVER_ARGS=--in-memory: in memory only)
 #   MALACHITE=1 scripts/bench.sh cancel ...            (binaries built with the malachite backend)
 #   SERVER_BIN=/tmp/herald-server-old scripts/bench.sh connections ...
 #                                                     (another build's server, e.g. the previous
@@ -32,7 +34,13 @@ run=herald-bench.$$
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp -d)
 if [ -n "$embedded" ]; then
+  # A data directory of this run's own (the default, herald-data in the working directory, would carry
+  # jobs from one run into the next), unless the server keeps its jobs in memory.
   backend=()
+  case " ${SERVER_ARGS:-} " in
+  *" --in-memory "*) ;;
+  *) backend=(--data-dir "$log/data") ;;
+  esac
   worker=
 else
   # Both URLs, and to both processes: a server given neither runs embedded, and the worker sits idle.
@@ -87,6 +95,7 @@ cleanup() {
     done
     redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
   fi
+  rm -rf "$log/data"
   echo "logs: $log" >&2
 }
 trap cleanup EXIT

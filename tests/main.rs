@@ -8,6 +8,7 @@ mod compose;
 mod deploy;
 mod docs;
 mod durability;
+mod durable;
 mod errors;
 mod faults;
 mod floods;

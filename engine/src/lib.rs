@@ -11,6 +11,7 @@ pub mod announce;
 pub mod backend;
 pub mod cache;
 pub mod connect;
+pub mod durable;
 pub mod jobs;
 pub mod memory;
 pub mod metrics;

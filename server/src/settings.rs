@@ -33,8 +33,8 @@ pub struct Settings {
         value_parser = parse_listen_addr
     )]
     pub listen: SocketAddr,
-    /// How long a job's record (and result) is kept after the submit (in Redis, or in memory in
-    /// embedded mode), in seconds.
+    /// How long a job's record (and result) is kept after the submit (in Redis, or in the data
+    /// directory in embedded mode), in seconds.
     #[arg(long, env = "HERALD_JOB_TTL_SECS", default_value_t = 86_400)]
     pub job_ttl_secs: u64,
     /// Jobs one WebSocket connection may have in flight; more are answered `busy`.
@@ -111,6 +111,15 @@ pub struct Settings {
     /// dying on it).
     #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// Embedded mode only: the directory where job records, the jobs not yet finished and results
+    /// are kept (an SQLite database), so that they survive a restart or a crash; created if missing,
+    /// and used by one server at a time. Default: `herald-data` in the working directory.
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Embedded mode only: keep jobs and results in memory only, with no data directory: a restart
+    /// loses every job (clients then get not_found for their IDs).
+    #[arg(long, env = "HERALD_IN_MEMORY")]
+    pub in_memory: bool,
     /// Largest job input, in bytes of JSON text; a larger one is refused with `too_large`.
     #[arg(long, env = "HERALD_MAX_INPUT_BYTES", default_value_t = herald_protocol::model::DEFAULT_MAX_INPUT_BYTES)]
     pub max_input_bytes: usize,
@@ -139,6 +148,18 @@ impl Settings {
         }
     }
 
+    /// Where embedded mode keeps its jobs: `None` with --in-memory.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        if self.in_memory {
+            return None;
+        }
+        Some(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        )
+    }
+
     /// Jobs computed at once in embedded mode.
     pub fn concurrency(&self) -> usize {
         self.concurrency
@@ -146,6 +167,9 @@ impl Settings {
             .map_or(1, NonZeroUsize::get)
     }
 }
+
+/// The data directory when --data-dir is not given, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "herald-data";
 
 /// Upper bound of the rate settings: beyond it a limit is no limit, and a typo should not pass.
 const MAX_RATE: u32 = 1_000_000;
@@ -186,6 +210,20 @@ impl Settings {
         self.backend.validate()?;
         self.embedded()?;
         self.models.validate()?;
+        if self.in_memory && self.data_dir.is_some() {
+            return Err(SettingsError::new(
+                "in-memory",
+                "keeps no data directory: give --in-memory or --data-dir (HERALD_IN_MEMORY, \
+                 HERALD_DATA_DIR), not both",
+            ));
+        }
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(SettingsError::new("data-dir", "must name a directory"));
+        }
         if self.max_attempts == 0 {
             return Err(SettingsError::new("max-attempts", "must be at least 1"));
         }
@@ -366,6 +404,8 @@ impl fmt::Debug for Settings {
             .field("job_time_limit_secs", &self.job_time_limit_secs)
             .field("models", &self.models)
             .field("max_attempts", &self.max_attempts)
+            .field("data_dir", &self.data_dir)
+            .field("in_memory", &self.in_memory)
             .field("max_input_bytes", &self.max_input_bytes)
             .field("log", &self.log)
             .finish()
@@ -405,6 +445,22 @@ mod tests {
             "connection limits are on by default; the cap comes from the file limit"
         );
         assert!(settings.embedded().unwrap(), "no URLs: embedded mode");
+        assert_eq!(
+            settings.data_dir(),
+            Some(PathBuf::from("herald-data")),
+            "embedded mode keeps its jobs by default"
+        );
+    }
+
+    #[test]
+    fn in_memory_keeps_no_data_directory_and_excludes_one() {
+        let settings = parse(&["--in-memory"]);
+        settings.validate().unwrap();
+        assert_eq!(settings.data_dir(), None);
+        let settings = parse(&["--data-dir", "/var/lib/herald"]);
+        assert_eq!(settings.data_dir(), Some(PathBuf::from("/var/lib/herald")));
+        let both = parse(&["--in-memory", "--data-dir", "/var/lib/herald"]);
+        assert_eq!(both.validate().unwrap_err().flag, "in-memory");
     }
 
     #[test]
