@@ -71,9 +71,13 @@ pub fn plan(configured: Option<u32>) -> u32 {
         soft = limit.soft,
         hard = limit.hard,
         max_connections = cap,
-        "open-file limit {} (raised from {}, hard limit {}); at most {cap} connections{}",
+        "open-file limit {} ({}, hard limit {}); at most {cap} connections{}",
         limit.soft,
-        limit.soft_before,
+        if limit.soft > limit.soft_before {
+            format!("raised from {}", limit.soft_before)
+        } else {
+            "already the hard limit".to_owned()
+        },
         limit.hard,
         if configured.is_some() {
             " (--max-connections)"
