@@ -1,8 +1,9 @@
-//! The server's memory under sockets that never read, against a real server process: many sockets each
-//! resume a finished n = 10^6 (5.5 MB of digits) and read nothing; the sockets together stay within
-//! --max-buffered-bytes, so the process's resident memory (VmRSS in /proc) grows by no more than that
-//! and a margin; the socket that holds most and waited longest is closed, and other clients go on.
-//! Resumes count against the submit allowance.
+//! The server's memory under sockets that never read, against a real server process (embedded, and
+//! distributed on the real RabbitMQ and Redis with a worker): many sockets each resume a finished
+//! n = 10^6 (5.5 MB of digits) and read nothing; the sockets together stay within --max-buffered-bytes,
+//! so the process's resident memory (VmRSS in /proc) grows by no more than that and a margin; the
+//! socket that holds most and waited longest is closed, and other clients go on. Resumes count against
+//! the submit allowance.
 
 use std::net::SocketAddr;
 
@@ -12,7 +13,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::helpers::{eventually, Client, Mode, Process, TestEnv, PATIENCE};
+use crate::helpers::{eventually, Client, Mode, Process, TestEnv, AMQP_URL, PATIENCE, REDIS_URL};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -63,22 +64,30 @@ async fn silent_socket(addr: SocketAddr) -> WebSocketStream<TcpStream> {
     ws
 }
 
-#[tokio::test]
-async fn sockets_that_never_read_stay_within_the_buffer_budget() {
-    let _env = TestEnv::in_mode(Mode::Embedded);
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--submit-rate",
-        "0",
-        "--max-sockets-per-client",
-        "0",
-        "--max-buffered-bytes",
-        &BUDGET.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+async fn sockets_that_never_read_stay_within_the_buffer_budget(mode: Mode) {
+    let env = TestEnv::in_mode(mode);
+    let mut args = match mode {
+        Mode::Distributed => env.backend_flags(AMQP_URL, REDIS_URL),
+        Mode::Embedded => Vec::new(),
+    };
+    args.extend(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--submit-rate",
+            "0",
+            "--max-sockets-per-client",
+            "0",
+            "--max-buffered-bytes",
+            &BUDGET.to_string(),
+        ]
+        .map(String::from),
+    );
     let server = Process::start("herald-server", &args);
+    let _worker = match mode {
+        Mode::Distributed => Some(env.spawn_worker(2).await),
+        Mode::Embedded => None,
+    };
     let addr: SocketAddr = server.server_addr().await.parse().unwrap();
     let url = format!("ws://{addr}/ws");
     let mut reader = Client::connect(&url).await;
@@ -156,6 +165,16 @@ async fn sockets_that_never_read_stay_within_the_buffer_budget() {
     reader.resume(id).await;
     assert_eq!(reader.digits_of(id).await, digits);
     drop(silent);
+}
+
+#[tokio::test]
+async fn sockets_that_never_read_stay_within_the_buffer_budget_embedded() {
+    sockets_that_never_read_stay_within_the_buffer_budget(Mode::Embedded).await;
+}
+
+#[tokio::test]
+async fn sockets_that_never_read_stay_within_the_buffer_budget_distributed() {
+    sockets_that_never_read_stay_within_the_buffer_budget(Mode::Distributed).await;
 }
 
 #[tokio::test]
