@@ -191,6 +191,11 @@ fn readme_guarantees_state_the_connection_limits_with_their_defaults() {
         guarantees.contains("`--max-connections` (90 % of the open-file limit"),
         "README's Guarantees lack --max-connections and its default"
     );
+    assert_eq!(help["--max-buffered-bytes"].default, None);
+    assert!(
+        guarantees.contains("`--max-buffered-bytes` (an eighth of the machine's memory"),
+        "README's Guarantees lack --max-buffered-bytes and its default"
+    );
 }
 
 /// Every error code (the match has no wildcard, so a new variant must be added here to compile).

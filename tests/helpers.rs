@@ -162,11 +162,13 @@ impl TestEnv {
             job_ttl_secs: 600,
             max_in_flight: 100,
             socket_buffer_bytes: 16 * 1024 * 1024,
+            max_buffered_bytes: None,
             // Authentication off, and no limits per client: every test client is 127.0.0.1.
             auth_tokens: None,
             auth_tokens_file: None,
             jwt_secret: None,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             submit_rate: 0,
             submit_burst: 1,
             max_sockets_per_client: 0,

@@ -4,6 +4,7 @@ mod helpers;
 
 mod auth;
 mod browser;
+mod budget;
 mod compose;
 mod deploy;
 mod docs;
@@ -13,6 +14,7 @@ mod errors;
 mod faults;
 mod floods;
 mod flow;
+mod gates;
 mod hostile;
 mod http_api;
 mod instances;

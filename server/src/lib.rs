@@ -7,9 +7,11 @@
 pub mod auth;
 pub mod backend;
 pub mod broker;
+pub mod buffers;
 pub mod capacity;
 pub mod directory;
 pub mod heartbeat;
+pub mod host;
 pub mod http;
 pub mod hub;
 pub mod jobs;
@@ -78,6 +80,10 @@ pub struct AppState {
     pub auth: Option<Arc<auth::Authenticator>>,
     /// Which pages may open a WebSocket.
     pub origins: Arc<origin::OriginPolicy>,
+    /// Which host names requests may address the server by.
+    pub hosts: Arc<host::HostPolicy>,
+    /// What all sockets together may hold for their clients.
+    pub buffers: Arc<buffers::Buffers>,
     /// Abuse limits per client.
     pub limits: Arc<limits::Limits>,
     /// Prometheus metrics.
@@ -142,6 +148,7 @@ impl Application {
             None
         };
         let origins = origin::OriginPolicy::new(settings.origins()?);
+        let hosts = host::HostPolicy::new(settings.listen.ip(), settings.hosts()?);
         let limits = limits::Limits::new(
             settings.submit_rate,
             settings.submit_burst,
@@ -149,6 +156,11 @@ impl Application {
         );
         let mut registry = Registry::default();
         let metrics = Arc::new(metrics::ServerMetrics::new(&mut registry));
+        let buffers = buffers::Buffers::new(
+            capacity::buffer_budget(settings.max_buffered_bytes),
+            metrics.buffered_bytes.clone(),
+            metrics.sockets_closed_buffers.clone(),
+        );
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let hub: Arc<hub::Hub> = Arc::default();
         let stats: Arc<Stats> = Arc::default();
@@ -177,6 +189,8 @@ impl Application {
             stats,
             auth,
             origins: Arc::new(origins),
+            hosts: Arc::new(hosts),
+            buffers,
             limits: Arc::new(limits),
             metrics,
             registry: Arc::new(registry),

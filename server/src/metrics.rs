@@ -69,6 +69,10 @@ pub struct ServerMetrics {
     pub pings_sent: Counter,
     /// WebSockets closed because nothing came back within --ping-timeout-secs of a ping.
     pub ping_timeouts: Counter,
+    /// Bytes all sockets hold for their clients (queued frames and write buffers).
+    pub buffered_bytes: Gauge,
+    /// WebSockets closed to keep the sockets within --max-buffered-bytes.
+    pub sockets_closed_buffers: Counter,
 }
 
 impl ServerMetrics {
@@ -88,6 +92,8 @@ impl ServerMetrics {
             header_timeouts: Counter::default(),
             pings_sent: Counter::default(),
             ping_timeouts: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            sockets_closed_buffers: Counter::default(),
         };
         registry.register(
             "herald_jobs_submitted",
@@ -153,6 +159,16 @@ impl ServerMetrics {
             "herald_sockets_ping_timeouts",
             "WebSockets closed because they did not answer a ping in time",
             metrics.ping_timeouts.clone(),
+        );
+        registry.register(
+            "herald_buffered_bytes",
+            "Bytes all WebSockets hold for their clients: queued frames and write buffers",
+            metrics.buffered_bytes.clone(),
+        );
+        registry.register(
+            "herald_sockets_closed_buffers",
+            "WebSockets closed to keep the sockets within --max-buffered-bytes",
+            metrics.sockets_closed_buffers.clone(),
         );
         metrics
     }

@@ -4,12 +4,13 @@
 //! goes out before the `result` of the same job (a result that arrives first is held back), and each job
 //! gets exactly one `result` on this socket (a job leaves the session's table when its result is sent, and
 //! anything arriving later for it is a duplicate). Writes go through a separate writer task with a byte
-//! budget, so a client that stops reading costs bounded memory and never stalls the session. A client
-//! that stays silent is pinged, and closed if it does not answer (see `heartbeat`).
+//! budget, so a client that stops reading costs bounded memory and never stalls the session; all sockets
+//! together also keep within the server's budget (see `buffers`). A client that stays silent is pinged,
+//! and closed if it does not answer (see `heartbeat`).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::Caller;
+use crate::buffers::Account;
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::jobs::unavailable;
 use crate::limits::{retry_after_ms, SocketSlot};
@@ -100,8 +102,13 @@ pub fn run(
         events: events_tx,
         overloaded: overloaded.clone(),
     };
-    let (outbox, writer) =
-        Outbox::start(sink, state.settings.socket_buffer_bytes, overloaded.clone());
+    let (outbox, writer) = Outbox::start(
+        sink,
+        state.settings.socket_buffer_bytes,
+        overloaded.clone(),
+        state.buffers.open(),
+    );
+    let evicted = outbox.shared.account.usage().evicted().clone();
     let mut heartbeat = Heartbeat::new(
         state.settings.ping_interval(),
         state.settings.ping_timeout(),
@@ -127,6 +134,11 @@ pub fn run(
                     warn!("client too slow: closing its socket");
                     session.state.stats.sockets_closed_slow.fetch_add(1, Ordering::Relaxed);
                     break Some((POLICY, "too slow: outgoing buffer full; resume by request ID"));
+                }
+                _ = evicted.cancelled() => {
+                    warn!("the server's socket buffers are full: closing the socket that holds most");
+                    session.state.stats.sockets_closed_slow.fetch_add(1, Ordering::Relaxed);
+                    break Some((POLICY, "too slow: the server's buffers are full; resume by request ID"));
                 }
                 Some(event) = events.recv() => session.on_event(event),
                 frame = stream.next() => match frame.inspect(|_| heartbeat.heard()) {
@@ -250,6 +262,18 @@ impl Session {
     }
 
     fn resume(&mut self, id: JobId) {
+        // A resume of a finished job sends its whole output: it costs as much as a submit answered
+        // from the cache, and counts against the same allowance.
+        if let Err(wait) = self.state.limits.submit(&self.caller.key) {
+            let busy = ErrorMessage {
+                retry_after_ms: Some(retry_after_ms(wait)),
+                ..ErrorMessage::new(
+                    ErrorCode::Busy,
+                    "too many submits and resumes from this client; slow down",
+                )
+            };
+            return self.send(&ServerMessage::Error(busy.with_id(id)));
+        }
         if !self.watches.contains_key(&id) {
             if let Some(busy) = self.busy() {
                 return self.send(&ServerMessage::Error(busy.with_id(id)));
@@ -552,8 +576,9 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Wakes the writer; a wake-up given while it is busy is kept for its next wait.
     wake: Notify,
-    /// Bytes queued and not yet written.
-    queued: AtomicUsize,
+    /// Bytes queued and not yet written, and the write buffer, in the server's budget. Dropped with
+    /// the last of the session and its writer, when the socket's memory goes.
+    account: Account,
 }
 
 /// Work for the writer.
@@ -566,15 +591,21 @@ struct Pending {
 }
 
 impl Outbox {
-    /// Starts the writer on `sink` (the socket's sending half).
-    fn start<S>(mut sink: S, limit: usize, overloaded: CancellationToken) -> (Self, JoinHandle<()>)
+    /// Starts the writer on `sink` (the socket's sending half), counting what it holds in `account`.
+    fn start<S>(
+        mut sink: S,
+        limit: usize,
+        overloaded: CancellationToken,
+        account: Account,
+    ) -> (Self, JoinHandle<()>)
     where
         S: futures::Sink<Message> + Unpin + Send + 'static,
     {
+        let evicted = account.usage().evicted().clone();
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             wake: Notify::new(),
-            queued: AtomicUsize::new(0),
+            account,
         });
         let work = shared.clone();
         let writer = tokio::spawn(async move {
@@ -598,20 +629,29 @@ impl Outbox {
                     work.wake.notified().await;
                     continue;
                 }
-                if ping && sink.feed(Message::Ping(Default::default())).await.is_err() {
-                    return;
-                }
-                let mut written = 0;
-                for frame in frames {
-                    written += frame.len();
-                    if sink.feed(Message::Text(frame)).await.is_err() {
-                        return;
+                let write = async {
+                    if ping {
+                        sink.feed(Message::Ping(Default::default())).await.ok()?;
                     }
-                }
-                if sink.flush().await.is_err() {
+                    let mut written = 0;
+                    for frame in frames {
+                        written += frame.len();
+                        sink.feed(Message::Text(frame)).await.ok()?;
+                    }
+                    sink.flush().await.ok()?;
+                    Some(written)
+                };
+                // Closed by the budget: a write waiting on a client that does not read would hold its
+                // memory; dropping it frees it now (no Close frame can pass that client's backlog).
+                let written = tokio::select! {
+                    biased;
+                    _ = evicted.cancelled() => return,
+                    written = write => written,
+                };
+                let Some(written) = written else {
                     return;
-                }
-                work.queued.fetch_sub(written, Ordering::Relaxed);
+                };
+                work.account.written(written);
             };
             if let Some((code, reason)) = close {
                 let frame = CloseFrame {
@@ -631,13 +671,17 @@ impl Outbox {
     }
 
     /// Queues a frame, or marks the session overloaded if the client has left too much unread. A frame
-    /// larger than the whole budget still goes out when nothing else is waiting.
+    /// larger than the socket's whole budget still goes out when nothing else is waiting. Past the
+    /// server's budget, some socket is closed (this one, if it holds the most and waited longest: the
+    /// frame is then dropped with it).
     fn push(&self, text: String) {
         let len = text.len();
-        let before = self.shared.queued.fetch_add(len, Ordering::Relaxed);
+        let before = self.shared.account.usage().queued();
         if before > 0 && before + len > self.limit {
-            self.shared.queued.fetch_sub(len, Ordering::Relaxed);
             self.overloaded.cancel();
+            return;
+        }
+        if !self.shared.account.queue(len) {
             return;
         }
         self.update(|pending| pending.frames.push_back(text.into()));
@@ -682,7 +726,10 @@ mod tests {
     #[tokio::test]
     async fn queued_frames_go_out_whole_and_in_order_over_several_batches() {
         let (sink, mut written) = futures::channel::mpsc::unbounded::<Message>();
-        let (outbox, writer) = Outbox::start(sink, usize::MAX, CancellationToken::new());
+        let buffers =
+            crate::buffers::Buffers::new(usize::MAX, Default::default(), Default::default());
+        let (outbox, writer) =
+            Outbox::start(sink, usize::MAX, CancellationToken::new(), buffers.open());
         // All queued before the writer first runs (the test's runtime has one thread), so the writer
         // finds more than three batches waiting.
         let count = WRITE_BATCH * 3 + 5;
@@ -695,7 +742,7 @@ mod tests {
                 other => panic!("frame {i}: {other:?}"),
             }
         }
-        assert_eq!(outbox.shared.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(outbox.shared.account.usage().queued(), 0);
         drop(outbox);
         writer.await.unwrap();
         assert!(

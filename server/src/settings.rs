@@ -12,6 +12,7 @@ use herald_engine::settings::{parse_listen_addr, LogArgs, ModelArgs};
 use herald_engine::{BackendArgs, Secret, SettingsError};
 
 use crate::auth;
+use crate::host::AllowedHost;
 use crate::origin::Origin;
 
 /// Settings of `herald-server`.
@@ -43,6 +44,11 @@ pub struct Settings {
     /// Bytes queued for one socket that does not read; past this it is closed (its jobs stay resumable).
     #[arg(long, env = "HERALD_SOCKET_BUFFER_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub socket_buffer_bytes: usize,
+    /// Bytes all sockets together may hold for their clients (frames queued and write buffers); past
+    /// it the socket that holds the most and reads the slowest is closed (its jobs stay resumable).
+    /// Default: an eighth of the machine's memory (or of the cgroup's limit), logged at start.
+    #[arg(long, env = "HERALD_MAX_BUFFERED_BYTES")]
+    pub max_buffered_bytes: Option<usize>,
     /// Static bearer tokens, comma-separated `identity:token` pairs (a token: at least 16 of
     /// A-Z a-z 0-9 . _ ~ -). Turns authentication on. Prefer the environment or --auth-tokens-file:
     /// other users of the machine can read a command line.
@@ -61,6 +67,12 @@ pub struct Settings {
     /// pass.
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Host names (`name` or `name:port`, comma-separated; `*` for any) requests may address the
+    /// server by, besides the loopback names (`localhost`, `127.0.0.1`, `[::1]`); others get 403 on
+    /// every route but /healthz. Default: loopback names only on a loopback --listen address, any name
+    /// on others.
+    #[arg(long, env = "HERALD_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Submits per second one client (identity, or IP address without authentication) may make on
     /// average; more are answered `busy` (HTTP 429). 0: no limit.
     #[arg(long, env = "HERALD_SUBMIT_RATE", default_value_t = 20)]
@@ -179,6 +191,9 @@ const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
 /// Upper bound of the timeouts, in seconds (an hour): beyond it a timeout no longer protects anything.
 const MAX_TIMEOUT_SECS: u64 = 3600;
 
+/// Lower bound of --max-buffered-bytes: below a mebibyte, a single large result would close sockets.
+const MIN_BUFFERED_BYTES: usize = 1024 * 1024;
+
 /// Upper bound of --max-connections: Linux's largest possible open-file limit (fs.nr_open) is 2^30.
 pub const MAX_CONNECTIONS: u32 = 1 << 30;
 
@@ -289,6 +304,16 @@ impl Settings {
             }
         }
         self.origins()?;
+        self.hosts()?;
+        if self
+            .max_buffered_bytes
+            .is_some_and(|bytes| bytes < MIN_BUFFERED_BYTES)
+        {
+            return Err(SettingsError::new(
+                "max-buffered-bytes",
+                format!("must be at least {MIN_BUFFERED_BYTES}"),
+            ));
+        }
         if self.submit_rate > MAX_RATE {
             return Err(SettingsError::new(
                 "submit-rate",
@@ -379,6 +404,25 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The names of --allowed-hosts.
+    pub fn hosts(&self) -> Result<Vec<AllowedHost>, SettingsError> {
+        self.allowed_hosts
+            .iter()
+            .map(|text| text.trim())
+            .filter(|text| !text.is_empty())
+            .map(|text| {
+                AllowedHost::parse(text).ok_or_else(|| {
+                    SettingsError::new(
+                        "allowed-hosts",
+                        format!("{text:?} is not a host name such as herald.example.com or herald.example.com:8443"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 /// Hand-written so that passwords in the backend URLs and every secret stay out of logs and panics.
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -388,10 +432,12 @@ impl fmt::Debug for Settings {
             .field("job_ttl_secs", &self.job_ttl_secs)
             .field("max_in_flight", &self.max_in_flight)
             .field("socket_buffer_bytes", &self.socket_buffer_bytes)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("auth_tokens", &self.auth_tokens)
             .field("auth_tokens_file", &self.auth_tokens_file)
             .field("jwt_secret", &self.jwt_secret)
             .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("submit_rate", &self.submit_rate)
             .field("submit_burst", &self.submit_burst)
             .field("max_sockets_per_client", &self.max_sockets_per_client)
@@ -567,6 +613,8 @@ mod tests {
                 "allowed-origins",
             ),
             (&["--allowed-origins", "null"], "allowed-origins"),
+            (&["--allowed-hosts", "http://example.com"], "allowed-hosts"),
+            (&["--max-buffered-bytes", "1000"], "max-buffered-bytes"),
             (&["--submit-burst", "0"], "submit-burst"),
             (&["--submit-rate", "2000000"], "submit-rate"),
             (&["--header-timeout-secs", "0"], "header-timeout-secs"),
