@@ -178,6 +178,12 @@ impl TestEnv {
             request_timeout_secs: 30,
             ping_interval_secs: 20,
             ping_timeout_secs: 20,
+            // Webhooks off; tests/webhooks.rs turns them on.
+            webhook_secret: None,
+            webhook_allow_private: false,
+            webhook_retry_delays: "5s,5m,30m,2h,5h,10h,10h".into(),
+            webhook_timeout_secs: 10,
+            webhook_max_body_bytes: 1024 * 1024,
         }
     }
 

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use herald_engine::connect::{self, AmqpNodes};
 use herald_engine::durable::DurableStore;
+use herald_engine::deliveries::Deliveries;
+use herald_engine::idempotency::Keys;
+use herald_engine::idempotency_memory::LocalKeys;
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
 use herald_engine::metrics::WorkerMetrics;
 use herald_engine::startup::{self, SERVER_BACKEND_HINT};
@@ -49,6 +52,10 @@ pub struct Backends {
     pub notifier: Arc<dyn Notifier>,
     /// The models jobs may name.
     pub directory: Arc<Directory>,
+    /// Idempotency keys, next to the records.
+    pub keys: Keys,
+    /// Pending webhook deliveries, next to the records.
+    pub deliveries: Deliveries,
     /// What must run while the server serves.
     pub running: Running,
 }
@@ -168,6 +175,10 @@ pub async fn embedded(
         cache: herald_engine::cache::Cache::default(),
         models: models.clone(),
     };
+    let deliveries: Deliveries = match &kept {
+        Kept::Memory(memory) => memory.clone(),
+        Kept::Durable(durable) => durable.clone(),
+    };
     let running = Running::Embedded {
         context,
         jobs,
@@ -178,6 +189,8 @@ pub async fn embedded(
         sweep_every: sweep_every(settings.job_ttl()),
     };
     Ok(Backends {
+        keys: Arc::new(LocalKeys::new(store.clone())),
+        deliveries,
         store,
         queue: Arc::new(queue),
         notifier,
@@ -236,8 +249,11 @@ pub async fn distributed(settings: &Settings, instance: &str) -> Result<Backends
     .map_err(|e| StartupError::backend(broker_at.clone(), e, SERVER_BACKEND_HINT))?;
     info!(node = %connected.node, nodes = %config.nodes.addresses(), "connected to rabbitmq");
     let broker = Arc::new(broker::Broker::new(config, &connected));
+    let redis = Arc::new(redis);
     Ok(Backends {
-        store: Arc::new(redis),
+        keys: redis.clone(),
+        deliveries: redis.clone(),
+        store: redis,
         queue: broker.clone(),
         notifier: broker.notifier.clone(),
         directory,

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod origin;
 pub mod session;
 pub mod settings;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -125,6 +126,8 @@ pub struct Application {
     state: AppState,
     running: backend::Running,
     max_connections: u32,
+    /// Sends webhooks, if they are on.
+    dispatcher: Option<Arc<webhook::dispatch::Dispatcher>>,
 }
 
 impl Application {
@@ -169,6 +172,28 @@ impl Application {
         } else {
             backend::distributed(&settings, &instance).await?
         };
+        let dispatcher = match settings.webhooks()? {
+            Some(config) => {
+                info!(
+                    retry_delays = %settings.webhook_retry_delays,
+                    allow_private = config.allow_private,
+                    "webhooks are on: this server sends pending deliveries"
+                );
+                let dispatcher = webhook::dispatch::Dispatcher::new(
+                    backends.deliveries.clone(),
+                    config,
+                    metrics.clone(),
+                )
+                .map_err(|e| {
+                    SettingsError::new(
+                        "webhook-secret",
+                        format!("no HTTP client for webhooks: {e}"),
+                    )
+                })?;
+                Some(Arc::new(dispatcher))
+            }
+            None => None,
+        };
         let max_connections = capacity::plan(settings.max_connections);
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -182,6 +207,7 @@ impl Application {
                 ttl: settings.job_ttl(),
                 directory: backends.directory,
                 max_input_bytes: settings.max_input_bytes,
+                keys: backends.keys,
             },
             settings: Arc::new(settings),
             hub,
@@ -200,6 +226,7 @@ impl Application {
             state,
             running: backends.running,
             max_connections,
+            dispatcher,
         })
     }
 
@@ -228,8 +255,12 @@ impl Application {
             mut state,
             running,
             max_connections,
+            dispatcher,
         } = self;
         state.shutdown = shutdown.clone();
+        if let Some(dispatcher) = dispatcher {
+            tokio::spawn(dispatcher.run(shutdown.clone()));
+        }
         let backend_task = running.start(&state.hub, &state.jobs.store, &state.stats, &shutdown);
         tokio::spawn(
             state

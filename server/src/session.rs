@@ -30,7 +30,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::auth::Caller;
 use crate::buffers::Account;
 use crate::heartbeat::{Beat, Heartbeat};
-use crate::jobs::unavailable;
+use crate::jobs::{unavailable, Prepared, Taken};
 use crate::limits::{retry_after_ms, SocketSlot};
 use crate::mailbox::{SessionEvent, SessionHandle, Submitted};
 use crate::AppState;
@@ -55,6 +55,9 @@ enum Watch {
     /// Registered by a resume whose answer has not come yet. A result arriving now is held: only that
     /// answer tells whether this client may see the job at all.
     Resuming(Option<Arc<JobRecord>>),
+    /// The job of an idempotency key a submit repeated: `accepted` is out, and a resume registers this
+    /// instance as its watcher. Like `Resuming`, but its answer sends no `status`.
+    Adopting(Option<Arc<JobRecord>>),
     /// The client knows the job is pending; the next thing it gets is the result. `registrations`: how
     /// many times this session counted itself among the job's watchers in Redis (released when it goes).
     Pending { registrations: u32 },
@@ -220,10 +223,20 @@ impl Session {
     }
 
     fn submit(&mut self, submit: Submit) {
-        let Submit { model, input, tag } = submit;
+        let Submit {
+            model,
+            input,
+            tag,
+            key,
+            webhook,
+        } = submit;
         if let Some(busy) = self.busy() {
             return self.send(&ServerMessage::Error(busy.with_tag(tag)));
         }
+        let webhook = match crate::webhook::check_submit(webhook.as_deref(), &self.state.settings) {
+            Ok(webhook) => webhook,
+            Err(refused) => return self.send(&ServerMessage::Error(refused.with_tag(tag))),
+        };
         if let Err(wait) = self.state.limits.submit(&self.caller.key) {
             let busy = ErrorMessage {
                 retry_after_ms: Some(retry_after_ms(wait)),
@@ -245,14 +258,18 @@ impl Session {
         tokio::spawn(async move {
             // Runs to the end even if the session goes away, so a record is never left half-submitted.
             let outcome = match jobs.prepare(model.as_deref(), input).await {
-                Ok(job) => jobs
-                    .submit(id, &job, true, owner.as_deref(), &client)
-                    .await
-                    .map(|()| job)
-                    .map_err(|r| r.to_error()),
+                Ok(mut job) => {
+                    job.key = key;
+                    job.webhook = webhook;
+                    jobs.submit(id, &job, true, owner.as_deref(), &client)
+                        .await
+                        .map(|taken| (job, taken))
+                        .map_err(|r| r.to_error())
+                }
                 Err(refused) => Err(refused),
             };
-            let registered = outcome.is_ok();
+            // A repeated key registers nothing: the session resumes the key's job itself.
+            let registered = matches!(outcome, Ok((_, Taken::Created)));
             let event = SessionEvent::Submitted(Box::new(Submitted { id, tag, outcome }));
             if events.send(event).await.is_err() && registered {
                 // The session left while this ran: release the registration it can no longer release.
@@ -361,7 +378,7 @@ impl Session {
                     },
                     // Submitting: `accepted` is not out yet; the registration is released when the
                     // result comes (the job is final then) or the session goes.
-                    Some(Watch::Submitting(_)) | None => {}
+                    Some(Watch::Submitting(_) | Watch::Adopting(_)) | None => {}
                 }
             }
             Ok(Cancel::Cancelled { record, .. }) => {
@@ -371,7 +388,7 @@ impl Session {
                 // completion answers once it is).
                 if matches!(
                     self.watches.get(&id),
-                    Some(Watch::Pending { .. } | Watch::Resuming(_))
+                    Some(Watch::Pending { .. } | Watch::Resuming(_) | Watch::Adopting(_))
                 ) {
                     self.deliver(id, &record);
                 }
@@ -409,7 +426,9 @@ impl Session {
                 }
             }
             SessionEvent::Finished(id, record) => match self.watches.get_mut(&id) {
-                Some(Watch::Submitting(early) | Watch::Resuming(early)) => *early = Some(record),
+                Some(
+                    Watch::Submitting(early) | Watch::Resuming(early) | Watch::Adopting(early),
+                ) => *early = Some(record),
                 Some(Watch::Pending { .. }) => self.deliver(id, &record),
                 // Already answered: a duplicate completion.
                 None => {}
@@ -418,7 +437,19 @@ impl Session {
                 Submitted {
                     id,
                     tag,
-                    outcome: Ok(job),
+                    outcome:
+                        Ok((
+                            job,
+                            Taken::Existing {
+                                id: existing,
+                                record,
+                            },
+                        )),
+                } => self.adopt(id, existing, &record, tag, &job),
+                Submitted {
+                    id,
+                    tag,
+                    outcome: Ok((job, Taken::Created)),
                 } => {
                     self.state
                         .metrics
@@ -432,6 +463,7 @@ impl Session {
                         n,
                         tag,
                         workers: job.workers,
+                        existing: false,
                     });
                     info!(%id, model = %job.model, n, "job accepted");
                     let pending = Watch::Pending { registrations: 1 };
@@ -454,9 +486,10 @@ impl Session {
                     // The result was pushed while the resume read was in flight: already answered.
                     return;
                 };
-                let (fresh, early) = match watch {
-                    Watch::Resuming(early) => (true, early.take()),
-                    _ => (false, None),
+                let (fresh, early, quiet) = match watch {
+                    Watch::Resuming(early) => (true, early.take(), false),
+                    Watch::Adopting(early) => (true, early.take(), true),
+                    _ => (false, None, false),
                 };
                 match outcome {
                     Ok(Some(record)) if record.status.is_final() => self.deliver(id, &record),
@@ -470,6 +503,9 @@ impl Session {
                             Watch::Pending { registrations } => *registrations += 1,
                             _ => *watch = Watch::Pending { registrations: 1 },
                         }
+                        if quiet {
+                            return;
+                        }
                         let mut status = ServerMessage::from_record(id, &record, unix_ms());
                         if let ServerMessage::Status { workers, .. } = &mut status {
                             *workers = self.state.jobs.directory.workers(&record.model);
@@ -481,6 +517,66 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers a submit that repeated an idempotency key: its provisional ID `id` is dropped, and the
+    /// client is told of the key's job `existing` (`accepted` with `existing`), then of its result: at
+    /// once if it has ended, else when it does (watched here first, then resumed, so that a
+    /// completion cannot slip between the two).
+    fn adopt(
+        &mut self,
+        id: JobId,
+        existing: JobId,
+        record: &JobRecord,
+        tag: Option<String>,
+        job: &Prepared,
+    ) {
+        self.watches.remove(&id);
+        self.state.hub.unwatch(&id, self.handle.id);
+        self.state
+            .metrics
+            .submitted
+            .get_or_create(&crate::metrics::ViaLabel { via: "websocket" })
+            .inc();
+        self.send(&ServerMessage::Accepted {
+            id: existing,
+            model: record.model.clone(),
+            n: record.factorial_n(),
+            tag,
+            workers: self.state.jobs.directory.workers(&record.model),
+            existing: true,
+        });
+        info!(id = %existing, model = %job.model, "repeated submit: the key's job");
+        if self.watches.contains_key(&existing) {
+            // This socket already waits for it: its result comes once.
+            return;
+        }
+        if record.status.is_final() {
+            return self.deliver(existing, record);
+        }
+        self.state.hub.watch(existing, &self.handle);
+        self.watches.insert(existing, Watch::Adopting(None));
+        let store = self.state.jobs.store.clone();
+        let instance = self.state.jobs.instance.clone();
+        let events = self.handle.events.clone();
+        let identity = self.caller.identity.clone();
+        tokio::spawn(async move {
+            let outcome = store
+                .resume(&existing, &instance, identity.as_deref())
+                .await
+                .map_err(|e| {
+                    warn!(id = %existing, error = %e, "could not read a job for a repeated submit");
+                    unavailable().with_id(existing)
+                });
+            let registered = matches!(&outcome, Ok(Some(r)) if !r.status.is_final());
+            let resumed = SessionEvent::Resumed {
+                id: existing,
+                outcome: Box::new(outcome),
+            };
+            if events.send(resumed).await.is_err() && registered {
+                release(&store, &instance, existing, 1).await;
+            }
+        });
     }
 
     /// Answers a resume or cancel with `error`; a watch it opened (`fresh`) is closed again.

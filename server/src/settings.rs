@@ -135,6 +135,29 @@ pub struct Settings {
     /// Largest job input, in bytes of JSON text; a larger one is refused with `too_large`.
     #[arg(long, env = "HERALD_MAX_INPUT_BYTES", default_value_t = herald_protocol::model::DEFAULT_MAX_INPUT_BYTES)]
     pub max_input_bytes: usize,
+    /// Key that signs webhooks, as the Standard Webhooks specification writes it: `whsec_` and 24 to
+    /// 64 bytes in base64. Turns webhooks on: submits may name a `webhook`, and this server sends the
+    /// deliveries. Give every server instance the same one.
+    #[arg(long, env = "HERALD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+    /// Lets webhooks reach loopback, private, link-local, unique-local, shared (CGNAT) and cloud
+    /// metadata addresses: for tests and internal networks only.
+    #[arg(long, env = "HERALD_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Delays before each retry of a webhook that failed, comma-separated (`500ms`, `5s`, `5m`, `2h`):
+    /// the first attempt is at once, and once the last retry fails the delivery is given up.
+    #[arg(
+        long,
+        env = "HERALD_WEBHOOK_RETRY_DELAYS",
+        default_value = "5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub webhook_retry_delays: String,
+    /// Longest time, in seconds, for one webhook request (connecting, sending, the answer).
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+    /// Largest webhook body, in bytes: a job whose document is larger is sent without its output.
+    #[arg(long, env = "HERALD_WEBHOOK_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub webhook_max_body_bytes: usize,
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
@@ -196,6 +219,68 @@ const MIN_BUFFERED_BYTES: usize = 1024 * 1024;
 
 /// Upper bound of --max-connections: Linux's largest possible open-file limit (fs.nr_open) is 2^30.
 pub const MAX_CONNECTIONS: u32 = 1 << 30;
+
+/// Most retries of one webhook delivery.
+const MAX_WEBHOOK_RETRIES: usize = 20;
+/// Longest delay before one retry (a week).
+const MAX_WEBHOOK_DELAY: Duration = Duration::from_secs(7 * 86_400);
+
+impl Settings {
+    /// The webhook signing key, if webhooks are on.
+    pub fn webhook_signer(&self) -> Result<Option<crate::webhook::sign::Signer>, SettingsError> {
+        self.webhook_secret
+            .as_ref()
+            .map(|secret| {
+                crate::webhook::sign::Signer::parse(secret.expose())
+                    .map_err(|reason| SettingsError::new("webhook-secret", reason))
+            })
+            .transpose()
+    }
+
+    /// The delays of --webhook-retry-delays.
+    pub fn webhook_retry_delays(&self) -> Result<Vec<Duration>, SettingsError> {
+        let delays = self
+            .webhook_retry_delays
+            .split(',')
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+            .map(|text| {
+                humantime::parse_duration(text)
+                    .ok()
+                    .filter(|delay| *delay <= MAX_WEBHOOK_DELAY)
+                    .ok_or_else(|| {
+                        SettingsError::new(
+                            "webhook-retry-delays",
+                            format!(
+                                "{text:?} is not a delay such as 500ms, 5s, 5m or 2h of at most 7 days"
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.len() > MAX_WEBHOOK_RETRIES {
+            return Err(SettingsError::new(
+                "webhook-retry-delays",
+                format!("lists at most {MAX_WEBHOOK_RETRIES} retries"),
+            ));
+        }
+        Ok(delays)
+    }
+
+    /// How the webhook dispatcher sends, if webhooks are on.
+    pub fn webhooks(&self) -> Result<Option<crate::webhook::dispatch::Config>, SettingsError> {
+        let Some(signer) = self.webhook_signer()? else {
+            return Ok(None);
+        };
+        Ok(Some(crate::webhook::dispatch::Config {
+            signer,
+            retry_delays: self.webhook_retry_delays()?,
+            timeout: Duration::from_secs(self.webhook_timeout_secs),
+            max_body_bytes: self.webhook_max_body_bytes,
+            allow_private: self.webhook_allow_private,
+        }))
+    }
+}
 
 impl Settings {
     /// How long a connection may take to send a request's headers.
@@ -277,6 +362,7 @@ impl Settings {
             ("request-timeout-secs", self.request_timeout_secs),
             ("ping-interval-secs", self.ping_interval_secs),
             ("ping-timeout-secs", self.ping_timeout_secs),
+            ("webhook-timeout-secs", self.webhook_timeout_secs),
         ] {
             if secs == 0 || secs > MAX_TIMEOUT_SECS {
                 return Err(SettingsError::new(
@@ -292,6 +378,13 @@ impl Settings {
                     format!("must be from 1 to {MAX_CONNECTIONS}"),
                 ));
             }
+        }
+        self.webhooks()?;
+        if self.webhook_max_body_bytes < 1024 {
+            return Err(SettingsError::new(
+                "webhook-max-body-bytes",
+                "must be at least 1024",
+            ));
         }
         self.static_tokens()?;
         if let Some(secret) = &self.jwt_secret {
@@ -453,6 +546,11 @@ impl fmt::Debug for Settings {
             .field("data_dir", &self.data_dir)
             .field("in_memory", &self.in_memory)
             .field("max_input_bytes", &self.max_input_bytes)
+            .field("webhook_secret", &self.webhook_secret)
+            .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("webhook_retry_delays", &self.webhook_retry_delays)
+            .field("webhook_timeout_secs", &self.webhook_timeout_secs)
+            .field("webhook_max_body_bytes", &self.webhook_max_body_bytes)
             .field("log", &self.log)
             .finish()
     }
@@ -623,6 +721,18 @@ mod tests {
             (&["--ping-timeout-secs", "0"], "ping-timeout-secs"),
             (&["--max-connections", "0"], "max-connections"),
             (&["--max-connections", "2000000000"], "max-connections"),
+            (&["--webhook-secret", "not-whsec"], "webhook-secret"),
+            (&["--webhook-secret", "whsec_c2hvcnQ="], "webhook-secret"),
+            (
+                &[
+                    "--webhook-secret",
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "--webhook-retry-delays",
+                    "5s,soon",
+                ],
+                "webhook-retry-delays",
+            ),
+            (&["--webhook-timeout-secs", "0"], "webhook-timeout-secs"),
         ] {
             let error = parse(args).validate().unwrap_err();
             assert_eq!(error.flag, flag, "{args:?}");

@@ -13,6 +13,7 @@
 //! queue again (see [`DurableStore::open`]).
 
 mod database;
+mod deliveries;
 mod lock;
 
 use std::path::{Path, PathBuf};
