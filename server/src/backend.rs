@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_engine::connect::{self, AmqpNodes};
-use herald_engine::durable::DurableStore;
 use herald_engine::deliveries::Deliveries;
+use herald_engine::durable::DurableStore;
 use herald_engine::idempotency::Keys;
 use herald_engine::idempotency_memory::LocalKeys;
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
