@@ -57,6 +57,42 @@ pub(crate) fn key(prefix: &str, client: &str, what: &str) -> String {
     format!("{prefix}client:{client}:{what}")
 }
 
+/// The Lua that drops a client's expired entries, then checks its quotas: sets the local `refused`
+/// to `{quota (1 queued, 2 jobs, 3 bytes), what it holds}` if the client is at one, else `nil`.
+/// Needs as locals the client's key names `active`, `jobs`, `outputs`, `sizes`, `bytes`, and `now`
+/// (ms), `max_queued`, `max_jobs`, `max_bytes` (0: none), as numbers.
+pub(crate) const CHECK_LUA: &str = r"
+redis.call('ZREMRANGEBYSCORE', active, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', jobs, '-inf', now)
+local gone = redis.call('ZRANGEBYSCORE', outputs, '-inf', now)
+for _, digest in ipairs(gone) do
+  local size = redis.call('HGET', sizes, digest)
+  if size then
+    redis.call('DECRBY', bytes, size)
+    redis.call('HDEL', sizes, digest)
+  end
+end
+if #gone > 0 then redis.call('ZREMRANGEBYSCORE', outputs, '-inf', now) end
+local refused = nil
+local queued = redis.call('ZCARD', active)
+local kept = redis.call('ZCARD', jobs)
+local held = tonumber(redis.call('GET', bytes) or '0')
+if max_queued > 0 and queued >= max_queued then refused = {1, queued}
+elseif max_jobs > 0 and kept >= max_jobs then refused = {2, kept}
+elseif max_bytes > 0 and held >= max_bytes then refused = {3, held} end
+";
+
+/// The Lua that counts a new job `id` (a string), expiring `ttl` ms after `now`, among its
+/// client's jobs queued or running and its jobs kept. Needs the locals of [`CHECK_LUA`] and `id`,
+/// `ttl`.
+pub(crate) const ENTER_LUA: &str = r"
+redis.call('ZADD', active, now + ttl, id)
+redis.call('ZADD', jobs, now + ttl, id)
+for _, book in ipairs({active, jobs}) do
+  if redis.call('PTTL', book) < ttl then redis.call('PEXPIRE', book, ttl) end
+end
+";
+
 // Drops the client's expired entries, then checks its quotas, then stores the record.
 // KEYS[1] job, KEYS[2] watchers, KEYS[3] active, KEYS[4] jobs, KEYS[5] outputs, KEYS[6] sizes,
 // KEYS[7] bytes. ARGV[1] now (ms), ARGV[2] ttl (ms), ARGV[3] id, ARGV[4] watcher ('' for none),
@@ -64,40 +100,28 @@ pub(crate) fn key(prefix: &str, client: &str, what: &str) -> String {
 // field/value pairs. Returns {0} created, or {quota (1 queued, 2 jobs, 3 bytes), what it holds}.
 pub(crate) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"
-local now = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
-for _, digest in ipairs(gone) do
-  local size = redis.call('HGET', KEYS[6], digest)
-  if size then
-    redis.call('DECRBY', KEYS[7], size)
-    redis.call('HDEL', KEYS[6], digest)
-  end
-end
-if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now) end
+        &[
+            r"
+local active, jobs, outputs, sizes, bytes = KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local now, ttl, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local max_queued, max_jobs, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local queued = redis.call('ZCARD', KEYS[3])
-if max_queued > 0 and queued >= max_queued then return {1, queued} end
-local jobs = redis.call('ZCARD', KEYS[4])
-if max_jobs > 0 and jobs >= max_jobs then return {2, jobs} end
-local bytes = tonumber(redis.call('GET', KEYS[7]) or '0')
-if max_bytes > 0 and bytes >= max_bytes then return {3, bytes} end
+",
+            CHECK_LUA,
+            r"
+if refused then return refused end
 redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('PEXPIRE', KEYS[1], ttl)
 if ARGV[4] ~= '' then
   redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[3])
-redis.call('ZADD', KEYS[4], now + ttl, ARGV[3])
-for i = 3, 4 do
-  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
-end
+",
+            ENTER_LUA,
+            r"
 return {0}
 ",
+        ]
+        .concat(),
     )
 });
 

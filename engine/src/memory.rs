@@ -51,7 +51,7 @@ impl Entry {
 }
 
 #[derive(Default)]
-struct Tables {
+pub(crate) struct Tables {
     jobs: HashMap<JobId, Entry>,
     /// Shared results: the output digest of each [`herald_protocol::record::result_digest`].
     results: HashMap<String, (String, Instant)>,
@@ -59,9 +59,16 @@ struct Tables {
     outputs: OutputTable,
     /// Each client's counts.
     books: ClientBooks,
+    /// Pending webhook deliveries (see [`crate::deliveries_memory`]).
+    pub(crate) deliveries: crate::deliveries_memory::Pending,
 }
 
 impl Tables {
+    /// The live record of `id`, and when it expires.
+    pub(crate) fn live_record(&mut self, id: &JobId) -> Option<(&JobRecord, &mut Instant)> {
+        self.live(id).map(|e| (&e.record, &mut e.expires))
+    }
+
     /// The live entry of `id`; an expired one is removed on the way, as Redis would have.
     fn live(&mut self, id: &JobId) -> Option<&mut Entry> {
         let now = Instant::now();
@@ -85,7 +92,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn tables(&self) -> MutexGuard<'_, Tables> {
+    pub(crate) fn tables(&self) -> MutexGuard<'_, Tables> {
         self.tables.lock().expect("memory store never poisoned")
     }
 
@@ -310,14 +317,19 @@ impl JobStore for MemoryStore {
         let stored = &mut entry.record;
         let owner = stored.owner.take();
         let client = stored.client.take();
+        let webhook = stored.webhook.take();
         let cancel_requested = stored.cancel_requested;
         *stored = record.clone();
         stored.output = None;
         stored.owner = owner;
         stored.client = client.clone();
+        stored.webhook = webhook.or(stored.webhook.take());
         stored.cancel_requested |= cancel_requested;
         entry.output = shelved.as_ref().map(|(digest, _)| digest.clone());
         let watchers = entry.watchers();
+        if entry.record.webhook.is_some() {
+            tables.deliveries.add(*id);
+        }
         if let Some(client) = client {
             let output = shelved
                 .as_ref()
@@ -351,7 +363,11 @@ impl JobStore for MemoryStore {
                     record: Box::new(entry.record.clone()),
                     watchers: entry.watchers(),
                 };
+                let webhook = entry.record.webhook.is_some();
                 let (client, expires) = (entry.record.client.clone(), entry.expires);
+                if webhook {
+                    tables.deliveries.add(*id);
+                }
                 if let Some(client) = client {
                     tables.books.settle(&client, id, None, expires);
                 }

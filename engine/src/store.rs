@@ -71,16 +71,17 @@ return {status, tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0'), submit
     )
 });
 
-// KEYS[1] job, KEYS[2] watchers, KEYS[3] (only with an output) the output. ARGV[1] prefix, ARGV[2] id,
-// ARGV[3] now, ARGV[4] the output's stored form ('' to refer to it only), then field/value pairs.
-// Returns {-1} missing, {0} already final, {2} the output is not stored (call again with it),
-// {1, watcher...} applied. The output lives as long as its longest-lived referrer. The watcher hash is
-// kept (it expires with the job) so that a worker that stored the result but died before publishing
-// can publish again after redelivery.
+// KEYS[1] job, KEYS[2] watchers, KEYS[3] pending webhook deliveries, KEYS[4] (only with an output)
+// the output. ARGV[1] prefix, ARGV[2] id, ARGV[3] now, ARGV[4] the output's stored form ('' to refer to
+// it only), then field/value pairs. Returns {-1} missing, {0} already final, {2} the output is not
+// stored (call again with it), {1, watcher...} applied. The output lives as long as its longest-lived
+// referrer. The watcher hash is kept (it expires with the job) so that a worker that stored the result
+// but died before publishing can publish again after redelivery. A job with a webhook gets its
+// delivery, due at once, in the same step (see `crate::deliveries`).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"
-local job, prefix, id, now, output = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), KEYS[3]
+local job, prefix, id, now, output = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), KEYS[4]
 local status = redis.call('HGET', job, 'status')
 if not status then return {{-1}} end
 if status ~= 'queued' and status ~= 'running' then return {{0}} end
@@ -97,6 +98,7 @@ if output then
 end
 redis.call('HDEL', job, 'progress', 'phase', 'output')
 redis.call('HSET', job, unpack(ARGV, 5))
+if redis.call('HEXISTS', job, 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, id) end
 {SETTLE_LUA}
 local reply = {{1}}
 local counts = redis.call('HGETALL', KEYS[2])
@@ -142,10 +144,11 @@ return {redis.call('HGETALL', KEYS[1])}
     )
 });
 
-// KEYS[1] job, KEYS[2] watchers, ARGV[1] now, ARGV[2] watcher ('' for none), ARGV[3] prefix, ARGV[4]
-// id, ARGV[5] (optional) identity. Returns {-1} missing (or not the identity's), {0, status} already
-// final, {1, model, input, submitted_ms, watcher...} cancelled while queued (it leaves its client's
-// queued jobs), {2} cancel requested of a running job.
+// KEYS[1] job, KEYS[2] watchers, KEYS[3] pending webhook deliveries, ARGV[1] now, ARGV[2] watcher
+// ('' for none), ARGV[3] prefix, ARGV[4] the job's ID, ARGV[5] (optional) identity. Returns {-1}
+// missing (or not the identity's), {0, status} already final, {1, model, input, submitted_ms,
+// watcher...} cancelled while queued (it leaves its client's queued jobs, and its webhook's delivery
+// is due at once, as in FINISH), {2} cancel requested of a running job.
 static CANCEL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"
@@ -155,6 +158,7 @@ if not status then return {{-1}} end
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_ms', ARGV[1])
   redis.call('HDEL', KEYS[1], 'progress', 'phase')
+  if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[4]) end
   local job, prefix, id, now, output = KEYS[1], ARGV[3], ARGV[4], tonumber(ARGV[1]), nil
 {SETTLE_LUA}
   local reply = {{1, redis.call('HGET', KEYS[1], 'model') or '', redis.call('HGET', KEYS[1], 'input') or '',
@@ -630,6 +634,11 @@ impl RedisStore {
         &self.keys
     }
 
+    /// Replicas each new and final record waits for (`--redis-replica-acks`).
+    pub(crate) fn replica_acks(&self) -> u32 {
+        self.replica_acks
+    }
+
     /// One try of [`JobStore::finish`] with the output's `digest` (if it has one) and its stored form
     /// (`blob`, empty to refer to a stored output only); `None` when Redis does not hold the output
     /// and `blob` was empty.
@@ -642,10 +651,11 @@ impl RedisStore {
     ) -> Result<Option<Finish>, StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
+        let pending = self.keys.webhooks();
         let output = digest.map(|digest| self.keys.output(digest));
         let replica_acks = self.replica_acks;
         let mut invocation = FINISH.key(&job);
-        invocation.key(&watchers);
+        invocation.key(&watchers).key(&pending);
         if let Some(output) = &output {
             invocation.key(output);
         }
@@ -975,10 +985,12 @@ impl JobStore for RedisStore {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
         let prefix = self.keys.prefix();
+        let pending = self.keys.webhooks();
         self.run(|mut conn| async move {
             let mut invocation = CANCEL.key(&job);
             invocation
                 .key(&watchers)
+                .key(&pending)
                 .arg(now_ms)
                 .arg(watcher.unwrap_or(""))
                 .arg(prefix)
@@ -1076,14 +1088,14 @@ impl JobStore for RedisStore {
 
 /// Adds `WAIT replicas timeout` to `pipe`: its answer is the number of replicas that hold every write
 /// sent before it on the connection.
-fn wait_for_replicas(pipe: &mut redis::Pipeline, replicas: u32) {
+pub(crate) fn wait_for_replicas(pipe: &mut redis::Pipeline, replicas: u32) {
     pipe.cmd("WAIT")
         .arg(replicas)
         .arg(REPLICA_WAIT.as_millis() as u64);
 }
 
 /// A write that fewer replicas than required hold has not happened, as far as the caller can promise.
-fn replicas_acknowledged(acked: u32, required: u32) -> Result<(), StoreError> {
+pub(crate) fn replicas_acknowledged(acked: u32, required: u32) -> Result<(), StoreError> {
     if acked >= required {
         return Ok(());
     }
@@ -1142,7 +1154,9 @@ fn cancel_from(reply: Vec<redis::Value>, now_ms: u64) -> Result<Cancel, StoreErr
 
 /// A record as the `READ` and `RESUME` scripts answer it: its fields, and its stored output if it
 /// refers to one (decoded here). A record whose output is gone reads without it.
-async fn record_with_output(reply: Vec<redis::Value>) -> Result<Option<JobRecord>, StoreError> {
+pub(crate) async fn record_with_output(
+    reply: Vec<redis::Value>,
+) -> Result<Option<JobRecord>, StoreError> {
     let mut reply = reply.into_iter();
     let fields: HashMap<String, String> = match reply.next() {
         Some(fields) => redis::from_redis_value(fields)?,

@@ -44,6 +44,9 @@ pub struct JobView {
     /// How long it took (final jobs only; `total_ms` up to its final state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings: Option<Timings>,
+    /// Where the job is POSTed once it ends, if the submit named a webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 /// A running job's progress.
@@ -93,6 +96,7 @@ impl JobView {
             started_ms: record.started_ms,
             finished_ms: record.finished_ms,
             timings,
+            webhook: record.webhook.clone(),
         }
     }
 }

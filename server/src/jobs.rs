@@ -8,6 +8,7 @@ use std::time::Duration;
 use herald_engine::backend::{
     Admission, Cancel, ClientLimits, JobQueue, Notifier, OverQuota, PublishError,
 };
+use herald_engine::idempotency::{Key, Keyed, Keys};
 use herald_engine::Store;
 use herald_models::InputError;
 use herald_protocol::model::factorial_input;
@@ -52,6 +53,22 @@ pub enum Refusal {
     Busy,
     /// The client is at one of its quotas (the limit it is at, for the message).
     Quota(OverQuota, ClientLimits),
+    /// The submit's idempotency key belongs to a live job of another model or input.
+    Conflict,
+}
+
+/// What a submit that was taken did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    /// A new job, stored and queued.
+    Created,
+    /// The submit repeated an earlier one's idempotency key: nothing new; this is that job.
+    Existing {
+        /// Its ID.
+        id: JobId,
+        /// Its record as it stood.
+        record: Box<JobRecord>,
+    },
 }
 
 impl Refusal {
@@ -96,6 +113,11 @@ impl Refusal {
                     ..ErrorMessage::new(ErrorCode::Busy, message)
                 }
             }
+            Self::Conflict => ErrorMessage::new(
+                ErrorCode::Conflict,
+                "this idempotency key was used for a job of another model or input; use a new key \
+                 for a new job",
+            ),
         }
     }
 }
@@ -109,6 +131,10 @@ pub struct Prepared {
     pub input: Json,
     /// Workers serving the model now, where known.
     pub workers: Option<u32>,
+    /// The submit's idempotency key, if any.
+    pub key: Option<String>,
+    /// Where to POST the job once it ends (checked), if anywhere.
+    pub webhook: Option<String>,
 }
 
 impl Prepared {
@@ -139,6 +165,8 @@ pub struct Jobs {
     pub max_input_bytes: usize,
     /// Each client's quotas.
     pub client_limits: ClientLimits,
+    /// Idempotency keys.
+    pub keys: Keys,
 }
 
 impl Jobs {
@@ -184,6 +212,8 @@ impl Jobs {
             model: name.to_owned(),
             input,
             workers: served.workers,
+            key: None,
+            webhook: None,
         })
     }
 
@@ -193,11 +223,17 @@ impl Jobs {
     /// broker's confirm.
     ///
     /// A client at one of its quotas is refused before anything is stored (see
-    /// [`herald_engine::JobStore::create`]).
+    /// [`herald_engine::JobStore::create`]); a repeat of an idempotency key is answered whatever its
+    /// client holds.
     ///
-    /// If the publish fails, the record is deleted again: the client never got the ID, and nothing is
-    /// left half-stored. (Should the broker have taken the message after all, its worker finds no record
-    /// and drops it.)
+    /// With an idempotency key, the record is stored only if no live job of `owner` (of anyone,
+    /// without authentication) holds the key, in the same atomic step: a repeat gets the job that
+    /// holds it ([`Taken::Existing`], nothing stored or queued), another model or input under it gets
+    /// [`Refusal::Conflict`].
+    ///
+    /// If the publish fails, the record (and its key) is deleted again: the client never got the ID,
+    /// and nothing is left half-stored. (Should the broker have taken the message after all, its
+    /// worker finds no record and drops it.)
     pub async fn submit(
         &self,
         id: JobId,
@@ -205,18 +241,46 @@ impl Jobs {
         watched: bool,
         owner: Option<&str>,
         client: &str,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Taken, Refusal> {
         let record = JobRecord::queued(&job.model, job.input.clone(), unix_ms())
             .owned_by(owner)
-            .from_client(Some(client));
+            .from_client(Some(client))
+            .with_webhook(job.webhook.as_deref());
         let watcher = watched.then_some(self.instance.as_str());
-        match self
-            .store
-            .create(&id, &record, watcher, self.ttl, &self.client_limits)
-            .await
-        {
-            Ok(Admission::Created) => {}
-            Ok(Admission::Refused(over)) => {
+        let fingerprint = job
+            .key
+            .as_ref()
+            .map(|_| herald_protocol::idempotency::fingerprint(&job.model, job.input.raw()));
+        let key = job
+            .key
+            .as_deref()
+            .zip(fingerprint.as_deref())
+            .map(|(key, fingerprint)| Key {
+                scope: owner,
+                key,
+                fingerprint,
+            });
+        let limits = &self.client_limits;
+        let created = match key {
+            None => self
+                .store
+                .create(&id, &record, watcher, self.ttl, limits)
+                .await
+                .map(|admission| match admission {
+                    Admission::Created => Keyed::Created,
+                    Admission::Refused(over) => Keyed::Refused(over),
+                }),
+            Some(key) => {
+                self.keys
+                    .create_keyed(key, &id, &record, watcher, self.ttl, limits)
+                    .await
+            }
+        };
+        match created {
+            Ok(Keyed::Created) => {}
+            Ok(Keyed::Existing { id, record }) => return Ok(Taken::Existing { id, record }),
+            Ok(Keyed::Conflict) => return Err(Refusal::Conflict),
+            Ok(Keyed::Refused(over)) => {
                 info!(%client, ?over, "submit refused: the client is at a quota");
                 return Err(Refusal::Quota(over, self.client_limits));
             }
@@ -232,14 +296,18 @@ impl Jobs {
             client: Some(client.to_owned()),
         };
         let refusal = match self.queue.publish(&message).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Taken::Created),
             Err(PublishError::Full) => Refusal::Busy,
             Err(e) => {
                 warn!(%id, error = %e, "could not publish a job");
                 Refusal::Unavailable
             }
         };
-        if let Err(e) = self.store.delete(&id).await {
+        let deleted = match key {
+            None => self.store.delete(&id).await,
+            Some(key) => self.keys.delete_keyed(key, &id).await,
+        };
+        if let Err(e) = deleted {
             error!(%id, error = %e, "could not delete the record of an unpublished job");
         }
         Err(refusal)

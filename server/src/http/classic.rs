@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use herald_protocol::number::{parse_digits, NumberError};
 use herald_protocol::Json as JsonText;
 use herald_protocol::{JobId, JobStatus, SubmitInput, FACTORIAL};
 use serde::Serialize;
@@ -40,25 +41,51 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, Failure> {
 }
 
 /// `GET /factorial?no=N`: queue a factorial job; the body is its request ID.
+///
+/// A GET that creates a job is one any page can send (an `<img>` will do): `HEAD` creates nothing
+/// (405), and a request from a page that may not open a WebSocket here, or that the browser marks
+/// cross-site, is refused (403) before anything else is read.
 pub async fn submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
-    params: Params,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    if method == Method::HEAD {
+        return Ok((
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET")],
+            "HEAD creates no job: send GET",
+        )
+            .into_response());
+    }
+    if !state.origins.allows_job_request(&headers, &uri) {
+        return Ok((
+            StatusCode::FORBIDDEN,
+            "jobs are not created for requests from other sites",
+        )
+            .into_response());
+    }
     let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
-    let raw = param(&params, "no")?.trim();
-    let max_n = state.settings.backend.max_n;
-    let n: u64 = match raw.parse() {
-        Ok(n) if n <= max_n => n,
-        Ok(_) => return Err(Failure::bad_request(format!("`no` must be at most {max_n}")).into()),
-        Err(_) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => {
-            return Err(Failure::bad_request(format!("`no` must be at most {max_n}")).into())
-        }
-        Err(_) => {
-            return Err(Failure::bad_request("`no` must be a whole number such as 150000").into())
+    let Ok(Query(params)) = params else {
+        return Err(Failure::bad_request("malformed query string").into());
+    };
+    let mut given = params.iter().filter(|(name, _)| name == "no");
+    let raw = match (given.next(), given.next()) {
+        (Some((_, raw)), None) => raw.trim(),
+        (None, _) => return Err(Failure::bad_request("missing query parameter `no`").into()),
+        (Some(_), Some(_)) => {
+            return Err(Failure::bad_request("give the query parameter `no` once").into())
         }
     };
+    let max_n = state.settings.backend.max_n;
+    // Digits only, as a WebSocket frame: no sign, fraction or exponent.
+    let n = parse_digits(raw, max_n).map_err(|e| match e {
+        NumberError::TooLarge => Failure::bad_request(format!("`no` must be at most {max_n}")),
+        _ => Failure::bad_request("`no` must be a whole number such as 150000"),
+    })?;
     // Refused only where no model is the factorial (an embedded server given other models): 404.
     let job = state
         .jobs

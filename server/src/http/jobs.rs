@@ -11,11 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_protocol::api::{Accepted, JobView};
 use herald_protocol::frame::parse_submit_body;
+use herald_protocol::idempotency::check_key;
 use herald_protocol::{ErrorCode, JobId};
 use serde::Serialize;
 
 use super::{cancel_response, output_response, read_job, ApiError, Failure, JobRequest};
 use crate::auth;
+use crate::jobs::Taken;
 use crate::AppState;
 
 /// An error of the jobs API: its body is JSON (`{"code","message"}`).
@@ -36,9 +38,14 @@ impl IntoResponse for JsonError {
     }
 }
 
-/// `POST /jobs` with `{"model":"NAME","input":…}` (no model: the factorial, which also takes `"n"`):
-/// 202 with the job's ID and `Location: /jobs/<id>`. The caller's token is checked before the body
-/// is read, and the body is read only up to the largest input and a little more.
+/// `POST /jobs` with `{"model":"NAME","input":…}` (no model: the factorial, which also takes `"n"`),
+/// optionally `"webhook":"https://…"`: 202 with the job's ID and `Location: /jobs/<id>`. The caller's
+/// token is checked before the body is read, and the body is read only up to the largest input and a
+/// little more.
+///
+/// With an `Idempotency-Key` header, a repeat of an earlier submit under the same key (same caller,
+/// same model and input, job not expired) answers 200 with that job's ID and starts nothing; another
+/// model or input under the key answers 409.
 pub async fn submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -58,10 +65,14 @@ pub async fn submit(
     let text = std::str::from_utf8(&body)
         .map_err(|_| Failure::bad_request("the body must be UTF-8 JSON"))?;
     let submit = parse_submit_body(text)?;
-    let job = state
+    let key = idempotency_key(&headers, submit.key)?;
+    let webhook = crate::webhook::check_submit(submit.webhook.as_deref(), &state.settings)?;
+    let mut job = state
         .jobs
         .prepare(submit.model.as_deref(), submit.input)
         .await?;
+    job.key = key;
+    job.webhook = webhook;
     state.limits.submit(&caller.key).map_err(|wait| Failure {
         retry_after: Some(wait),
         ..Failure::new(
@@ -70,7 +81,7 @@ pub async fn submit(
         )
     })?;
     let id = JobId::new_v4();
-    state
+    let taken = state
         .jobs
         .submit(
             id,
@@ -80,6 +91,21 @@ pub async fn submit(
             &caller.key.to_string(),
         )
         .await?;
+    if let Taken::Existing { id, record } = taken {
+        tracing::info!(%id, model = %record.model, "repeated submit: the key's job");
+        let workers = state.jobs.directory.workers(&record.model);
+        let accepted = Accepted {
+            id,
+            model: record.model,
+            workers,
+        };
+        return Ok((
+            StatusCode::OK,
+            [(header::LOCATION, format!("/jobs/{id}"))],
+            Json(accepted),
+        )
+            .into_response());
+    }
     state
         .metrics
         .submitted
@@ -97,6 +123,27 @@ pub async fn submit(
         Json(accepted),
     )
         .into_response())
+}
+
+/// The idempotency key of a submit: the `Idempotency-Key` header, or `"key"` in the body (both may be
+/// given only if they agree).
+fn idempotency_key(
+    headers: &HeaderMap,
+    in_body: Option<String>,
+) -> Result<Option<String>, Failure> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(in_body);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| Failure::bad_request("Idempotency-Key must be printable ASCII"))?;
+    check_key(key).map_err(|reason| Failure::bad_request(format!("Idempotency-Key {reason}")))?;
+    if in_body.as_deref().is_some_and(|body| body != key) {
+        return Err(Failure::bad_request(
+            "Idempotency-Key and the body's \"key\" differ; give one",
+        ));
+    }
+    Ok(Some(key.to_owned()))
 }
 
 /// `GET /jobs/<id>`: the job, whole (its output once done).

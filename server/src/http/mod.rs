@@ -46,6 +46,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::host::check,
+        ))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
 }
