@@ -64,9 +64,23 @@ pub(crate) struct Tables {
 }
 
 impl Tables {
-    /// The live record of `id`, and when it expires.
-    pub(crate) fn live_record(&mut self, id: &JobId) -> Option<(&JobRecord, &mut Instant)> {
-        self.live(id).map(|e| (&e.record, &mut e.expires))
+    /// The live record of `id` (without its output) and the stored form of its output, if any.
+    pub(crate) fn live_record(&mut self, id: &JobId) -> Option<(JobRecord, Option<Arc<[u8]>>)> {
+        let (record, digest) = self.live(id).map(|e| (e.record.clone(), e.output.clone()))?;
+        let blob = digest.and_then(|digest| self.outputs.get(&digest));
+        Some((record, blob))
+    }
+
+    /// Keeps the live record of `id`, and its output, at least until `until`.
+    pub(crate) fn keep_until(&mut self, id: &JobId, until: Instant) {
+        let Some(entry) = self.live(id) else {
+            return;
+        };
+        entry.expires = entry.expires.max(until);
+        let (expires, digest) = (entry.expires, entry.output.clone());
+        if let Some(digest) = digest {
+            self.outputs.refer(&digest, expires);
+        }
     }
 
     /// The live entry of `id`; an expired one is removed on the way, as Redis would have.
@@ -119,8 +133,8 @@ impl MemoryStore {
         self.tables().outputs.held()
     }
 
-    /// The record of `entry` with its output read back from the table (decoded off the lock).
-    async fn with_output(
+    /// `record` with its output read back from its stored form (decoded off the lock).
+    pub(crate) async fn with_output(
         &self,
         mut record: JobRecord,
         blob: Option<Arc<[u8]>>,
