@@ -66,7 +66,9 @@ pub(crate) struct Tables {
 impl Tables {
     /// The live record of `id` (without its output) and the stored form of its output, if any.
     pub(crate) fn live_record(&mut self, id: &JobId) -> Option<(JobRecord, Option<Arc<[u8]>>)> {
-        let (record, digest) = self.live(id).map(|e| (e.record.clone(), e.output.clone()))?;
+        let (record, digest) = self
+            .live(id)
+            .map(|e| (e.record.clone(), e.output.clone()))?;
         let blob = digest.and_then(|digest| self.outputs.get(&digest));
         Some((record, blob))
     }
@@ -162,6 +164,84 @@ impl MemoryStore {
             .outputs
             .put(&encoded.digest, encoded.blob, expires);
         (digest, size)
+    }
+
+    /// Puts back job `id`'s `record` as a durable store read it, expiring after `ttl`, with the
+    /// output it refers to (its digest and stored form) if any, and counts it in its client's books
+    /// as it was counted before (without quotas: it was accepted).
+    pub(crate) fn restore(
+        &self,
+        id: &JobId,
+        record: JobRecord,
+        ttl: Duration,
+        output: Option<(&str, Arc<[u8]>)>,
+    ) {
+        let expires = Instant::now() + ttl;
+        let mut tables = self.tables();
+        let output = output.map(|(digest, blob)| {
+            let size = tables.outputs.restore(digest, blob, expires);
+            (digest.to_owned(), size)
+        });
+        if let Some(client) = &record.client {
+            let _ = tables
+                .books
+                .admit(client, *id, expires, &ClientLimits::default());
+            if record.status.is_final() {
+                let output = output.as_ref().map(|(d, size)| (d.as_str(), *size));
+                tables.books.settle(client, id, output, expires);
+            }
+        }
+        tables.jobs.insert(
+            *id,
+            Entry {
+                record,
+                watchers: HashMap::new(),
+                expires,
+                output: output.map(|(digest, _)| digest),
+            },
+        );
+    }
+
+    /// Puts back a shared result as a durable store read it: the output `digest` (stored
+    /// already, by [`MemoryStore::restore`] of job `id` or of another) is the result of `result`,
+    /// living as long as job `id`. Nothing when either is gone.
+    pub(crate) fn restore_result(&self, result: &str, id: &JobId, digest: &str) {
+        let mut tables = self.tables();
+        let Some(expires) = tables.live(id).map(|e| e.expires) else {
+            return;
+        };
+        if !tables.outputs.refer(digest, expires) {
+            return;
+        }
+        tables
+            .results
+            .insert(result.to_owned(), (digest.to_owned(), expires));
+    }
+
+    /// Job `id`'s record as stored (without its output), and the digest and stored form of the
+    /// output it refers to, if any: what a durable store writes.
+    pub(crate) fn stored(&self, id: &JobId) -> Option<(JobRecord, Option<(String, Arc<[u8]>)>)> {
+        let mut tables = self.tables();
+        let (record, digest) = tables
+            .live(id)
+            .map(|e| (e.record.clone(), e.output.clone()))?;
+        let output = digest.and_then(|digest| {
+            let blob = tables.outputs.get(&digest)?;
+            Some((digest, blob))
+        });
+        Some((record, output))
+    }
+
+    /// The output digest and stored form of the shared result of `model` and `input`, if held.
+    pub(crate) fn shared_output(&self, model: &str, input: &Json) -> Option<(String, Arc<[u8]>)> {
+        let now = Instant::now();
+        let tables = self.tables();
+        let (digest, _) = tables
+            .results
+            .get(&result_digest(model, input.raw()))
+            .filter(|(_, expires)| *expires > now)?;
+        let blob = tables.outputs.get(digest)?;
+        Some((digest.clone(), blob))
     }
 
     /// Records held (expired ones included until the next sweep).

@@ -58,14 +58,20 @@ impl OutputTable {
         if self.refer(digest, expires) {
             return self.shelved[digest].blob.len() as u64;
         }
+        self.restore(digest, blob.into(), expires)
+    }
+
+    /// Stores (or refers to, if stored) output `digest` as `blob`, read back by a durable store,
+    /// until `expires`. Returns the stored size.
+    pub fn restore(&mut self, digest: &str, blob: Arc<[u8]>, expires: Instant) -> u64 {
+        if self.refer(digest, expires) {
+            return self.shelved[digest].blob.len() as u64;
+        }
         let size = blob.len() as u64;
-        if let Some(old) = self.shelved.insert(
-            digest.to_owned(),
-            Shelved {
-                blob: blob.into(),
-                expires,
-            },
-        ) {
+        if let Some(old) = self
+            .shelved
+            .insert(digest.to_owned(), Shelved { blob, expires })
+        {
             self.bytes -= old.blob.len() as u64;
         }
         self.bytes += size;

@@ -11,10 +11,15 @@
 //!
 //! At start-up the records are read back, and every job that is not final is handed to the caller to
 //! queue again (see [`DurableStore::open`]).
+//!
+//! Outputs are written once each, by digest, as the memory store keeps them: a record refers to its
+//! output, and a hundred jobs with one result write it once (see `outputs.rs`). Each client's counts
+//! are not written: they are counted again from the records at start-up.
 
 mod database;
 mod deliveries;
 mod lock;
+mod outputs;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -138,6 +143,7 @@ impl DurableStore {
         let memory = MemoryStore::new();
         let mut unfinished = Vec::new();
         let mut unreadable = 0;
+        let mut stored = loaded.outputs;
         for row in loaded.jobs {
             let parsed = row
                 .id
@@ -162,12 +168,23 @@ impl DurableStore {
                     },
                 ));
             }
-            // Counted in its client's books as before the restart, without its quotas: it was
-            // accepted.
-            memory
-                .create(&id, &record, None, ttl, &ClientLimits::default())
-                .await
-                .ok();
+            let output = match stored.jobs.remove(&row.id) {
+                Some(digest) => match stored.outputs.get(&digest) {
+                    Some(blob) => Some((digest, blob.clone())),
+                    None => {
+                        tracing::warn!(%id, "a job's stored output is missing from the database");
+                        None
+                    }
+                },
+                None => None,
+            };
+            // Counted in its client's books as before the restart.
+            memory.restore(
+                &id,
+                record,
+                ttl,
+                output.as_ref().map(|(d, blob)| (d.as_str(), blob.clone())),
+            );
         }
         for (job, output) in loaded.results {
             let Some(id) = job.parse::<JobId>().ok() else {
@@ -182,6 +199,11 @@ impl DurableStore {
                 .cache_result(&id, &record.model, &record.input, &output)
                 .await
                 .ok();
+        }
+        for (result, job, digest) in stored.shared {
+            if let Ok(id) = job.parse::<JobId>() {
+                memory.restore_result(&result, &id, &digest);
+            }
         }
         unfinished.sort_by_key(|(submitted, _)| *submitted);
         Ok(Opened {
@@ -232,9 +254,23 @@ impl DurableStore {
         &self,
         id: &JobId,
     ) -> Result<Option<tokio::sync::oneshot::Receiver<Result<u64, String>>>, StoreError> {
-        let Some(record) = self.memory.get(id).await? else {
+        let Some((record, output)) = self.memory.stored(id) else {
             return Ok(None);
         };
+        if let Some((digest, blob)) = output {
+            // Before the record, in the same transaction or an earlier one: a record never refers
+            // to an output the file does not hold.
+            self.writer
+                .send_unanswered(Write::Outputs(outputs::Write::Output {
+                    digest: digest.clone(),
+                    blob,
+                }));
+            self.writer
+                .send_unanswered(Write::Outputs(outputs::Write::Refer {
+                    job: id.to_string(),
+                    digest,
+                }));
+        }
         Ok(Some(self.writer.send(Write::Update {
             id: id.to_string(),
             record: encode(&record)?,
@@ -411,13 +447,21 @@ impl JobStore for DurableStore {
     ) -> Result<(), StoreError> {
         let _order = self.order.lock().await;
         self.memory.cache_result(id, model, input, output).await?;
-        // Not waited for: the job's record, which carries the output too, is; a shared result lost in
-        // a crash is computed again.
-        self.writer.send_unanswered(Write::Result {
-            digest: result_digest(model, input.raw()),
-            job: id.to_string(),
-            output: output.get().to_owned(),
-        });
+        // Not waited for: the job's record, which refers to the output too, is; a shared result lost
+        // in a crash is computed again.
+        if let Some((digest, blob)) = self.memory.shared_output(model, input) {
+            self.writer
+                .send_unanswered(Write::Outputs(outputs::Write::Output {
+                    digest: digest.clone(),
+                    blob,
+                }));
+            self.writer
+                .send_unanswered(Write::Outputs(outputs::Write::Shared {
+                    digest: result_digest(model, input.raw()),
+                    job: id.to_string(),
+                    output: digest,
+                }));
+        }
         Ok(())
     }
 }
