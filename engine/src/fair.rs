@@ -82,11 +82,10 @@ impl FairQueue {
     /// in turn, and the one served goes to the back of the turns.
     pub fn pop(&self, startable: impl Fn(&JobMessage) -> bool) -> Option<JobMessage> {
         let mut lanes = self.lanes();
-        let position = lanes.turns.iter().position(|client| {
-            lanes.lanes[client]
-                .front()
-                .is_some_and(|job| startable(job))
-        })?;
+        let position = lanes
+            .turns
+            .iter()
+            .position(|client| lanes.lanes[client].front().is_some_and(&startable))?;
         let client = lanes.turns.remove(position).expect("found");
         let lane = lanes.lanes.get_mut(&client).expect("a lane for every turn");
         let job = lane.pop_front().expect("not empty");

@@ -30,6 +30,9 @@ use crate::jobs::{JobContext, Settle};
 use crate::output;
 use crate::outputs::OutputTable;
 
+/// A stored output: its digest and its stored form (see [`crate::output`]).
+pub(crate) type StoredOutput = (String, Arc<[u8]>);
+
 /// One job as the memory store keeps it.
 struct Entry {
     record: JobRecord,
@@ -220,7 +223,7 @@ impl MemoryStore {
 
     /// Job `id`'s record as stored (without its output), and the digest and stored form of the
     /// output it refers to, if any: what a durable store writes.
-    pub(crate) fn stored(&self, id: &JobId) -> Option<(JobRecord, Option<(String, Arc<[u8]>)>)> {
+    pub(crate) fn stored(&self, id: &JobId) -> Option<(JobRecord, Option<StoredOutput>)> {
         let mut tables = self.tables();
         let (record, digest) = tables
             .live(id)
@@ -233,7 +236,7 @@ impl MemoryStore {
     }
 
     /// The output digest and stored form of the shared result of `model` and `input`, if held.
-    pub(crate) fn shared_output(&self, model: &str, input: &Json) -> Option<(String, Arc<[u8]>)> {
+    pub(crate) fn shared_output(&self, model: &str, input: &Json) -> Option<StoredOutput> {
         let now = Instant::now();
         let tables = self.tables();
         let (digest, _) = tables
