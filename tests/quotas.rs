@@ -212,8 +212,18 @@ async fn stored_bytes_answer_busy_once_past(mode: Mode) {
     settings.max_stored_bytes_per_client = 1000;
     let server = env.spawn_app_with(settings).await;
     let mut alice = connect(&server, ALICE).await;
-    // 3000! has 9,131 digits: over a kilobyte even compressed. The submit that goes past is taken.
-    let first = alice.submit(3000).await;
+    // 3000! has 9,131 digits: over a kilobyte even compressed. The submit that goes past is taken
+    // (with an idempotency key: a keyed create is counted as any other).
+    alice
+        .send_json(serde_json::json!({"type": "submit", "n": 3000, "key": "first"}))
+        .await;
+    let first = match alice.recv().await {
+        ServerMessage::Accepted { id, existing, .. } => {
+            assert!(!existing);
+            id
+        }
+        other => panic!("expected accepted, got {other:?}"),
+    };
     let digits = alice.output_of(first).await;
     assert_eq!(digits.len(), 9131);
     // The same output again costs nothing more, but Alice is past her bytes already.
@@ -226,6 +236,27 @@ async fn stored_bytes_answer_busy_once_past(mode: Mode) {
         "{}",
         busy.message
     );
+    // A new key is refused the same way, checked in the step that would take the key; a repeat of
+    // her key is answered with its job, whose stored output is read back, whatever she holds.
+    alice
+        .send_json(serde_json::json!({"type": "submit", "n": 3000, "key": "second"}))
+        .await;
+    let busy = alice.expect_error(ErrorCode::Busy).await;
+    assert!(
+        busy.message.contains("--max-stored-bytes-per-client"),
+        "{}",
+        busy.message
+    );
+    alice
+        .send_json(serde_json::json!({"type": "submit", "n": 3000, "key": "first"}))
+        .await;
+    match alice.recv().await {
+        ServerMessage::Accepted { id, existing, .. } => {
+            assert_eq!((id, existing), (first, true));
+        }
+        other => panic!("expected accepted, got {other:?}"),
+    }
+    assert_eq!(alice.output_of(first).await, digits);
     // Her result stays, and Bob stores his own.
     alice.resume(first).await;
     assert_eq!(alice.output_of(first).await, digits);
