@@ -9,8 +9,11 @@
 //! committed. Watchers and progress are not written: they describe sockets and a computation of this
 //! process, and mean nothing after a restart.
 //!
+//! A job's idempotency key and its pending webhook delivery are columns of its row: written in the
+//! same transaction as the record that creates the job or makes it final, and gone with it.
+//!
 //! At start-up the records are read back, and every job that is not final is handed to the caller to
-//! queue again (see [`DurableStore::open`]).
+//! queue again (see [`DurableStore::open`]); keys and pending deliveries are restored with them.
 //!
 //! Outputs are written once each, by digest, as the memory store keeps them: a record refers to its
 //! output, and a hundred jobs with one result write it once (see `outputs.rs`). Each client's counts
@@ -18,6 +21,7 @@
 
 mod database;
 mod deliveries;
+mod keys;
 mod lock;
 mod outputs;
 
@@ -32,8 +36,10 @@ use tokio::sync::Mutex;
 use crate::backend::{
     Admission, Cancel, ClientLimits, Finish, JobStore, Report, Start, StoreError,
 };
+use crate::idempotency::Key;
+use crate::idempotency_memory::KeyTable;
 use crate::memory::MemoryStore;
-use database::{Write, Writer};
+use database::{KeyColumns, Write, Writer};
 
 pub use database::DATABASE_FILE;
 pub use lock::LOCK_FILE;
@@ -110,6 +116,8 @@ pub struct DurableStore {
     /// Held from a change in memory until its write is queued, so that the writes of one record reach
     /// the file in the order its changes happened.
     order: Mutex<()>,
+    /// The idempotency keys of live jobs (see `keys.rs`).
+    keys: Mutex<KeyTable>,
     writer: Writer,
     path: PathBuf,
 }
@@ -141,6 +149,7 @@ impl DurableStore {
             error: e.to_string(),
         })??;
         let memory = MemoryStore::new();
+        let mut keys = KeyTable::default();
         let mut unfinished = Vec::new();
         let mut unreadable = 0;
         let mut stored = loaded.outputs;
@@ -185,6 +194,24 @@ impl DurableStore {
                 ttl,
                 output.as_ref().map(|(d, blob)| (d.as_str(), blob.clone())),
             );
+            if let Some(key) = &row.key {
+                let key = Key {
+                    scope: key.scope.as_deref(),
+                    key: &key.name,
+                    fingerprint: &key.fingerprint,
+                };
+                keys.restore(key, &id, tokio::time::Instant::now() + ttl);
+            }
+            if let Some(delivery) = &row.delivery {
+                // Due when it was, or at once: a delivery claimed when the server stopped is tried
+                // again, as a lease of a dead instance runs out.
+                let wait = delivery.due_ms.saturating_sub(now_ms).max(0) as u64;
+                memory.tables().deliveries.restore(
+                    id,
+                    u32::try_from(delivery.attempts).unwrap_or(u32::MAX),
+                    tokio::time::Instant::now() + Duration::from_millis(wait),
+                );
+            }
         }
         for (job, output) in loaded.results {
             let Some(id) = job.parse::<JobId>().ok() else {
@@ -210,6 +237,7 @@ impl DurableStore {
             store: Self {
                 memory,
                 order: Mutex::new(()),
+                keys: Mutex::new(keys),
                 writer,
                 path: dir.join(DATABASE_FILE),
             },
@@ -248,11 +276,12 @@ impl DurableStore {
         self.memory.is_empty()
     }
 
-    /// Writes job `id`'s record as memory now holds it (under `order`); the answer comes with the
-    /// commit.
+    /// Writes job `id`'s record as memory now holds it (under `order`), with its webhook delivery
+    /// when the change that is `ending` it made one pending; the answer comes with the commit.
     async fn write_back(
         &self,
         id: &JobId,
+        ending: bool,
     ) -> Result<Option<tokio::sync::oneshot::Receiver<Result<u64, String>>>, StoreError> {
         let Some((record, output)) = self.memory.stored(id) else {
             return Ok(None);
@@ -271,10 +300,45 @@ impl DurableStore {
                     digest,
                 }));
         }
+        let delivery = ending && self.memory.tables().deliveries.contains(id);
         Ok(Some(self.writer.send(Write::Update {
             id: id.to_string(),
             record: encode(&record)?,
+            delivery_due_ms: delivery.then(|| unix_ms() as i64),
         })))
+    }
+
+    /// Creates job `id` (holding `key`, if given) in memory and in the file, and answers once the
+    /// row is committed.
+    async fn insert(
+        &self,
+        id: &JobId,
+        record: &JobRecord,
+        watcher: Option<&str>,
+        ttl: Duration,
+        key: Option<KeyColumns>,
+        limits: &ClientLimits,
+    ) -> Result<Admission, StoreError> {
+        let answer = {
+            let _order = self.order.lock().await;
+            let admission = self.memory.create(id, record, watcher, ttl, limits).await?;
+            if let Admission::Refused(_) = admission {
+                return Ok(admission);
+            }
+            self.writer.send(Write::Insert {
+                id: id.to_string(),
+                record: encode(record)?,
+                expires_ms: (unix_ms() + ttl.as_millis() as u64) as i64,
+                key,
+            })
+        };
+        if let Err(e) = answered(answer).await {
+            // Not durable, so not accepted: the caller answers `unavailable`, and nothing is left
+            // that a restart would run.
+            self.memory.delete(id).await?;
+            return Err(e);
+        }
+        Ok(Admission::Created)
     }
 }
 
@@ -310,25 +374,7 @@ impl JobStore for DurableStore {
         ttl: Duration,
         limits: &ClientLimits,
     ) -> Result<Admission, StoreError> {
-        let answer = {
-            let _order = self.order.lock().await;
-            let admission = self.memory.create(id, record, watcher, ttl, limits).await?;
-            if let Admission::Refused(_) = admission {
-                return Ok(admission);
-            }
-            self.writer.send(Write::Insert {
-                id: id.to_string(),
-                record: encode(record)?,
-                expires_ms: (unix_ms() + ttl.as_millis() as u64) as i64,
-            })
-        };
-        if let Err(e) = answered(answer).await {
-            // Not durable, so not accepted: the caller answers `unavailable`, and nothing is left
-            // that a restart would run.
-            self.memory.delete(id).await?;
-            return Err(e);
-        }
-        Ok(Admission::Created)
+        self.insert(id, record, watcher, ttl, None, limits).await
     }
 
     async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
@@ -374,7 +420,7 @@ impl JobStore for DurableStore {
             let _order = self.order.lock().await;
             let start = self.memory.start(id, now_ms, true).await?;
             let answer = match start {
-                Start::Run { .. } => self.write_back(id).await?,
+                Start::Run { .. } => self.write_back(id, false).await?,
                 Start::Missing | Start::Final => None,
             };
             (start, answer)
@@ -392,7 +438,7 @@ impl JobStore for DurableStore {
             let _order = self.order.lock().await;
             let finish = self.memory.finish(id, record).await?;
             let answer = match finish {
-                Finish::Applied { .. } => self.write_back(id).await?,
+                Finish::Applied { .. } => self.write_back(id, true).await?,
                 Finish::Missing | Finish::AlreadyFinal => None,
             };
             (finish, answer)
@@ -414,7 +460,8 @@ impl JobStore for DurableStore {
             let _order = self.order.lock().await;
             let cancel = self.memory.cancel(id, watcher, identity, now_ms).await?;
             let answer = match cancel {
-                Cancel::Cancelled { .. } | Cancel::Requested => self.write_back(id).await?,
+                Cancel::Cancelled { .. } => self.write_back(id, true).await?,
+                Cancel::Requested => self.write_back(id, false).await?,
                 Cancel::Missing | Cancel::Final(_) => None,
             };
             (cancel, answer)
