@@ -2,10 +2,11 @@
 """Fair share benchmark (BENCHMARKS.md, "Fair share"): one client's burst of long jobs, then another
 client's short job; prints how long the short one took from its submit to its result.
 
-Starts release binaries (build them first: cargo build --release -p herald-server -p herald-worker)
-with their default settings and two identities (static tokens `heavy` and `light`, so the two are
-different clients), embedded or distributed (against the RabbitMQ and Redis of scripts/services.sh,
-under names of their own), and stops them at the end.
+Starts release binaries (build them first: cargo build --release -p herald-server -p herald-worker;
+HERALD_BIN_DIR names another directory of binaries) with their default settings and two identities
+(static tokens `heavy` and `light`, so the two are different clients), embedded (durable, in a fresh
+data directory) or distributed (against the RabbitMQ and Redis of scripts/services.sh, under names of
+their own), and stops them at the end.
 
     python3 scripts/fairness.py embedded|distributed [--burst 100] [--heavy-n 960000] [--light-n 10]
                                 [--server-arg=--max-queued-per-client=0 ...]
@@ -104,10 +105,13 @@ def main():
     parser.add_argument("--server-arg", action="append", default=[])
     options = parser.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    binaries = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target")), "release")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+    binaries = os.environ.get("HERALD_BIN_DIR", os.path.join(target, "release"))
     logs = tempfile.mkdtemp(prefix="herald-fairness-")
     tag = uuid.uuid4().hex[:12]
-    backend = []
+    # Embedded: a data directory of this run's own (the default, herald-data in the working
+    # directory, would carry one run's jobs into the next).
+    backend = ["--data-dir", os.path.join(logs, "data")]
     if options.mode == "distributed":
         backend = [
             "--amqp-url", os.environ.get("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
@@ -118,7 +122,7 @@ def main():
         ]
     processes = []
     try:
-        if backend:
+        if options.mode == "distributed":
             worker_log = open(os.path.join(logs, "worker.log"), "w")
             processes.append(start(os.path.join(binaries, "herald-worker"), backend, worker_log))
         server_log_path = os.path.join(logs, "server.log")
@@ -130,7 +134,7 @@ def main():
         )
         processes.append(server)
         address = listening_address(server_log_path, server)
-        if backend:
+        if options.mode == "distributed":
             time.sleep(3)  # the server learns of the worker's factorial from its announcement
         report = asyncio.run(run(address, options.burst, options.heavy_n, options.light_n))
         report["mode"] = options.mode
