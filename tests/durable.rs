@@ -467,3 +467,81 @@ async fn an_output_stored_once_survives_a_kill_and_is_served_after_the_restart()
     assert_eq!(client.output_of(again).await, digits);
     assert_eq!(metric(&addr, "herald_stored_outputs").await, Some(1.0));
 }
+
+const HEAVY: &str = "heavy-token-0123456789";
+const LIGHT: &str = "light-token-0123456789";
+
+/// GET /jobs/<id> of the server at `addr` as the holder of `token`: the job's JSON.
+async fn job_as(addr: &str, token: &str, id: JobId) -> Value {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/jobs/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the server answers");
+    assert!(response.status().is_success(), "{response:?}");
+    serde_json::from_str(&response.text().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn jobs_recovered_after_a_kill_are_served_in_turn_between_clients() {
+    // One compute slot; one client's four slow jobs, then another client's one, all unfinished at
+    // the kill. After the restart the queue serves the clients in turn: the other client's job is
+    // the next to start once the first has finished, not the last.
+    let data = tempfile::tempdir().unwrap();
+    let tokens = format!("heavy:{HEAVY},light:{LIGHT}");
+    let args = embedded_args(data.path(), &["--auth-tokens", &tokens]);
+    let mut server = Process::start("herald-server", &args);
+    let addr = server.server_addr().await;
+    let connect = |token: &'static str| {
+        let url = format!("ws://{addr}/ws");
+        async move {
+            let bearer = format!("Bearer {token}");
+            match crate::helpers::try_connect(&url, &[("Authorization", &bearer)]).await {
+                Ok((client, _)) => client,
+                Err(status) => panic!("the upgrade was refused with {status}"),
+            }
+        }
+    };
+    let mut heavy = connect(HEAVY).await;
+    let mut heavy_ids = Vec::new();
+    for i in 0..4 {
+        let input = json!({"text": format!("a long day {i}"), "seconds": 2});
+        heavy_ids.push(heavy.submit_to("sentiment", input).await);
+    }
+    until_progress(&mut heavy, heavy_ids[0]).await;
+    let mut light = connect(LIGHT).await;
+    let light_id = light
+        .submit_to("sentiment", json!({"text": "a short one", "seconds": 0}))
+        .await;
+    assert_eq!(job_as(&addr, LIGHT, light_id).await["status"], "queued");
+    server.kill().await;
+
+    let server = Process::start("herald-server", &args);
+    let addr = server.server_addr().await;
+    assert!(
+        server.log_text().contains("requeued=5"),
+        "{}",
+        server.log_text()
+    );
+    eventually("every recovered job done", || async {
+        for id in &heavy_ids {
+            if job_as(&addr, HEAVY, *id).await["status"] != "done" {
+                return false;
+            }
+        }
+        job_as(&addr, LIGHT, light_id).await["status"] == "done"
+    })
+    .await;
+    let started = |job: Value| job["started_ms"].as_u64().unwrap();
+    let light_started = started(job_as(&addr, LIGHT, light_id).await);
+    let mut heavy_started = Vec::new();
+    for id in &heavy_ids {
+        heavy_started.push(started(job_as(&addr, HEAVY, *id).await));
+    }
+    assert!(
+        heavy_started[0] <= light_started && light_started <= heavy_started[1],
+        "the other client's job starts second, not last: heavy {heavy_started:?}, light \
+         {light_started}"
+    );
+}
