@@ -1,6 +1,7 @@
 //! Embedded mode's backends: an in-memory job store with the same TTL rules as Redis, a bounded
 //! in-process job queue, and the pool of workers that consumes it with the same job code as
-//! `herald-worker`. Nothing here survives the process: embedded mode is for one machine.
+//! `herald-worker`. Nothing here survives the process (the durable store, `crate::durable`, writes
+//! this store's changes through to a file): embedded mode is for one machine.
 //!
 //! Outputs are kept once each in an [`OutputTable`], compressed, and records refer to them by digest,
 //! as in Redis; each client's counts are kept in [`ClientBooks`].
@@ -186,6 +187,7 @@ impl MemoryStore {
             (digest.to_owned(), size)
         });
         if let Some(client) = &record.client {
+            // Without limits, admitting never refuses.
             let _ = tables
                 .books
                 .admit(client, *id, expires, &ClientLimits::default());
