@@ -529,3 +529,43 @@ fn docs_protocol_http_documents_are_what_the_api_writes() {
         );
     }
 }
+
+#[test]
+fn docs_protocol_route_table_is_the_openapi_document() {
+    // The document of the router itself (server/src/http/mod.rs), as `GET /openapi.json` serves it.
+    let (_, document) = herald_server::http::routes().split_for_parts();
+    let mut described = BTreeSet::new();
+    for (path, item) in &document.paths.paths {
+        for (method, operation) in [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("DELETE", &item.delete),
+            ("PUT", &item.put),
+            ("PATCH", &item.patch),
+        ] {
+            if operation.is_some() {
+                described.insert(format!("{method} {path}"));
+            }
+        }
+    }
+    // protocol.md's table of routes: "| `GET /factorial/result?id=ID` | …", IDs written `ID`.
+    let doc = read_doc("docs/protocol.md");
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|route| {
+            ["GET /", "POST /", "DELETE /"]
+                .iter()
+                .any(|m| route.starts_with(m))
+        })
+        .map(|route| {
+            let route = route.split('?').next().unwrap();
+            route.replace("/ID", "/{id}")
+        })
+        .collect();
+    assert_eq!(
+        documented, described,
+        "docs/protocol.md's table of HTTP routes and the OpenAPI document differ"
+    );
+}

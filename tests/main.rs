@@ -18,6 +18,7 @@ mod instances;
 mod live;
 mod loadgen;
 mod models;
+mod openapi;
 mod overload;
 mod shutdown;
 mod soak;

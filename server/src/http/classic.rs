@@ -40,6 +40,22 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, Failure> {
 }
 
 /// `GET /factorial?no=N`: queue a factorial job; the body is its request ID.
+#[utoipa::path(get, path = "/factorial", operation_id = "classic_submit", tag = "classic",
+    params(("no" = herald_protocol::api::FactorialN, Query, description = "n: a whole number up to --max-n.")),
+    responses(
+        (status = 200, description = "Accepted: the request ID.", body = String, content_type = "text/plain"),
+        (status = 400, description = "`no` is missing, not a whole number, or above --max-n.", body = String,
+            content_type = "text/plain"),
+        (status = 401, description = "No valid token (authentication on).", body = String,
+            content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "The server serves no factorial.", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many submits from this client, or too much work in flight.",
+            body = String, content_type = "text/plain",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "RabbitMQ or Redis cannot be reached.", body = String,
+            content_type = "text/plain", headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -98,10 +114,12 @@ pub async fn submit(
 }
 
 /// The classic result document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClassicResult {
     /// n for a factorial job; any other job's input as it was given.
     input: JsonText,
+    /// `processing` (queued or running), `done`, `failed` or `cancelled`.
+    #[schema(schema_with = classic_states)]
     status: &'static str,
     /// The factorial's digits ("" until done); any other job's output as JSON text.
     output: String,
@@ -109,8 +127,30 @@ pub struct ClassicResult {
     error: Option<String>,
 }
 
+/// The states of the classic result document.
+fn classic_states() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["processing", "done", "failed", "cancelled"]))
+        .build()
+}
+
 /// `GET /factorial/result?id=ID`: where a job stands, in the classic polling shape. With
 /// authentication, another identity's job is answered exactly like an unknown one.
+#[utoipa::path(get, path = "/factorial/result", operation_id = "classic_result", tag = "classic",
+    params(("id" = uuid::Uuid, Query, description = "The request ID.")),
+    responses(
+        (status = 200, description = "Where the job stands.", body = ClassicResult),
+        (status = 400, description = "`id` is missing or not a request ID.", body = String,
+            content_type = "text/plain"),
+        (status = 401, description = "No valid token (authentication on).", body = String,
+            content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "No such job (or another identity's), or it expired.", body = String,
+            content_type = "text/plain"),
+        (status = 503, description = "Redis cannot be reached.", body = String,
+            content_type = "text/plain", headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn result(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -155,6 +195,24 @@ pub async fn result(
 }
 
 /// `DELETE /factorial/ID`: cancels a job (as `DELETE /jobs/ID`).
+#[utoipa::path(delete, path = "/factorial/{id}", operation_id = "classic_cancel", tag = "classic",
+    params(("id" = uuid::Uuid, Path, description = "The request ID.")),
+    responses(
+        (status = 200, description = "`cancelled`: it was queued, and is final now.",
+            body = herald_protocol::api::CancelAnswer),
+        (status = 202, description = "`cancelling`: it is running, and its worker stops at its next checkpoint.",
+            body = herald_protocol::api::CancelAnswer),
+        (status = 400, description = "Not a request ID.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No valid token (authentication on).", body = String,
+            content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "No such job (or another identity's), or it expired.", body = String,
+            content_type = "text/plain"),
+        (status = 409, description = "The job already finished: there is nothing to cancel.", body = String,
+            content_type = "text/plain"),
+        (status = 503, description = "RabbitMQ or Redis cannot be reached.", body = String,
+            content_type = "text/plain", headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     request: JobRequest<ApiError>,
@@ -164,6 +222,24 @@ pub async fn cancel(
 
 /// `GET /factorial/ID/output`: the whole output as a file, so that a large result can be fetched
 /// without a JSON message around it.
+#[utoipa::path(get, path = "/factorial/{id}/output", operation_id = "classic_output", tag = "classic",
+    params(("id" = uuid::Uuid, Path, description = "The request ID.")),
+    responses(
+        (status = 200, description = "The output as a file: the factorial's digits as text, any other \
+            model's output as JSON.",
+            content((String = "text/plain"), (herald_protocol::Json = "application/json")),
+            headers(("Content-Disposition" = String, description = "`attachment` with a file name."))),
+        (status = 400, description = "Not a request ID.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No valid token (authentication on).", body = String,
+            content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "No such job (or another identity's), or it expired.", body = String,
+            content_type = "text/plain"),
+        (status = 409, description = "The job has no output (not done).", body = String,
+            content_type = "text/plain"),
+        (status = 503, description = "Redis cannot be reached.", body = String,
+            content_type = "text/plain", headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn output(
     State(state): State<AppState>,
     request: JobRequest<ApiError>,

@@ -1,0 +1,136 @@
+//! The OpenAPI 3.1 description of the HTTP API, served at `GET /openapi.json`: assembled from the
+//! `#[utoipa::path]` annotations on the handlers and the `ToSchema` types of the protocol crate, by the
+//! same router that serves the routes (see [`super::router`]), so a route cannot be served undescribed.
+//!
+//! What only the running server knows is filled in when it starts: the factorial's largest `n`
+//! (`--max-n`), and whether requests need a bearer token (authentication on).
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use herald_protocol::api::FACTORIAL_N_SCHEMA;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, OpenApi as Document, Type};
+use utoipa::OpenApi;
+
+/// The security scheme of the bearer token (`Authorization: Bearer <token>`).
+pub const BEARER: &str = "bearer";
+
+/// The security scheme of the token as a `token` query parameter (`/ws` only: browsers cannot set
+/// headers on a WebSocket).
+pub const QUERY_TOKEN: &str = "token_query";
+
+/// What the annotations do not say: the title, version and tags.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "A job gateway: submit a job of any model served, follow it, cancel it, \
+                       download its output. The WebSocket at `/ws` pushes results as they finish \
+                       (its messages are described in docs/protocol.md, not here).",
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
+    ),
+    tags(
+        (name = "jobs", description = "The jobs API, for programs: JSON bodies and errors."),
+        (name = "classic", description = "The classic polling API: plain-text errors."),
+        (name = "websocket", description = "The WebSocket upgrade."),
+        (name = "ops", description = "The page, health, readiness, metrics and this document: open to all."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as the server serves it, JSON text built once at start-up.
+#[derive(Clone)]
+pub struct Served(Arc<str>);
+
+/// Completes the document assembled from the routes for a server with these settings: the component
+/// of the factorial's `n` (at most `max_n`), and the security schemes with authentication on. With it
+/// off, the operations' security requirements are removed: a fuzzer (and a reader) would otherwise
+/// expect a 401 that never comes.
+pub fn complete(mut document: Document, max_n: u64, auth: bool) -> Document {
+    let components = document.components.get_or_insert_with(Default::default);
+    components.schemas.insert(
+        FACTORIAL_N_SCHEMA.into(),
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Int64,
+            )))
+            .minimum(Some(0))
+            .maximum(Some(max_n))
+            .description(Some(
+                "The factorial's n: a whole number up to the server's --max-n.",
+            ))
+            .into(),
+    );
+    if auth {
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A static token (--auth-tokens) or an HS256 JWT (--jwt-secret).",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            QUERY_TOKEN,
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "token",
+                "The bearer token, for `/ws` only (a browser cannot set its headers; it may also \
+                 offer the subprotocol `bearer.<token>` next to `herald`).",
+            ))),
+        );
+    } else {
+        for item in document.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.put,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation.security = None;
+            }
+        }
+    }
+    document
+}
+
+impl Served {
+    /// `document` as served.
+    pub fn new(document: &Document) -> Self {
+        Self(
+            document
+                .to_json()
+                .expect("the OpenAPI document serializes")
+                .into(),
+        )
+    }
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "ops",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 description of this server's HTTP API.",
+            body = Object, content_type = "application/json"),
+    )
+)]
+pub async fn serve(Extension(Served(json)): Extension<Served>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+        .into_response()
+}
