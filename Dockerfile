@@ -20,7 +20,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 herald \
-    && useradd --system --uid 10001 --gid herald --no-create-home --shell /usr/sbin/nologin herald
+    && useradd --system --uid 10001 --gid herald --no-create-home --shell /usr/sbin/nologin herald \
+    && install -d -o 10001 -g 10001 /var/lib/herald
 # A numeric user, so orchestrators that insist on non-root (runAsNonRoot) can verify it.
 USER 10001:10001
 
@@ -28,6 +29,9 @@ FROM runtime AS server
 COPY --from=builder /usr/local/bin/herald-server /usr/local/bin/herald-server
 # Inside a container the default 127.0.0.1 would be unreachable from outside it.
 ENV HERALD_LISTEN=0.0.0.0:8080
+# Run embedded (no backend URLs), the server keeps its jobs in herald-data/ of its working directory:
+# one the herald user can write (mount a volume there to keep them across containers).
+WORKDIR /var/lib/herald
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/herald-server"]
 

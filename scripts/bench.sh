@@ -13,7 +13,9 @@
 #   BUILD_PROFILE=profiling scripts/bench.sh ...       (binaries with line tables and symbols, for perf
 #                                                       or flamegraphs attached to the running processes)
 #   EMBEDDED=1 scripts/bench.sh cancel ...             (the server alone, embedded: its queue, store and
-#                                                       workers in process; no RabbitMQ, Redis or worker)
+#                                                       workers in process; no RabbitMQ, Redis or worker;
+#                                                       its jobs kept in a fresh data directory, removed
+#                                                       after; SERVER_ARGS=--in-memory: in memory only)
 #   MALACHITE=1 scripts/bench.sh cancel ...            (binaries built with the malachite backend)
 #   SERVER_BIN=/tmp/herald-server-old scripts/bench.sh connections ...
 #                                                     (another build's server, e.g. the previous
@@ -32,7 +34,13 @@ run=herald-bench.$$
 ulimit -n "$(ulimit -Hn)"
 log=$(mktemp -d)
 if [ -n "$embedded" ]; then
+  # A data directory of this run's own (the default, herald-data in the working directory, would carry
+  # jobs from one run into the next), unless the server keeps its jobs in memory.
   backend=()
+  case " ${SERVER_ARGS:-} " in
+  *" --in-memory "*) ;;
+  *) backend=(--data-dir "$log/data") ;;
+  esac
   worker=
 else
   # Both URLs, and to both processes: a server given neither runs embedded, and the worker sits idle.
@@ -40,8 +48,10 @@ else
   backend=(--queue "$run.{model}" --reply-exchange herald-bench.replies --redis-prefix "$run:"
     --amqp-url "${HERALD_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
     --redis-url "${HERALD_REDIS_URL:-redis://127.0.0.1:6379}")
-  # shellcheck disable=SC2086
-  "$bin/herald-worker" "${backend[@]}" ${WORKER_ARGS:-} >"$log/worker.log" 2>&1 &
+  # WORKER_ARGS is split as a shell would (as scripts/run.sh does), so a --model command line keeps
+  # its quotes: WORKER_ARGS='--model echo="python3 examples/python/echo.py"'.
+  eval "worker_args=(${WORKER_ARGS:-})"
+  "$bin/herald-worker" "${backend[@]}" "${worker_args[@]}" >"$log/worker.log" 2>&1 &
   worker=$!
 fi
 # shellcheck disable=SC2086
@@ -79,10 +89,13 @@ cleanup() {
   # shellcheck disable=SC2086
   wait "$server" $worker 2>/dev/null || true
   if [ -z "$embedded" ]; then
-    rabbitmqctl -q delete_queue "$run.factorial" >/dev/null 2>&1 || true
-    rabbitmqctl -q delete_queue "$run.factorial.dead" >/dev/null 2>&1 || true
+    # One queue (and dead-letter queue) per model the run served.
+    for queue in $(rabbitmqctl -q list_queues name 2>/dev/null | grep -F "$run." || true); do
+      rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+    done
     redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
   fi
+  rm -rf "$log/data"
   echo "logs: $log" >&2
 }
 trap cleanup EXIT
@@ -91,6 +104,19 @@ grep -q "listening on" "$log/server.log" || { cat "$log/server.log" >&2; exit 1;
 addr=$(grep -o -m 1 'listening on http://[0-9.]*:[0-9]*' "$log/server.log" | sed 's|.*http://||')
 mode=$1
 shift
+# Another model than the factorial is served once its worker announced it: wait for that, or every
+# job of the run would be refused as unknown_model.
+args=("$@")
+for i in "${!args[@]}"; do
+  [ "${args[$i]}" = --model ] || continue
+  want=${args[$((i + 1))]}
+  for _ in $(seq 300); do
+    curl -fs "http://$addr/models" | grep -q "\"name\":\"$want\"" && break
+    sleep 0.1
+  done
+  curl -fs "http://$addr/models" | grep -q "\"name\":\"$want\"" ||
+    { echo "no worker serves the model $want after 30 s; see $log" >&2; exit 1; }
+done
 if [ -n "${PROFILE:-}" ] && [ -z "$embedded" ]; then
   rabbit_before=$(cpu_seconds $(services_pids beam.smp))
   redis_before=$(cpu_seconds $(services_pids redis-server))

@@ -751,9 +751,12 @@ async fn until_downloaded_json(browser: &Browser, name: &str) -> Value {
 async fn the_page_lists_models_and_runs_json_jobs_with_progress_results_cancel_and_errors() {
     let browser = Browser::start().await;
 
-    // Embedded mode with two Python programs beside the built-in factorial.
+    // Embedded mode with two Python programs beside the built-in factorial, keeping its jobs in memory
+    // only: the restart at the end must lose one (the durable mode's restarts are tests/durable.rs's).
     let env = TestEnv::in_mode(Mode::Embedded);
     let mut settings = env.server_settings();
+    settings.data_dir = None;
+    settings.in_memory = true;
     // Small, so that the page meets both ways an input can be too large without typing megabytes.
     settings.max_input_bytes = MAX_INPUT_BYTES;
     settings.models.models = vec![

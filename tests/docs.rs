@@ -191,6 +191,11 @@ fn readme_guarantees_state_the_connection_limits_with_their_defaults() {
         guarantees.contains("`--max-connections` (90 % of the open-file limit"),
         "README's Guarantees lack --max-connections and its default"
     );
+    assert_eq!(help["--max-buffered-bytes"].default, None);
+    assert!(
+        guarantees.contains("`--max-buffered-bytes` (an eighth of the machine's memory"),
+        "README's Guarantees lack --max-buffered-bytes and its default"
+    );
 }
 
 /// Every error code (the match has no wildcard, so a new variant must be added here to compile).
@@ -240,6 +245,7 @@ fn server_messages() -> Vec<ServerMessage> {
             n: Some(3),
             tag: None,
             workers: Some(1),
+            existing: false,
         },
         ServerMessage::Status {
             id,
@@ -567,5 +573,62 @@ fn docs_protocol_route_table_is_the_openapi_document() {
     assert_eq!(
         documented, described,
         "docs/protocol.md's table of HTTP routes and the OpenAPI document differ"
+    );
+}
+
+/// The idempotency keys' and webhooks' reference holds to the code: the limits the parser applies,
+/// the headers, the outcomes the metric counts, and the default retry schedule of `--help`.
+#[test]
+fn docs_protocol_states_idempotency_keys_and_webhooks_as_the_code_does() {
+    use herald_protocol::frame::MAX_WEBHOOK_BYTES;
+    use herald_protocol::idempotency::MAX_KEY_BYTES;
+    let doc = read_doc("docs/protocol.md");
+    let flat = doc.replace('\n', " ");
+    for needle in [
+        format!("1 to {MAX_KEY_BYTES} printable ASCII"),
+        format!("at most {MAX_WEBHOOK_BYTES} bytes"),
+        "`Idempotency-Key`".into(),
+        "\"existing\":true".into(),
+        "| `webhook-id` |".into(),
+        "| `webhook-timestamp` |".into(),
+        "| `webhook-signature` |".into(),
+    ] {
+        assert!(
+            flat.contains(&needle),
+            "protocol.md does not say {needle:?}"
+        );
+    }
+    let row = doc
+        .lines()
+        .find(|line| line.starts_with("| `herald_webhook_deliveries_total` |"))
+        .expect("protocol.md lists the webhook metric");
+    for outcome in herald_server::metrics::WEBHOOK_OUTCOMES {
+        assert!(
+            row.contains(&format!("`{outcome}`")),
+            "the metric's row lacks {outcome}"
+        );
+    }
+    let default = help_flags("herald-server")["--webhook-retry-delays"]
+        .default
+        .clone()
+        .expect("a default schedule");
+    let words: Vec<String> = default
+        .split(',')
+        .map(|delay| {
+            let (number, unit) = delay.split_at(delay.len() - 1);
+            let unit = match unit {
+                "s" => "s",
+                "m" => "min",
+                "h" => "h",
+                other => panic!("a delay in {other}"),
+            };
+            format!("{number} {unit}")
+        })
+        .collect();
+    let (last, rest) = words.split_last().unwrap();
+    let schedule = format!("at once, then after {} and {last}", rest.join(", "));
+    assert!(
+        flat.contains(&schedule),
+        "protocol.md does not state the default schedule: {schedule}"
     );
 }

@@ -88,6 +88,9 @@ pub struct TestEnv {
     pub mode: Mode,
     /// Models whose queues this environment may have used besides the factorial's (removed with it).
     models: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Where embedded servers of this environment keep their jobs: a directory of its own for each
+    /// (a data directory serves one server at a time), removed with the environment.
+    data: tempfile::TempDir,
 }
 
 impl TestEnv {
@@ -104,6 +107,10 @@ impl TestEnv {
         Self {
             mode,
             models: Default::default(),
+            data: tempfile::Builder::new()
+                .prefix("herald-tests-data-")
+                .tempdir()
+                .expect("a temporary directory"),
             backend: BackendArgs {
                 amqp_url: Some(AMQP_URL.into()),
                 redis_url: Some(REDIS_URL.into()),
@@ -132,14 +139,18 @@ impl TestEnv {
     }
 
     /// Server settings for this environment, listening on a free port (embedded: computing two jobs
-    /// at once).
+    /// at once, and keeping them in a data directory of their own, as the binary does by default).
     pub fn server_settings(&self) -> herald_server::Settings {
         let mut backend = self.backend.clone();
+        let mut data_dir = None;
         if self.mode == Mode::Embedded {
             backend.amqp_url = None;
             backend.redis_url = None;
+            data_dir = Some(self.fresh_data_dir());
         }
         herald_server::Settings {
+            data_dir,
+            in_memory: false,
             backend,
             concurrency: std::num::NonZeroUsize::new(2),
             job_time_limit_secs: 300,
@@ -151,11 +162,13 @@ impl TestEnv {
             job_ttl_secs: 600,
             max_in_flight: 100,
             socket_buffer_bytes: 16 * 1024 * 1024,
+            max_buffered_bytes: None,
             // Authentication off, and no limits per client: every test client is 127.0.0.1.
             auth_tokens: None,
             auth_tokens_file: None,
             jwt_secret: None,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             submit_rate: 0,
             submit_burst: 1,
             max_sockets_per_client: 0,
@@ -165,7 +178,20 @@ impl TestEnv {
             request_timeout_secs: 30,
             ping_interval_secs: 20,
             ping_timeout_secs: 20,
+            // Webhooks off; tests/webhooks.rs turns them on.
+            webhook_secret: None,
+            webhook_allow_private: false,
+            webhook_retry_delays: "5s,5m,30m,2h,5h,10h,10h".into(),
+            webhook_timeout_secs: 10,
+            webhook_max_body_bytes: 1024 * 1024,
         }
+    }
+
+    /// A data directory no server has used yet (inside this environment's).
+    pub fn fresh_data_dir(&self) -> std::path::PathBuf {
+        self.data
+            .path()
+            .join(uuid::Uuid::new_v4().simple().to_string())
     }
 
     /// A whole Herald serving `models` (`--model` values), computing `concurrency` jobs at once: one
@@ -743,12 +769,20 @@ pub struct Process {
     child: tokio::process::Child,
     /// Its log file.
     pub log: std::path::PathBuf,
+    /// The data directory given to an embedded server that was not given one (removed when dropped):
+    /// servers of tests running at once would otherwise share `herald-data` in the working directory.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Process {
     /// Starts binary `name` with `args`.
     pub fn start(name: &str, args: &[String]) -> Self {
         Self::start_with_env(name, args, &[])
+    }
+
+    /// Its process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
     }
 
     /// Sends SIGKILL and reaps the process.
@@ -1040,7 +1074,26 @@ impl Process {
     /// `env` may override).
     pub fn start_with_env(name: &str, args: &[String], env: &[(&str, &str)]) -> Self {
         let (file, log) = log_file(name);
-        let child = tokio::process::Command::new(binary(name))
+        let chosen = |flag: &str, var: &str| {
+            args.iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+                || env.iter().any(|(key, _)| *key == var)
+        };
+        let data = (name == "herald-server"
+            && !chosen("--amqp-url", "HERALD_AMQP_URL")
+            && !chosen("--data-dir", "HERALD_DATA_DIR")
+            && !chosen("--in-memory", "HERALD_IN_MEMORY"))
+        .then(|| {
+            tempfile::Builder::new()
+                .prefix("herald-tests-data-")
+                .tempdir()
+                .expect("a temporary directory")
+        });
+        let mut command = tokio::process::Command::new(binary(name));
+        if let Some(data) = &data {
+            command.env("HERALD_DATA_DIR", data.path());
+        }
+        let child = command
             .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -1050,7 +1103,11 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .expect("process starts");
-        Self { child, log }
+        Self {
+            child,
+            log,
+            _data: data,
+        }
     }
 
     /// Waits for the address a server process logs when it is ready.

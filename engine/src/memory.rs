@@ -37,13 +37,20 @@ impl Entry {
 }
 
 #[derive(Default)]
-struct Tables {
+pub(crate) struct Tables {
     jobs: HashMap<JobId, Entry>,
     /// Shared results by [`herald_protocol::record::result_digest`].
     results: HashMap<String, (Json, Instant)>,
+    /// Pending webhook deliveries (see [`crate::deliveries_memory`]).
+    pub(crate) deliveries: crate::deliveries_memory::Pending,
 }
 
 impl Tables {
+    /// The live record of `id`, and when it expires.
+    pub(crate) fn live_record(&mut self, id: &JobId) -> Option<(&JobRecord, &mut Instant)> {
+        self.live(id).map(|e| (&e.record, &mut e.expires))
+    }
+
     /// The live entry of `id`; an expired one is removed on the way, as Redis would have.
     fn live(&mut self, id: &JobId) -> Option<&mut Entry> {
         let now = Instant::now();
@@ -67,7 +74,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn tables(&self) -> MutexGuard<'_, Tables> {
+    pub(crate) fn tables(&self) -> MutexGuard<'_, Tables> {
         self.tables.lock().expect("memory store never poisoned")
     }
 
@@ -203,13 +210,17 @@ impl JobStore for MemoryStore {
         // As the Redis script: progress goes, the fields written replace, the others stay.
         let stored = &mut entry.record;
         let owner = stored.owner.take();
+        let webhook = stored.webhook.take();
         let cancel_requested = stored.cancel_requested;
         *stored = record.clone();
         stored.owner = owner;
+        stored.webhook = webhook.or(stored.webhook.take());
         stored.cancel_requested |= cancel_requested;
-        Ok(Finish::Applied {
-            watchers: entry.watchers(),
-        })
+        let watchers = entry.watchers();
+        if entry.record.webhook.is_some() {
+            tables.deliveries.add(*id);
+        }
+        Ok(Finish::Applied { watchers })
     }
 
     async fn cancel(
@@ -232,10 +243,14 @@ impl JobStore for MemoryStore {
                 entry.record.finished_ms = Some(now_ms);
                 entry.record.progress = None;
                 entry.record.phase = None;
-                Ok(Cancel::Cancelled {
+                let cancelled = Cancel::Cancelled {
                     record: Box::new(entry.record.clone()),
                     watchers: entry.watchers(),
-                })
+                };
+                if entry.record.webhook.is_some() {
+                    tables.deliveries.add(*id);
+                }
+                Ok(cancelled)
             }
             JobStatus::Running => {
                 entry.record.cancel_requested = true;

@@ -30,6 +30,10 @@ pub enum StartupError {
         /// What the operating system said.
         error: std::io::Error,
     },
+    /// The data directory of the durable embedded mode cannot be used (unwritable, locked by another
+    /// server, or its database damaged).
+    #[error("{0}. {hint}", hint = .0.hint())]
+    Data(#[from] crate::durable::OpenError),
 }
 
 /// What a server that cannot reach a backend should be told.

@@ -64,9 +64,11 @@ return {status, tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0'), submit
     )
 });
 
-// KEYS[1] job, KEYS[2] watchers, ARGV field/value pairs. Returns {-1} missing, {0} already final,
-// {1, watcher...} applied. The watcher hash is kept (it expires with the job) so that a worker that stored
-// the result but died before publishing can publish again after redelivery.
+// KEYS[1] job, KEYS[2] watchers, KEYS[3] pending webhook deliveries, ARGV[1] the job's ID, then
+// field/value pairs. Returns {-1} missing, {0} already final, {1, watcher...} applied. The watcher hash
+// is kept (it expires with the job) so that a worker that stored the result but died before publishing
+// can publish again after redelivery. A job with a webhook gets its delivery, due at once, in the same
+// step (see `crate::deliveries`).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -74,7 +76,8 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1} end
 if status ~= 'queued' and status ~= 'running' then return {0} end
 redis.call('HDEL', KEYS[1], 'progress', 'phase')
-redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[1]) end
 local reply = {1}
 local counts = redis.call('HGETALL', KEYS[2])
 for i = 1, #counts, 2 do
@@ -116,19 +119,21 @@ return redis.call('HGETALL', KEYS[1])
     )
 });
 
-// KEYS[1] job, KEYS[2] watchers, ARGV[1] now, ARGV[2] watcher ('' for none), ARGV[3] (optional)
-// identity. Returns {-1} missing (or not the identity's), {0, status} already final,
-// {1, model, input, submitted_ms, watcher...} cancelled while queued, {2} cancel requested of a
-// running job.
+// KEYS[1] job, KEYS[2] watchers, KEYS[3] pending webhook deliveries, ARGV[1] now, ARGV[2] watcher
+// ('' for none), ARGV[3] the job's ID, ARGV[4] (optional) identity. Returns {-1} missing (or not the
+// identity's), {0, status} already final, {1, model, input, submitted_ms, watcher...} cancelled while
+// queued (with its webhook's delivery due at once, as in FINISH), {2} cancel requested of a running
+// job.
 static CANCEL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if ARGV[3] and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return {-1} end
+if ARGV[4] and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[4] then return {-1} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1} end
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_ms', ARGV[1])
   redis.call('HDEL', KEYS[1], 'progress', 'phase')
+  if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[3]) end
   local reply = {1, redis.call('HGET', KEYS[1], 'model') or '', redis.call('HGET', KEYS[1], 'input') or '',
     redis.call('HGET', KEYS[1], 'submitted_ms')}
   local counts = redis.call('HGETALL', KEYS[2])
@@ -567,6 +572,11 @@ impl RedisStore {
         &self.keys
     }
 
+    /// Replicas each new and final record waits for (`--redis-replica-acks`).
+    pub(crate) fn replica_acks(&self) -> u32 {
+        self.replica_acks
+    }
+
     pub(crate) async fn run<T, F>(
         &self,
         f: impl FnOnce(ConnectionManager) -> F,
@@ -771,10 +781,14 @@ impl JobStore for RedisStore {
         debug_assert!(record.status.is_final());
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
+        let pending = self.keys.webhooks();
         let replica_acks = self.replica_acks;
         self.run(|mut conn| async move {
             let mut invocation = FINISH.key(&job);
-            invocation.key(&watchers);
+            invocation
+                .key(&watchers)
+                .key(&pending)
+                .arg(id.as_hyphenated().to_string());
             for (field, value) in record.to_fields() {
                 invocation.arg(field).arg(value);
             }
@@ -830,12 +844,15 @@ impl JobStore for RedisStore {
     ) -> Result<Cancel, StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
+        let pending = self.keys.webhooks();
         self.run(|mut conn| async move {
             let mut invocation = CANCEL.key(&job);
             invocation
                 .key(&watchers)
+                .key(&pending)
                 .arg(now_ms)
-                .arg(watcher.unwrap_or(""));
+                .arg(watcher.unwrap_or(""))
+                .arg(id.as_hyphenated().to_string());
             if let Some(identity) = identity {
                 invocation.arg(identity);
             }
@@ -954,14 +971,14 @@ impl JobStore for RedisStore {
 
 /// Adds `WAIT replicas timeout` to `pipe`: its answer is the number of replicas that hold every write
 /// sent before it on the connection.
-fn wait_for_replicas(pipe: &mut redis::Pipeline, replicas: u32) {
+pub(crate) fn wait_for_replicas(pipe: &mut redis::Pipeline, replicas: u32) {
     pipe.cmd("WAIT")
         .arg(replicas)
         .arg(REPLICA_WAIT.as_millis() as u64);
 }
 
 /// A write that fewer replicas than required hold has not happened, as far as the caller can promise.
-fn replicas_acknowledged(acked: u32, required: u32) -> Result<(), StoreError> {
+pub(crate) fn replicas_acknowledged(acked: u32, required: u32) -> Result<(), StoreError> {
     if acked >= required {
         return Ok(());
     }

@@ -157,7 +157,9 @@ mod tests {
             Ok(ClientMessage::Submit(Submit {
                 model: None,
                 input: SubmitInput::N(150_000),
-                tag: Some("42".into())
+                tag: Some("42".into()),
+                key: None,
+                webhook: None,
             }))
         );
     }

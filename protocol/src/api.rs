@@ -46,6 +46,9 @@ pub struct JobView {
     /// How long it took (final jobs only; `total_ms` up to its final state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings: Option<Timings>,
+    /// Where the job is POSTed once it ends, if the submit named a webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 /// A running job's progress.
@@ -96,6 +99,7 @@ impl JobView {
             started_ms: record.started_ms,
             finished_ms: record.finished_ms,
             timings,
+            webhook: record.webhook.clone(),
         }
     }
 }
@@ -194,6 +198,14 @@ pub struct FactorialSubmit {
     #[serde(default)]
     #[schema(schema_with = factorial_name)]
     pub model: Option<String>,
+    /// An idempotency key (as the `Idempotency-Key` header; if both are given they must agree).
+    #[serde(default)]
+    #[schema(schema_with = idempotency_key)]
+    pub key: Option<String>,
+    /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
+    #[serde(default)]
+    #[schema(schema_with = webhook)]
+    pub webhook: Option<String>,
 }
 
 /// `{"input":{"n":N}}` (or `{"input":N}`), optionally naming the factorial.
@@ -206,6 +218,14 @@ pub struct FactorialInputSubmit {
     /// The factorial's input: `{"n":N}`, or `N` alone.
     #[schema(schema_with = factorial_input)]
     pub input: Json,
+    /// An idempotency key (as the `Idempotency-Key` header; if both are given they must agree).
+    #[serde(default)]
+    #[schema(schema_with = idempotency_key)]
+    pub key: Option<String>,
+    /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
+    #[serde(default)]
+    #[schema(schema_with = webhook)]
+    pub webhook: Option<String>,
 }
 
 /// The factorial's input as any model's: `{"n":N}`.
@@ -224,6 +244,14 @@ pub struct ModelSubmit {
     pub model: String,
     /// The model's input, at most `--max-input-bytes` of JSON; the model may refuse it (`400`).
     pub input: Json,
+    /// An idempotency key (as the `Idempotency-Key` header; if both are given they must agree).
+    #[serde(default)]
+    #[schema(schema_with = idempotency_key)]
+    pub key: Option<String>,
+    /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
+    #[serde(default)]
+    #[schema(schema_with = webhook)]
+    pub webhook: Option<String>,
 }
 
 /// Name of the component holding the factorial's `n`: its maximum is the server's `--max-n`, known
@@ -244,6 +272,29 @@ impl utoipa::PartialSchema for FactorialN {
 }
 
 impl ToSchema for FactorialN {}
+
+/// Name of the component describing a submit's `webhook`: what it takes depends on whether the
+/// server sends webhooks (`--webhook-secret`), known only when the server starts, which adds the
+/// component to its document.
+pub const WEBHOOK_SCHEMA: &str = "Webhook";
+
+fn webhook() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name(WEBHOOK_SCHEMA)
+}
+
+/// The rule of [`crate::idempotency::check_key`]: 1 to 255 printable ASCII characters, or `null`.
+fn idempotency_key() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            utoipa::openapi::Type::String,
+            utoipa::openapi::Type::Null,
+        ]))
+        .pattern(Some(IDEMPOTENCY_KEY_PATTERN))
+        .build()
+}
+
+/// An idempotency key as [`crate::idempotency::check_key`] takes it, as a regular expression.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[ -~]{1,255}$";
 
 /// `"factorial"`, or `null` (read as absent: the factorial).
 fn factorial_name() -> utoipa::openapi::Object {

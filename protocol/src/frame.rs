@@ -7,6 +7,7 @@
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 
+use crate::idempotency::check_key;
 use crate::model::{check_model_name, Json, FACTORIAL};
 use crate::number::{parse_digits, whole_number, NumberError};
 use crate::ws::{ErrorCode, ErrorMessage};
@@ -14,6 +15,9 @@ use crate::JobId;
 
 /// Longest client tag (`ref`), in characters.
 pub const MAX_REF_CHARS: usize = 64;
+
+/// Longest webhook URL, in bytes.
+pub const MAX_WEBHOOK_BYTES: usize = 2048;
 
 /// What a client asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +39,11 @@ pub struct Submit {
     pub input: SubmitInput,
     /// The client's `ref`, echoed in `accepted` or `error`.
     pub tag: Option<String>,
+    /// The client's idempotency key (`key`; over HTTP the `Idempotency-Key` header): a repeat of the
+    /// submit under it returns the first one's job.
+    pub key: Option<String>,
+    /// Where to POST the job once it ends (`webhook`), as written; the server checks the address.
+    pub webhook: Option<String>,
 }
 
 impl Submit {
@@ -88,7 +97,13 @@ fn not_a_frame() -> ErrorMessage {
 }
 
 fn submit(model: Option<String>, input: SubmitInput, tag: Option<String>) -> ClientMessage {
-    ClientMessage::Submit(Submit { model, input, tag })
+    ClientMessage::Submit(Submit {
+        model,
+        input,
+        tag,
+        key: None,
+        webhook: None,
+    })
 }
 
 fn parse_object(object: &HashMap<String, &RawValue>) -> Result<ClientMessage, ErrorMessage> {
@@ -168,7 +183,43 @@ fn parse_submit(
         }
         (None, None) => return Err(ErrorMessage::bad_request("\"input\" is missing")),
     };
-    Ok(submit(model, input, tag))
+    let key = match optional_string(object, "key")? {
+        Some(key) => {
+            check_key(&key)
+                .map_err(|reason| ErrorMessage::bad_request(format!("\"key\" {reason}")))?;
+            Some(key)
+        }
+        None => None,
+    };
+    let webhook = optional_string(object, "webhook")?;
+    if webhook
+        .as_ref()
+        .is_some_and(|url| url.len() > MAX_WEBHOOK_BYTES)
+    {
+        return Err(ErrorMessage::bad_request(format!(
+            "\"webhook\" must be a URL of at most {MAX_WEBHOOK_BYTES} bytes"
+        )));
+    }
+    Ok(ClientMessage::Submit(Submit {
+        model,
+        input,
+        tag,
+        key,
+        webhook,
+    }))
+}
+
+/// A field that is absent, null or a string.
+fn optional_string(
+    object: &HashMap<String, &RawValue>,
+    name: &str,
+) -> Result<Option<String>, ErrorMessage> {
+    match object.get(name).copied().filter(|raw| !is_null(raw)) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| ErrorMessage::bad_request(format!("\"{name}\" must be a string"))),
+    }
 }
 
 fn is_null(raw: &RawValue) -> bool {
@@ -332,6 +383,33 @@ mod tests {
         ] {
             assert_eq!(code_of(bad), ErrorCode::BadRequest, "{bad}");
         }
+    }
+
+    #[test]
+    fn submits_with_a_key_and_a_webhook() {
+        let Ok(ClientMessage::Submit(submit)) = parse_client_frame(
+            r#"{"type":"submit","n":5,"key":"order-42","webhook":"https://example.com/hook"}"#,
+        ) else {
+            panic!("a submit");
+        };
+        assert_eq!(submit.key.as_deref(), Some("order-42"));
+        assert_eq!(submit.webhook.as_deref(), Some("https://example.com/hook"));
+        for bad in [
+            r#"{"type":"submit","n":5,"key":""}"#,
+            r#"{"type":"submit","n":5,"key":5}"#,
+            r#"{"type":"submit","n":5,"key":"caf\u00e9"}"#,
+            r#"{"type":"submit","n":5,"webhook":7}"#,
+        ] {
+            assert_eq!(code_of(bad), ErrorCode::BadRequest, "{bad}");
+        }
+        assert!(message_of(r#"{"type":"submit","n":5,"key":""}"#).contains("\"key\""));
+        let long_key = format!(r#"{{"type":"submit","n":5,"key":"{}"}}"#, "k".repeat(256));
+        assert!(message_of(&long_key).contains("255"));
+        let long_hook = format!(
+            r#"{{"type":"submit","n":5,"webhook":"https://example.com/{}"}}"#,
+            "a".repeat(MAX_WEBHOOK_BYTES)
+        );
+        assert_eq!(code_of(&long_hook), ErrorCode::BadRequest);
     }
 
     #[test]

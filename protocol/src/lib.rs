@@ -7,6 +7,7 @@
 pub mod amqp;
 pub mod api;
 pub mod frame;
+pub mod idempotency;
 pub mod model;
 pub mod number;
 pub mod record;

@@ -145,6 +145,9 @@ pub struct JobRecord {
     /// A client asked to cancel the job while it ran: its worker stops at its next checkpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
+    /// Where the server POSTs the job once it ends (the URL the submit named, checked by the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 impl JobRecord {
@@ -166,7 +169,14 @@ impl JobRecord {
             progress: None,
             phase: None,
             cancel_requested: false,
+            webhook: None,
         }
+    }
+
+    /// The same record, to be POSTed to `webhook` once it ends (see [`JobRecord::webhook`]).
+    pub fn with_webhook(mut self, webhook: Option<&str>) -> Self {
+        self.webhook = webhook.map(str::to_owned);
+        self
     }
 
     /// The same record, belonging to `owner` (see [`JobRecord::owner`]).
@@ -228,6 +238,9 @@ impl JobRecord {
         if self.cancel_requested {
             fields.push(("cancel", "1".to_owned()));
         }
+        if let Some(webhook) = &self.webhook {
+            fields.push(("webhook", webhook.clone()));
+        }
         fields
     }
 
@@ -286,6 +299,7 @@ impl JobRecord {
                 Some("1") => true,
                 Some(other) => return Err(RecordError::Invalid("cancel", clip(other))),
             },
+            webhook: fields.remove("webhook"),
         };
         record.validate(false)?;
         Ok(record)
@@ -405,6 +419,36 @@ impl Keys {
     pub fn workers(&self) -> String {
         format!("{}workers", self.prefix)
     }
+
+    /// What every job hash's key starts with (the job's ID follows), for scripts that reach a job
+    /// named by a value they read.
+    pub fn job_prefix(&self) -> String {
+        format!("{}job:", self.prefix)
+    }
+
+    /// The string that holds the job of an idempotency key (`<id> <fingerprint>`) in `scope` (the
+    /// identity that sent it, or `None` for every client without authentication). The key is hashed,
+    /// so any printable key makes a key name of fixed size.
+    pub fn idempotency(&self, scope: Option<&str>, key: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        match scope {
+            Some(identity) => {
+                hasher.update(b"id:");
+                hasher.update(identity.as_bytes());
+            }
+            None => hasher.update(b"all"),
+        }
+        hasher.update(b"\n");
+        hasher.update(key.as_bytes());
+        format!("{}idem:{:x}", self.prefix, hasher.finalize())
+    }
+
+    /// The sorted set of pending webhook deliveries: job IDs scored by when each is due (Redis time,
+    /// in ms).
+    pub fn webhooks(&self) -> String {
+        format!("{}webhooks", self.prefix)
+    }
 }
 
 /// What identifies a shared result: the SHA-256 of the model's name and its input's text, in hex.
@@ -449,6 +493,7 @@ mod tests {
         record.attempts = 1;
         record.owner = Some("alice".into());
         record.client = Some("id:alice".into());
+        record.webhook = Some("https://example.com/hook".into());
         assert_eq!(JobRecord::from_fields(fields_of(&record)).unwrap(), record);
         let mut other = JobRecord::queued("echo", json(r#"{"text": [1, 2.50, "é"]}"#).unwrap(), 1);
         other.status = JobStatus::Running;

@@ -25,7 +25,8 @@ pub enum ErrorCode {
     AlreadyFinished,
     /// No worker serves the model the submit names.
     UnknownModel,
-    /// The request contradicts the job's state (an output asked of a job that has none).
+    /// The request contradicts the job's state (an output asked of a job that has none), or an
+    /// idempotency key is reused with another model or input.
     Conflict,
     /// The HTTP request did not prove an identity (authentication on). Over the WebSocket this never
     /// comes: the upgrade itself is refused with 401.
@@ -156,6 +157,10 @@ pub enum ServerMessage {
         /// job waits, durably queued, until one starts.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         workers: Option<u32>,
+        /// The submit repeated an earlier one's idempotency key: this is that submit's job, and
+        /// nothing new was started (its result follows, at once if it has ended).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        existing: bool,
     },
     /// Answer to a resume of a pending job (with the last progress reported, if any).
     Status {

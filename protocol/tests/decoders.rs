@@ -64,7 +64,7 @@ proptest! {
     fn bare_whole_numbers_are_always_submits(n in any::<u64>(), pad in "[ \t\n]{0,3}") {
         prop_assert_eq!(
             parse_client_frame(&format!("{pad}{n}{pad}")),
-            Ok(ClientMessage::Submit(Submit { model: None, input: SubmitInput::N(n), tag: None }))
+            Ok(ClientMessage::Submit(Submit { model: None, input: SubmitInput::N(n), tag: None, key: None, webhook: None }))
         );
     }
 

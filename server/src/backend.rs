@@ -6,6 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_engine::connect::{self, AmqpNodes};
+use herald_engine::deliveries::Deliveries;
+use herald_engine::durable::DurableStore;
+use herald_engine::idempotency::Keys;
+use herald_engine::idempotency_memory::LocalKeys;
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
 use herald_engine::metrics::WorkerMetrics;
 use herald_engine::startup::{self, SERVER_BACKEND_HINT};
@@ -22,8 +26,14 @@ use crate::directory::Directory;
 use crate::hub::{self, Hub};
 use crate::{broker, ServerError, Settings, Stats};
 
-/// How often embedded mode drops expired records.
+/// Longest time between two sweeps of expired records in embedded mode.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// How often embedded mode drops expired records: every minute, or four times per TTL when that is
+/// shorter, so that what expired leaves the data directory soon after.
+fn sweep_every(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_secs(1), SWEEP_EVERY)
+}
 
 /// In-process jobs per computation slot in embedded mode: small jobs are mostly waiting, so more of
 /// them must be in hand than there are cores (as the worker's AMQP prefetch).
@@ -42,6 +52,10 @@ pub struct Backends {
     pub notifier: Arc<dyn Notifier>,
     /// The models jobs may name.
     pub directory: Arc<Directory>,
+    /// Idempotency keys, next to the records.
+    pub keys: Keys,
+    /// Pending webhook deliveries, next to the records.
+    pub deliveries: Deliveries,
     /// What must run while the server serves.
     pub running: Running,
 }
@@ -58,9 +72,36 @@ pub enum Running {
         context: JobContext,
         jobs: mpsc::Receiver<JobMessage>,
         requeue: mpsc::WeakSender<JobMessage>,
-        store: Arc<MemoryStore>,
+        store: Kept,
         in_flight: usize,
+        /// Jobs found unfinished in the data directory, queued again once the pool runs.
+        unfinished: Vec<JobMessage>,
+        /// How often expired records are swept.
+        sweep_every: Duration,
     },
+}
+
+/// Where embedded mode keeps its jobs.
+pub enum Kept {
+    /// In memory only (--in-memory).
+    Memory(Arc<MemoryStore>),
+    /// In the data directory.
+    Durable(Arc<DurableStore>),
+}
+
+impl Kept {
+    async fn sweep(&self) {
+        match self {
+            Self::Memory(store) => {
+                store.sweep();
+            }
+            Self::Durable(store) => {
+                if let Err(e) = store.sweep().await {
+                    tracing::warn!(error = %e, "could not remove expired records from the data directory");
+                }
+            }
+        }
+    }
 }
 
 /// Embedded mode: everything in this process. The in-process workers' metrics go to `registry`, and
@@ -71,14 +112,45 @@ pub async fn embedded(
     stats: &Arc<Stats>,
     registry: &mut Registry,
 ) -> Result<Backends, ServerError> {
-    info!(
-        concurrency = settings.concurrency(),
-        "EMBEDDED mode: jobs are queued, computed and kept in this process (nothing survives a \
-         restart, and no other instance can share them); to scale out, start with --amqp-url and \
-         --redis-url (HERALD_AMQP_URL, HERALD_REDIS_URL) and run herald-worker processes"
-    );
-    let memory_store = Arc::new(MemoryStore::new());
-    let store: Store = memory_store.clone();
+    let (store, kept, unfinished): (Store, Kept, Vec<JobMessage>) = match settings.data_dir() {
+        Some(dir) => {
+            let opened = DurableStore::open(&dir, true)
+                .await
+                .map_err(StartupError::from)?;
+            let path = std::path::absolute(opened.store.path())
+                .unwrap_or_else(|_| opened.store.path().to_path_buf());
+            if opened.unreadable > 0 {
+                tracing::warn!(
+                    records = opened.unreadable,
+                    "skipped job records of the data directory that could not be read"
+                );
+            }
+            info!(
+                concurrency = settings.concurrency(),
+                database = %path.display(),
+                records = opened.store.len(),
+                requeued = opened.unfinished.len(),
+                "EMBEDDED mode: jobs are queued and computed in this process, and kept in {} \
+                 (--data-dir): a restart or a crash keeps every accepted job and stored result; \
+                 to scale out, start with --amqp-url and --redis-url (HERALD_AMQP_URL, \
+                 HERALD_REDIS_URL) and run herald-worker processes",
+                path.display()
+            );
+            let durable = Arc::new(opened.store);
+            (durable.clone(), Kept::Durable(durable), opened.unfinished)
+        }
+        None => {
+            info!(
+                concurrency = settings.concurrency(),
+                "EMBEDDED mode, IN MEMORY (--in-memory): jobs are queued, computed and kept in this \
+                 process, and a restart loses every one; without --in-memory they are kept in a data \
+                 directory (--data-dir); to scale out, start with --amqp-url and --redis-url \
+                 (HERALD_AMQP_URL, HERALD_REDIS_URL) and run herald-worker processes"
+            );
+            let memory = Arc::new(MemoryStore::new());
+            (memory.clone(), Kept::Memory(memory), Vec::new())
+        }
+    };
     let (queue, jobs) = MemoryQueue::new(settings.backend.max_queue_length as usize);
     let notifier = Arc::new(hub::HubNotifier {
         hub: hub.clone(),
@@ -103,14 +175,22 @@ pub async fn embedded(
         cache: herald_engine::cache::Cache::default(),
         models: models.clone(),
     };
+    let deliveries: Deliveries = match &kept {
+        Kept::Memory(memory) => memory.clone(),
+        Kept::Durable(durable) => durable.clone(),
+    };
     let running = Running::Embedded {
         context,
         jobs,
         requeue: queue.requeuer(),
-        store: memory_store,
+        store: kept,
         in_flight: settings.concurrency() * EMBEDDED_JOBS_PER_SLOT,
+        unfinished,
+        sweep_every: sweep_every(settings.job_ttl()),
     };
     Ok(Backends {
+        keys: Arc::new(LocalKeys::new(store.clone())),
+        deliveries,
         store,
         queue: Arc::new(queue),
         notifier,
@@ -122,6 +202,12 @@ pub async fn embedded(
 /// Distributed mode: Redis and RabbitMQ, this instance's reply queue bound with `instance`.
 pub async fn distributed(settings: &Settings, instance: &str) -> Result<Backends, ServerError> {
     let backend = &settings.backend;
+    if settings.data_dir.is_some() || settings.in_memory {
+        tracing::warn!(
+            "--data-dir and --in-memory (HERALD_DATA_DIR, HERALD_IN_MEMORY) are ignored by a \
+             distributed server: its jobs live in Redis and RabbitMQ"
+        );
+    }
     if !settings.models.models.is_empty() {
         tracing::warn!(
             "--model (HERALD_MODEL) is ignored by a distributed server: it takes jobs for the models \
@@ -163,8 +249,11 @@ pub async fn distributed(settings: &Settings, instance: &str) -> Result<Backends
     .map_err(|e| StartupError::backend(broker_at.clone(), e, SERVER_BACKEND_HINT))?;
     info!(node = %connected.node, nodes = %config.nodes.addresses(), "connected to rabbitmq");
     let broker = Arc::new(broker::Broker::new(config, &connected));
+    let redis = Arc::new(redis);
     Ok(Backends {
-        store: Arc::new(redis),
+        keys: redis.clone(),
+        deliveries: redis.clone(),
+        store: redis,
         queue: broker.clone(),
         notifier: broker.notifier.clone(),
         directory,
@@ -198,17 +287,37 @@ impl Running {
                 requeue,
                 store,
                 in_flight,
+                unfinished,
+                sweep_every,
             } => {
                 let stopped = shutdown.clone();
                 tokio::spawn(async move {
-                    let mut every = tokio::time::interval(SWEEP_EVERY);
+                    let mut every = tokio::time::interval(sweep_every);
                     loop {
                         tokio::select! {
                             _ = stopped.cancelled() => return,
-                            _ = every.tick() => { store.sweep(); }
+                            _ = every.tick() => store.sweep().await,
                         }
                     }
                 });
+                if !unfinished.is_empty() {
+                    // Back in the queue, as a restarted RabbitMQ delivers its messages again; waits
+                    // for room when there are more than the queue holds.
+                    let queue = requeue.clone();
+                    tokio::spawn(async move {
+                        let jobs = unfinished.len();
+                        for job in unfinished {
+                            let Some(queue) = queue.upgrade() else { return };
+                            if queue.send(job).await.is_err() {
+                                return;
+                            }
+                        }
+                        info!(
+                            jobs,
+                            "queued again the jobs left unfinished by the last run"
+                        );
+                    });
+                }
                 let models = context.models.clone();
                 let pool = memory::run_pool(
                     context,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_engine::backend::{Cancel, JobQueue, Notifier, PublishError};
+use herald_engine::idempotency::{Key, Keyed, Keys};
 use herald_engine::Store;
 use herald_models::InputError;
 use herald_protocol::model::factorial_input;
@@ -40,6 +41,22 @@ pub enum Refusal {
     Unavailable,
     /// The job queue is at its cap.
     Busy,
+    /// The submit's idempotency key belongs to a live job of another model or input.
+    Conflict,
+}
+
+/// What a submit that was taken did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    /// A new job, stored and queued.
+    Created,
+    /// The submit repeated an earlier one's idempotency key: nothing new; this is that job.
+    Existing {
+        /// Its ID.
+        id: JobId,
+        /// Its record as it stood.
+        record: Box<JobRecord>,
+    },
 }
 
 impl Refusal {
@@ -51,6 +68,11 @@ impl Refusal {
                 retry_after_ms: Some(BUSY_RETRY_AFTER_MS),
                 ..ErrorMessage::new(ErrorCode::Busy, "the job queue is full; try again shortly")
             },
+            Self::Conflict => ErrorMessage::new(
+                ErrorCode::Conflict,
+                "this idempotency key was used for a job of another model or input; use a new key \
+                 for a new job",
+            ),
         }
     }
 }
@@ -64,6 +86,10 @@ pub struct Prepared {
     pub input: Json,
     /// Workers serving the model now, where known.
     pub workers: Option<u32>,
+    /// The submit's idempotency key, if any.
+    pub key: Option<String>,
+    /// Where to POST the job once it ends (checked), if anywhere.
+    pub webhook: Option<String>,
 }
 
 impl Prepared {
@@ -92,6 +118,8 @@ pub struct Jobs {
     pub directory: Arc<Directory>,
     /// Largest input, in bytes of JSON text.
     pub max_input_bytes: usize,
+    /// Idempotency keys.
+    pub keys: Keys,
 }
 
 impl Jobs {
@@ -137,6 +165,8 @@ impl Jobs {
             model: name.to_owned(),
             input,
             workers: served.workers,
+            key: None,
+            webhook: None,
         })
     }
 
@@ -145,9 +175,14 @@ impl Jobs {
     /// as a watcher if `watched`, then publishes the job to its model's queue and waits for the
     /// broker's confirm.
     ///
-    /// If the publish fails, the record is deleted again: the client never got the ID, and nothing is
-    /// left half-stored. (Should the broker have taken the message after all, its worker finds no record
-    /// and drops it.)
+    /// With an idempotency key, the record is stored only if no live job of `owner` (of anyone,
+    /// without authentication) holds the key, in the same atomic step: a repeat gets the job that
+    /// holds it ([`Taken::Existing`], nothing stored or queued), another model or input under it gets
+    /// [`Refusal::Conflict`].
+    ///
+    /// If the publish fails, the record (and its key) is deleted again: the client never got the ID,
+    /// and nothing is left half-stored. (Should the broker have taken the message after all, its
+    /// worker finds no record and drops it.)
     pub async fn submit(
         &self,
         id: JobId,
@@ -155,14 +190,45 @@ impl Jobs {
         watched: bool,
         owner: Option<&str>,
         client: &str,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Taken, Refusal> {
         let record = JobRecord::queued(&job.model, job.input.clone(), unix_ms())
             .owned_by(owner)
-            .from_client(Some(client));
+            .from_client(Some(client))
+            .with_webhook(job.webhook.as_deref());
         let watcher = watched.then_some(self.instance.as_str());
-        if let Err(e) = self.store.create(&id, &record, watcher, self.ttl).await {
-            warn!(%id, error = %e, "could not store a new job");
-            return Err(Refusal::Unavailable);
+        let fingerprint = job
+            .key
+            .as_ref()
+            .map(|_| herald_protocol::idempotency::fingerprint(&job.model, job.input.raw()));
+        let key = job
+            .key
+            .as_deref()
+            .zip(fingerprint.as_deref())
+            .map(|(key, fingerprint)| Key {
+                scope: owner,
+                key,
+                fingerprint,
+            });
+        let created = match key {
+            None => self
+                .store
+                .create(&id, &record, watcher, self.ttl)
+                .await
+                .map(|()| Keyed::Created),
+            Some(key) => {
+                self.keys
+                    .create_keyed(key, &id, &record, watcher, self.ttl)
+                    .await
+            }
+        };
+        match created {
+            Ok(Keyed::Created) => {}
+            Ok(Keyed::Existing { id, record }) => return Ok(Taken::Existing { id, record }),
+            Ok(Keyed::Conflict) => return Err(Refusal::Conflict),
+            Err(e) => {
+                warn!(%id, error = %e, "could not store a new job");
+                return Err(Refusal::Unavailable);
+            }
         }
         let message = JobMessage {
             id,
@@ -171,14 +237,18 @@ impl Jobs {
             client: Some(client.to_owned()),
         };
         let refusal = match self.queue.publish(&message).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Taken::Created),
             Err(PublishError::Full) => Refusal::Busy,
             Err(e) => {
                 warn!(%id, error = %e, "could not publish a job");
                 Refusal::Unavailable
             }
         };
-        if let Err(e) = self.store.delete(&id).await {
+        let deleted = match key {
+            None => self.store.delete(&id).await,
+            Some(key) => self.keys.delete_keyed(key, &id).await,
+        };
+        if let Err(e) = deleted {
             error!(%id, error = %e, "could not delete the record of an unpublished job");
         }
         Err(refusal)

@@ -7,9 +7,11 @@
 pub mod auth;
 pub mod backend;
 pub mod broker;
+pub mod buffers;
 pub mod capacity;
 pub mod directory;
 pub mod heartbeat;
+pub mod host;
 pub mod http;
 pub mod hub;
 pub mod jobs;
@@ -20,6 +22,7 @@ pub mod metrics;
 pub mod origin;
 pub mod session;
 pub mod settings;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -78,6 +81,10 @@ pub struct AppState {
     pub auth: Option<Arc<auth::Authenticator>>,
     /// Which pages may open a WebSocket.
     pub origins: Arc<origin::OriginPolicy>,
+    /// Which host names requests may address the server by.
+    pub hosts: Arc<host::HostPolicy>,
+    /// What all sockets together may hold for their clients.
+    pub buffers: Arc<buffers::Buffers>,
     /// Abuse limits per client.
     pub limits: Arc<limits::Limits>,
     /// Prometheus metrics.
@@ -119,6 +126,8 @@ pub struct Application {
     state: AppState,
     running: backend::Running,
     max_connections: u32,
+    /// Sends webhooks, if they are on.
+    dispatcher: Option<Arc<webhook::dispatch::Dispatcher>>,
 }
 
 impl Application {
@@ -142,6 +151,7 @@ impl Application {
             None
         };
         let origins = origin::OriginPolicy::new(settings.origins()?);
+        let hosts = host::HostPolicy::new(settings.listen.ip(), settings.hosts()?);
         let limits = limits::Limits::new(
             settings.submit_rate,
             settings.submit_burst,
@@ -149,6 +159,11 @@ impl Application {
         );
         let mut registry = Registry::default();
         let metrics = Arc::new(metrics::ServerMetrics::new(&mut registry));
+        let buffers = buffers::Buffers::new(
+            capacity::buffer_budget(settings.max_buffered_bytes),
+            metrics.buffered_bytes.clone(),
+            metrics.sockets_closed_buffers.clone(),
+        );
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let hub: Arc<hub::Hub> = Arc::default();
         let stats: Arc<Stats> = Arc::default();
@@ -156,6 +171,28 @@ impl Application {
             backend::embedded(&settings, &hub, &stats, &mut registry).await?
         } else {
             backend::distributed(&settings, &instance).await?
+        };
+        let dispatcher = match settings.webhooks()? {
+            Some(config) => {
+                info!(
+                    retry_delays = %settings.webhook_retry_delays,
+                    allow_private = config.allow_private,
+                    "webhooks are on: this server sends pending deliveries"
+                );
+                let dispatcher = webhook::dispatch::Dispatcher::new(
+                    backends.deliveries.clone(),
+                    config,
+                    metrics.clone(),
+                )
+                .map_err(|e| {
+                    SettingsError::new(
+                        "webhook-secret",
+                        format!("no HTTP client for webhooks: {e}"),
+                    )
+                })?;
+                Some(Arc::new(dispatcher))
+            }
+            None => None,
         };
         let max_connections = capacity::plan(settings.max_connections);
         let listener = TcpListener::bind(settings.listen)
@@ -170,6 +207,7 @@ impl Application {
                 ttl: settings.job_ttl(),
                 directory: backends.directory,
                 max_input_bytes: settings.max_input_bytes,
+                keys: backends.keys,
             },
             settings: Arc::new(settings),
             hub,
@@ -177,6 +215,8 @@ impl Application {
             stats,
             auth,
             origins: Arc::new(origins),
+            hosts: Arc::new(hosts),
+            buffers,
             limits: Arc::new(limits),
             metrics,
             registry: Arc::new(registry),
@@ -186,6 +226,7 @@ impl Application {
             state,
             running: backends.running,
             max_connections,
+            dispatcher,
         })
     }
 
@@ -214,8 +255,12 @@ impl Application {
             mut state,
             running,
             max_connections,
+            dispatcher,
         } = self;
         state.shutdown = shutdown.clone();
+        if let Some(dispatcher) = dispatcher {
+            tokio::spawn(dispatcher.run(shutdown.clone()));
+        }
         let backend_task = running.start(&state.hub, &state.jobs.store, &state.stats, &shutdown);
         tokio::spawn(
             state

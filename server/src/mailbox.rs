@@ -8,7 +8,7 @@ use herald_protocol::{ErrorMessage, JobId, JobRecord, ProgressMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::Prepared;
+use crate::jobs::{Prepared, Taken};
 
 /// How a submit of a session went.
 pub struct Submitted {
@@ -16,8 +16,9 @@ pub struct Submitted {
     pub id: JobId,
     /// The client's `ref`.
     pub tag: Option<String>,
-    /// The job taken, or why not.
-    pub outcome: Result<Prepared, ErrorMessage>,
+    /// The job taken and what taking it did (a new job, or the job of a repeated idempotency key),
+    /// or why not.
+    pub outcome: Result<(Prepared, Taken), ErrorMessage>,
 }
 
 /// Identifies one WebSocket session on this instance.

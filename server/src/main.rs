@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    herald_server::capacity::return_large_blocks();
     let settings = Settings::parse();
     telemetry::init(settings.log.log_format);
     let shutdown = CancellationToken::new();

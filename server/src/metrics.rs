@@ -1,7 +1,7 @@
 //! The server's Prometheus metrics, served at `GET /metrics`: jobs submitted, results pushed (by
 //! status), time to result, sockets open, messages pushed, each model's queue depth and workers, and
 //! what the connection limits did (connections open and refused, slow headers, pings and unanswered
-//! ones). In embedded mode the in-process workers' metrics are in the same registry.
+//! ones) and webhook deliveries by outcome. In embedded mode the in-process workers' metrics are in the same registry.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,6 +39,17 @@ pub struct RefusedLabel {
     pub limit: &'static str,
 }
 
+/// Every outcome [`WebhookLabel`] takes.
+pub const WEBHOOK_OUTCOMES: [&str; 5] = ["delivered", "failed", "abandoned", "refused", "expired"];
+
+/// The label of a webhook delivery attempt's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabel {
+    /// `delivered` (2xx), `failed` (retry scheduled), `abandoned` (the last attempt failed),
+    /// `refused` (a private address; not retried) or `expired` (the job's record was gone).
+    pub outcome: &'static str,
+}
+
 /// What the server counts.
 #[derive(Clone)]
 pub struct ServerMetrics {
@@ -69,6 +80,12 @@ pub struct ServerMetrics {
     pub pings_sent: Counter,
     /// WebSockets closed because nothing came back within --ping-timeout-secs of a ping.
     pub ping_timeouts: Counter,
+    /// Bytes all sockets hold for their clients (queued frames and write buffers).
+    pub buffered_bytes: Gauge,
+    /// WebSockets closed to keep the sockets within --max-buffered-bytes.
+    pub sockets_closed_buffers: Counter,
+    /// Webhook delivery attempts made by this instance, by outcome.
+    pub webhook_deliveries: Family<WebhookLabel, Counter>,
 }
 
 impl ServerMetrics {
@@ -88,6 +105,9 @@ impl ServerMetrics {
             header_timeouts: Counter::default(),
             pings_sent: Counter::default(),
             ping_timeouts: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            sockets_closed_buffers: Counter::default(),
+            webhook_deliveries: Family::default(),
         };
         registry.register(
             "herald_jobs_submitted",
@@ -153,6 +173,21 @@ impl ServerMetrics {
             "herald_sockets_ping_timeouts",
             "WebSockets closed because they did not answer a ping in time",
             metrics.ping_timeouts.clone(),
+        );
+        registry.register(
+            "herald_buffered_bytes",
+            "Bytes all WebSockets hold for their clients: queued frames and write buffers",
+            metrics.buffered_bytes.clone(),
+        );
+        registry.register(
+            "herald_sockets_closed_buffers",
+            "WebSockets closed to keep the sockets within --max-buffered-bytes",
+            metrics.sockets_closed_buffers.clone(),
+        );
+        registry.register(
+            "herald_webhook_deliveries",
+            "Webhook delivery attempts by this server, by outcome",
+            metrics.webhook_deliveries.clone(),
         );
         metrics
     }

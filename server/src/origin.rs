@@ -1,6 +1,7 @@
 //! The Origin check on the WebSocket upgrade. A browser lets any page open a WebSocket to any server and
 //! says which page did in `Origin`; without this check a hostile page could drive its visitors' browsers
-//! into Herald (cross-site WebSocket hijacking), from wherever they sit on the network.
+//! into Herald (cross-site WebSocket hijacking), from wherever they sit on the network. The same check
+//! guards the one GET that creates a job (`/factorial?no=`), which any page can send with an `<img>`.
 
 use axum::http::uri::Authority;
 use axum::http::{header, HeaderMap, Uri};
@@ -49,8 +50,9 @@ fn default_port(scheme: &str) -> Option<u16> {
 /// Which pages may open a WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OriginPolicy {
-    /// Pages of the host the request is addressed to (the Origin's host and port equal the Host
-    /// header's): the page Herald serves itself, also behind a proxy that passes the Host header on.
+    /// Pages of the host the request is addressed to (the Origin's scheme, host and port equal the
+    /// request's): the page Herald serves itself, also behind a proxy that passes the Host header on
+    /// (and, when it speaks TLS, says so in `X-Forwarded-Proto`).
     SameHost,
     /// Pages of these origins only.
     AllowList(Vec<Origin>),
@@ -88,12 +90,41 @@ impl OriginPolicy {
                 let Some(authority) = host.and_then(|h| h.parse::<Authority>().ok()) else {
                     return false;
                 };
-                let port = authority
-                    .port_u16()
-                    .or_else(|| default_port(&origin.scheme));
-                authority.host().eq_ignore_ascii_case(&origin.host) && port == Some(origin.port)
+                let scheme = request_scheme(headers);
+                let port = authority.port_u16().or_else(|| default_port(scheme));
+                origin.scheme == scheme
+                    && authority.host().eq_ignore_ascii_case(&origin.host)
+                    && port == Some(origin.port)
             }
         }
+    }
+
+    /// Whether a request that creates a job may: not when its `Origin` would be refused on the
+    /// WebSocket, nor when the browser says it comes from another site (`Sec-Fetch-Site: cross-site`,
+    /// sent even where `Origin` is not, as on an `<img>`). Programs send neither, and pass.
+    pub fn allows_job_request(&self, headers: &HeaderMap, uri: &Uri) -> bool {
+        let cross_site = headers
+            .get(SEC_FETCH_SITE)
+            .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        !cross_site && self.allows(headers, uri)
+    }
+}
+
+/// The header in which browsers say how a request's page relates to its target.
+const SEC_FETCH_SITE: &str = "sec-fetch-site";
+
+/// The scheme a request came in with: Herald itself speaks plain HTTP; a TLS proxy in front says
+/// `https` in `X-Forwarded-Proto`. Trusted as it stands: a page cannot set it on a WebSocket upgrade
+/// or on a request that needs no preflight, and other clients are not what this check keeps out.
+fn request_scheme(headers: &HeaderMap) -> &'static str {
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    match forwarded {
+        Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
     }
 }
 
@@ -110,6 +141,13 @@ mod tests {
         headers
     }
 
+    /// A request that came through a TLS proxy.
+    fn behind_tls(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut headers = request(origin, host);
+        headers.insert("x-forwarded-proto", "https".parse().unwrap());
+        headers
+    }
+
     #[test]
     fn same_host_compares_host_and_port() {
         let policy = OriginPolicy::new(Vec::new());
@@ -118,19 +156,57 @@ mod tests {
             (None, "127.0.0.1:8080", true),
             (Some("http://127.0.0.1:8080"), "127.0.0.1:8080", true),
             (Some("http://LOCALHOST:8080"), "localhost:8080", true),
-            (Some("https://example.com"), "example.com", true),
-            (Some("https://example.com"), "example.com:443", true),
+            (Some("http://example.com"), "example.com", true),
             (Some("http://[::1]:8080"), "[::1]:8080", true),
             (Some("http://127.0.0.1:8081"), "127.0.0.1:8080", false),
             (Some("http://evil.example"), "127.0.0.1:8080", false),
-            (Some("https://example.com"), "example.com:80", false),
             (Some("null"), "127.0.0.1:8080", false),
+            // The scheme counts: an https page is not the http server's.
+            (Some("https://127.0.0.1:8080"), "127.0.0.1:8080", false),
+            (Some("https://example.com"), "example.com", false),
         ] {
             assert_eq!(
                 policy.allows(&request(origin, host), &uri),
                 allowed,
                 "{origin:?} to {host}"
             );
+        }
+        // Behind a TLS proxy that says so.
+        for (origin, host, allowed) in [
+            ("https://example.com", "example.com", true),
+            ("https://example.com", "example.com:443", true),
+            ("https://example.com", "example.com:80", false),
+            ("http://example.com", "example.com", false),
+        ] {
+            assert_eq!(
+                policy.allows(&behind_tls(Some(origin), host), &uri),
+                allowed,
+                "{origin} to {host} behind TLS"
+            );
+        }
+    }
+
+    #[test]
+    fn job_requests_from_other_sites_are_refused() {
+        let policy = OriginPolicy::new(Vec::new());
+        let uri = Uri::from_static("/factorial?no=5");
+        let host = "127.0.0.1:8080";
+        assert!(
+            policy.allows_job_request(&request(None, host), &uri),
+            "curl"
+        );
+        assert!(policy.allows_job_request(&request(Some("http://127.0.0.1:8080"), host), &uri));
+        assert!(!policy.allows_job_request(&request(Some("http://evil.example"), host), &uri));
+        for (site, allowed) in [
+            ("cross-site", false),
+            ("Cross-Site", false),
+            ("same-origin", true),
+            ("same-site", true),
+            ("none", true),
+        ] {
+            let mut headers = request(None, host);
+            headers.insert(SEC_FETCH_SITE, site.parse().unwrap());
+            assert_eq!(policy.allows_job_request(&headers, &uri), allowed, "{site}");
         }
     }
 

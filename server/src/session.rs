@@ -4,12 +4,13 @@
 //! goes out before the `result` of the same job (a result that arrives first is held back), and each job
 //! gets exactly one `result` on this socket (a job leaves the session's table when its result is sent, and
 //! anything arriving later for it is a duplicate). Writes go through a separate writer task with a byte
-//! budget, so a client that stops reading costs bounded memory and never stalls the session. A client
-//! that stays silent is pinged, and closed if it does not answer (see `heartbeat`).
+//! budget, so a client that stops reading costs bounded memory and never stalls the session; all sockets
+//! together also keep within the server's budget (see `buffers`). A client that stays silent is pinged,
+//! and closed if it does not answer (see `heartbeat`).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::Caller;
+use crate::buffers::Account;
 use crate::heartbeat::{Beat, Heartbeat};
-use crate::jobs::unavailable;
+use crate::jobs::{unavailable, Prepared, Taken};
 use crate::limits::{retry_after_ms, SocketSlot};
 use crate::mailbox::{SessionEvent, SessionHandle, Submitted};
 use crate::AppState;
@@ -53,6 +55,9 @@ enum Watch {
     /// Registered by a resume whose answer has not come yet. A result arriving now is held: only that
     /// answer tells whether this client may see the job at all.
     Resuming(Option<Arc<JobRecord>>),
+    /// The job of an idempotency key a submit repeated: `accepted` is out, and a resume registers this
+    /// instance as its watcher. Like `Resuming`, but its answer sends no `status`.
+    Adopting(Option<Arc<JobRecord>>),
     /// The client knows the job is pending; the next thing it gets is the result. `registrations`: how
     /// many times this session counted itself among the job's watchers in Redis (released when it goes).
     Pending { registrations: u32 },
@@ -100,8 +105,13 @@ pub fn run(
         events: events_tx,
         overloaded: overloaded.clone(),
     };
-    let (outbox, writer) =
-        Outbox::start(sink, state.settings.socket_buffer_bytes, overloaded.clone());
+    let (outbox, writer) = Outbox::start(
+        sink,
+        state.settings.socket_buffer_bytes,
+        overloaded.clone(),
+        state.buffers.open(),
+    );
+    let evicted = outbox.shared.account.usage().evicted().clone();
     let mut heartbeat = Heartbeat::new(
         state.settings.ping_interval(),
         state.settings.ping_timeout(),
@@ -127,6 +137,11 @@ pub fn run(
                     warn!("client too slow: closing its socket");
                     session.state.stats.sockets_closed_slow.fetch_add(1, Ordering::Relaxed);
                     break Some((POLICY, "too slow: outgoing buffer full; resume by request ID"));
+                }
+                _ = evicted.cancelled() => {
+                    warn!("the server's socket buffers are full: closing the socket that holds most");
+                    session.state.stats.sockets_closed_slow.fetch_add(1, Ordering::Relaxed);
+                    break Some((POLICY, "too slow: the server's buffers are full; resume by request ID"));
                 }
                 Some(event) = events.recv() => session.on_event(event),
                 frame = stream.next() => match frame.inspect(|_| heartbeat.heard()) {
@@ -208,10 +223,20 @@ impl Session {
     }
 
     fn submit(&mut self, submit: Submit) {
-        let Submit { model, input, tag } = submit;
+        let Submit {
+            model,
+            input,
+            tag,
+            key,
+            webhook,
+        } = submit;
         if let Some(busy) = self.busy() {
             return self.send(&ServerMessage::Error(busy.with_tag(tag)));
         }
+        let webhook = match crate::webhook::check_submit(webhook.as_deref(), &self.state.settings) {
+            Ok(webhook) => webhook,
+            Err(refused) => return self.send(&ServerMessage::Error(refused.with_tag(tag))),
+        };
         if let Err(wait) = self.state.limits.submit(&self.caller.key) {
             let busy = ErrorMessage {
                 retry_after_ms: Some(retry_after_ms(wait)),
@@ -233,14 +258,18 @@ impl Session {
         tokio::spawn(async move {
             // Runs to the end even if the session goes away, so a record is never left half-submitted.
             let outcome = match jobs.prepare(model.as_deref(), input).await {
-                Ok(job) => jobs
-                    .submit(id, &job, true, owner.as_deref(), &client)
-                    .await
-                    .map(|()| job)
-                    .map_err(|r| r.to_error()),
+                Ok(mut job) => {
+                    job.key = key;
+                    job.webhook = webhook;
+                    jobs.submit(id, &job, true, owner.as_deref(), &client)
+                        .await
+                        .map(|taken| (job, taken))
+                        .map_err(|r| r.to_error())
+                }
                 Err(refused) => Err(refused),
             };
-            let registered = outcome.is_ok();
+            // A repeated key registers nothing: the session resumes the key's job itself.
+            let registered = matches!(outcome, Ok((_, Taken::Created)));
             let event = SessionEvent::Submitted(Box::new(Submitted { id, tag, outcome }));
             if events.send(event).await.is_err() && registered {
                 // The session left while this ran: release the registration it can no longer release.
@@ -250,6 +279,18 @@ impl Session {
     }
 
     fn resume(&mut self, id: JobId) {
+        // A resume of a finished job sends its whole output: it costs as much as a submit answered
+        // from the cache, and counts against the same allowance.
+        if let Err(wait) = self.state.limits.submit(&self.caller.key) {
+            let busy = ErrorMessage {
+                retry_after_ms: Some(retry_after_ms(wait)),
+                ..ErrorMessage::new(
+                    ErrorCode::Busy,
+                    "too many submits and resumes from this client; slow down",
+                )
+            };
+            return self.send(&ServerMessage::Error(busy.with_id(id)));
+        }
         if !self.watches.contains_key(&id) {
             if let Some(busy) = self.busy() {
                 return self.send(&ServerMessage::Error(busy.with_id(id)));
@@ -337,7 +378,7 @@ impl Session {
                     },
                     // Submitting: `accepted` is not out yet; the registration is released when the
                     // result comes (the job is final then) or the session goes.
-                    Some(Watch::Submitting(_)) | None => {}
+                    Some(Watch::Submitting(_) | Watch::Adopting(_)) | None => {}
                 }
             }
             Ok(Cancel::Cancelled { record, .. }) => {
@@ -347,7 +388,7 @@ impl Session {
                 // completion answers once it is).
                 if matches!(
                     self.watches.get(&id),
-                    Some(Watch::Pending { .. } | Watch::Resuming(_))
+                    Some(Watch::Pending { .. } | Watch::Resuming(_) | Watch::Adopting(_))
                 ) {
                     self.deliver(id, &record);
                 }
@@ -385,7 +426,9 @@ impl Session {
                 }
             }
             SessionEvent::Finished(id, record) => match self.watches.get_mut(&id) {
-                Some(Watch::Submitting(early) | Watch::Resuming(early)) => *early = Some(record),
+                Some(
+                    Watch::Submitting(early) | Watch::Resuming(early) | Watch::Adopting(early),
+                ) => *early = Some(record),
                 Some(Watch::Pending { .. }) => self.deliver(id, &record),
                 // Already answered: a duplicate completion.
                 None => {}
@@ -394,7 +437,19 @@ impl Session {
                 Submitted {
                     id,
                     tag,
-                    outcome: Ok(job),
+                    outcome:
+                        Ok((
+                            job,
+                            Taken::Existing {
+                                id: existing,
+                                record,
+                            },
+                        )),
+                } => self.adopt(id, existing, &record, tag, &job),
+                Submitted {
+                    id,
+                    tag,
+                    outcome: Ok((job, Taken::Created)),
                 } => {
                     self.state
                         .metrics
@@ -408,6 +463,7 @@ impl Session {
                         n,
                         tag,
                         workers: job.workers,
+                        existing: false,
                     });
                     info!(%id, model = %job.model, n, "job accepted");
                     let pending = Watch::Pending { registrations: 1 };
@@ -430,9 +486,10 @@ impl Session {
                     // The result was pushed while the resume read was in flight: already answered.
                     return;
                 };
-                let (fresh, early) = match watch {
-                    Watch::Resuming(early) => (true, early.take()),
-                    _ => (false, None),
+                let (fresh, early, quiet) = match watch {
+                    Watch::Resuming(early) => (true, early.take(), false),
+                    Watch::Adopting(early) => (true, early.take(), true),
+                    _ => (false, None, false),
                 };
                 match outcome {
                     Ok(Some(record)) if record.status.is_final() => self.deliver(id, &record),
@@ -446,6 +503,9 @@ impl Session {
                             Watch::Pending { registrations } => *registrations += 1,
                             _ => *watch = Watch::Pending { registrations: 1 },
                         }
+                        if quiet {
+                            return;
+                        }
                         let mut status = ServerMessage::from_record(id, &record, unix_ms());
                         if let ServerMessage::Status { workers, .. } = &mut status {
                             *workers = self.state.jobs.directory.workers(&record.model);
@@ -457,6 +517,66 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers a submit that repeated an idempotency key: its provisional ID `id` is dropped, and the
+    /// client is told of the key's job `existing` (`accepted` with `existing`), then of its result: at
+    /// once if it has ended, else when it does (watched here first, then resumed, so that a
+    /// completion cannot slip between the two).
+    fn adopt(
+        &mut self,
+        id: JobId,
+        existing: JobId,
+        record: &JobRecord,
+        tag: Option<String>,
+        job: &Prepared,
+    ) {
+        self.watches.remove(&id);
+        self.state.hub.unwatch(&id, self.handle.id);
+        self.state
+            .metrics
+            .submitted
+            .get_or_create(&crate::metrics::ViaLabel { via: "websocket" })
+            .inc();
+        self.send(&ServerMessage::Accepted {
+            id: existing,
+            model: record.model.clone(),
+            n: record.factorial_n(),
+            tag,
+            workers: self.state.jobs.directory.workers(&record.model),
+            existing: true,
+        });
+        info!(id = %existing, model = %job.model, "repeated submit: the key's job");
+        if self.watches.contains_key(&existing) {
+            // This socket already waits for it: its result comes once.
+            return;
+        }
+        if record.status.is_final() {
+            return self.deliver(existing, record);
+        }
+        self.state.hub.watch(existing, &self.handle);
+        self.watches.insert(existing, Watch::Adopting(None));
+        let store = self.state.jobs.store.clone();
+        let instance = self.state.jobs.instance.clone();
+        let events = self.handle.events.clone();
+        let identity = self.caller.identity.clone();
+        tokio::spawn(async move {
+            let outcome = store
+                .resume(&existing, &instance, identity.as_deref())
+                .await
+                .map_err(|e| {
+                    warn!(id = %existing, error = %e, "could not read a job for a repeated submit");
+                    unavailable().with_id(existing)
+                });
+            let registered = matches!(&outcome, Ok(Some(r)) if !r.status.is_final());
+            let resumed = SessionEvent::Resumed {
+                id: existing,
+                outcome: Box::new(outcome),
+            };
+            if events.send(resumed).await.is_err() && registered {
+                release(&store, &instance, existing, 1).await;
+            }
+        });
     }
 
     /// Answers a resume or cancel with `error`; a watch it opened (`fresh`) is closed again.
@@ -552,8 +672,9 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Wakes the writer; a wake-up given while it is busy is kept for its next wait.
     wake: Notify,
-    /// Bytes queued and not yet written.
-    queued: AtomicUsize,
+    /// Bytes queued and not yet written, and the write buffer, in the server's budget. Dropped with
+    /// the last of the session and its writer, when the socket's memory goes.
+    account: Account,
 }
 
 /// Work for the writer.
@@ -566,15 +687,21 @@ struct Pending {
 }
 
 impl Outbox {
-    /// Starts the writer on `sink` (the socket's sending half).
-    fn start<S>(mut sink: S, limit: usize, overloaded: CancellationToken) -> (Self, JoinHandle<()>)
+    /// Starts the writer on `sink` (the socket's sending half), counting what it holds in `account`.
+    fn start<S>(
+        mut sink: S,
+        limit: usize,
+        overloaded: CancellationToken,
+        account: Account,
+    ) -> (Self, JoinHandle<()>)
     where
         S: futures::Sink<Message> + Unpin + Send + 'static,
     {
+        let evicted = account.usage().evicted().clone();
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             wake: Notify::new(),
-            queued: AtomicUsize::new(0),
+            account,
         });
         let work = shared.clone();
         let writer = tokio::spawn(async move {
@@ -598,20 +725,29 @@ impl Outbox {
                     work.wake.notified().await;
                     continue;
                 }
-                if ping && sink.feed(Message::Ping(Default::default())).await.is_err() {
-                    return;
-                }
-                let mut written = 0;
-                for frame in frames {
-                    written += frame.len();
-                    if sink.feed(Message::Text(frame)).await.is_err() {
-                        return;
+                let write = async {
+                    if ping {
+                        sink.feed(Message::Ping(Default::default())).await.ok()?;
                     }
-                }
-                if sink.flush().await.is_err() {
+                    let mut written = 0;
+                    for frame in frames {
+                        written += frame.len();
+                        sink.feed(Message::Text(frame)).await.ok()?;
+                    }
+                    sink.flush().await.ok()?;
+                    Some(written)
+                };
+                // Closed by the budget: a write waiting on a client that does not read would hold its
+                // memory; dropping it frees it now (no Close frame can pass that client's backlog).
+                let written = tokio::select! {
+                    biased;
+                    _ = evicted.cancelled() => return,
+                    written = write => written,
+                };
+                let Some(written) = written else {
                     return;
-                }
-                work.queued.fetch_sub(written, Ordering::Relaxed);
+                };
+                work.account.written(written);
             };
             if let Some((code, reason)) = close {
                 let frame = CloseFrame {
@@ -631,13 +767,17 @@ impl Outbox {
     }
 
     /// Queues a frame, or marks the session overloaded if the client has left too much unread. A frame
-    /// larger than the whole budget still goes out when nothing else is waiting.
+    /// larger than the socket's whole budget still goes out when nothing else is waiting. Past the
+    /// server's budget, some socket is closed (this one, if it holds the most and waited longest: the
+    /// frame is then dropped with it).
     fn push(&self, text: String) {
         let len = text.len();
-        let before = self.shared.queued.fetch_add(len, Ordering::Relaxed);
+        let before = self.shared.account.usage().queued();
         if before > 0 && before + len > self.limit {
-            self.shared.queued.fetch_sub(len, Ordering::Relaxed);
             self.overloaded.cancel();
+            return;
+        }
+        if !self.shared.account.queue(len) {
             return;
         }
         self.update(|pending| pending.frames.push_back(text.into()));
@@ -682,7 +822,10 @@ mod tests {
     #[tokio::test]
     async fn queued_frames_go_out_whole_and_in_order_over_several_batches() {
         let (sink, mut written) = futures::channel::mpsc::unbounded::<Message>();
-        let (outbox, writer) = Outbox::start(sink, usize::MAX, CancellationToken::new());
+        let buffers =
+            crate::buffers::Buffers::new(usize::MAX, Default::default(), Default::default());
+        let (outbox, writer) =
+            Outbox::start(sink, usize::MAX, CancellationToken::new(), buffers.open());
         // All queued before the writer first runs (the test's runtime has one thread), so the writer
         // finds more than three batches waiting.
         let count = WRITE_BATCH * 3 + 5;
@@ -695,7 +838,7 @@ mod tests {
                 other => panic!("frame {i}: {other:?}"),
             }
         }
-        assert_eq!(outbox.shared.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(outbox.shared.account.usage().queued(), 0);
         drop(outbox);
         writer.await.unwrap();
         assert!(

@@ -12,6 +12,7 @@ use herald_engine::settings::{parse_listen_addr, LogArgs, ModelArgs};
 use herald_engine::{BackendArgs, Secret, SettingsError};
 
 use crate::auth;
+use crate::host::AllowedHost;
 use crate::origin::Origin;
 
 /// Settings of `herald-server`.
@@ -33,8 +34,8 @@ pub struct Settings {
         value_parser = parse_listen_addr
     )]
     pub listen: SocketAddr,
-    /// How long a job's record (and result) is kept after the submit (in Redis, or in memory in
-    /// embedded mode), in seconds.
+    /// How long a job's record (and result) is kept after the submit (in Redis, or in the data
+    /// directory in embedded mode), in seconds.
     #[arg(long, env = "HERALD_JOB_TTL_SECS", default_value_t = 86_400)]
     pub job_ttl_secs: u64,
     /// Jobs one WebSocket connection may have in flight; more are answered `busy`.
@@ -43,6 +44,11 @@ pub struct Settings {
     /// Bytes queued for one socket that does not read; past this it is closed (its jobs stay resumable).
     #[arg(long, env = "HERALD_SOCKET_BUFFER_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub socket_buffer_bytes: usize,
+    /// Bytes all sockets together may hold for their clients (frames queued and write buffers); past
+    /// it the socket that holds the most and reads the slowest is closed (its jobs stay resumable).
+    /// Default: an eighth of the machine's memory (or of the cgroup's limit), logged at start.
+    #[arg(long, env = "HERALD_MAX_BUFFERED_BYTES")]
+    pub max_buffered_bytes: Option<usize>,
     /// Static bearer tokens, comma-separated `identity:token` pairs (a token: at least 16 of
     /// A-Z a-z 0-9 . _ ~ -). Turns authentication on. Prefer the environment or --auth-tokens-file:
     /// other users of the machine can read a command line.
@@ -61,6 +67,12 @@ pub struct Settings {
     /// pass.
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Host names (`name` or `name:port`, comma-separated; `*` for any) requests may address the
+    /// server by, besides the loopback names (`localhost`, `127.0.0.1`, `[::1]`); others get 403 on
+    /// every route but /healthz. Default: loopback names only on a loopback --listen address, any name
+    /// on others.
+    #[arg(long, env = "HERALD_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Submits per second one client (identity, or IP address without authentication) may make on
     /// average; more are answered `busy` (HTTP 429). 0: no limit.
     #[arg(long, env = "HERALD_SUBMIT_RATE", default_value_t = 20)]
@@ -111,9 +123,41 @@ pub struct Settings {
     /// dying on it).
     #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// Embedded mode only: the directory where job records, the jobs not yet finished and results
+    /// are kept (an SQLite database), so that they survive a restart or a crash; created if missing,
+    /// and used by one server at a time. Default: `herald-data` in the working directory.
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Embedded mode only: keep jobs and results in memory only, with no data directory: a restart
+    /// loses every job (clients then get not_found for their IDs).
+    #[arg(long, env = "HERALD_IN_MEMORY")]
+    pub in_memory: bool,
     /// Largest job input, in bytes of JSON text; a larger one is refused with `too_large`.
     #[arg(long, env = "HERALD_MAX_INPUT_BYTES", default_value_t = herald_protocol::model::DEFAULT_MAX_INPUT_BYTES)]
     pub max_input_bytes: usize,
+    /// Key that signs webhooks, as the Standard Webhooks specification writes it: `whsec_` and 24 to
+    /// 64 bytes in base64. Turns webhooks on: submits may name a `webhook`, and this server sends the
+    /// deliveries. Give every server instance the same one.
+    #[arg(long, env = "HERALD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+    /// Lets webhooks reach loopback, private, link-local, unique-local, shared (CGNAT) and cloud
+    /// metadata addresses: for tests and internal networks only.
+    #[arg(long, env = "HERALD_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Delays before each retry of a webhook that failed, comma-separated (`500ms`, `5s`, `5m`, `2h`):
+    /// the first attempt is at once, and once the last retry fails the delivery is given up.
+    #[arg(
+        long,
+        env = "HERALD_WEBHOOK_RETRY_DELAYS",
+        default_value = "5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub webhook_retry_delays: String,
+    /// Longest time, in seconds, for one webhook request (connecting, sending, the answer).
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+    /// Largest webhook body, in bytes: a job whose document is larger is sent without its output.
+    #[arg(long, env = "HERALD_WEBHOOK_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub webhook_max_body_bytes: usize,
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
@@ -139,6 +183,18 @@ impl Settings {
         }
     }
 
+    /// Where embedded mode keeps its jobs: `None` with --in-memory.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        if self.in_memory {
+            return None;
+        }
+        Some(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        )
+    }
+
     /// Jobs computed at once in embedded mode.
     pub fn concurrency(&self) -> usize {
         self.concurrency
@@ -146,6 +202,9 @@ impl Settings {
             .map_or(1, NonZeroUsize::get)
     }
 }
+
+/// The data directory when --data-dir is not given, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "herald-data";
 
 /// Upper bound of the rate settings: beyond it a limit is no limit, and a typo should not pass.
 const MAX_RATE: u32 = 1_000_000;
@@ -155,8 +214,73 @@ const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
 /// Upper bound of the timeouts, in seconds (an hour): beyond it a timeout no longer protects anything.
 const MAX_TIMEOUT_SECS: u64 = 3600;
 
+/// Lower bound of --max-buffered-bytes: below a mebibyte, a single large result would close sockets.
+const MIN_BUFFERED_BYTES: usize = 1024 * 1024;
+
 /// Upper bound of --max-connections: Linux's largest possible open-file limit (fs.nr_open) is 2^30.
 pub const MAX_CONNECTIONS: u32 = 1 << 30;
+
+/// Most retries of one webhook delivery.
+const MAX_WEBHOOK_RETRIES: usize = 20;
+/// Longest delay before one retry (a week).
+const MAX_WEBHOOK_DELAY: Duration = Duration::from_secs(7 * 86_400);
+
+impl Settings {
+    /// The webhook signing key, if webhooks are on.
+    pub fn webhook_signer(&self) -> Result<Option<crate::webhook::sign::Signer>, SettingsError> {
+        self.webhook_secret
+            .as_ref()
+            .map(|secret| {
+                crate::webhook::sign::Signer::parse(secret.expose())
+                    .map_err(|reason| SettingsError::new("webhook-secret", reason))
+            })
+            .transpose()
+    }
+
+    /// The delays of --webhook-retry-delays.
+    pub fn webhook_retry_delays(&self) -> Result<Vec<Duration>, SettingsError> {
+        let delays = self
+            .webhook_retry_delays
+            .split(',')
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+            .map(|text| {
+                humantime::parse_duration(text)
+                    .ok()
+                    .filter(|delay| *delay <= MAX_WEBHOOK_DELAY)
+                    .ok_or_else(|| {
+                        SettingsError::new(
+                            "webhook-retry-delays",
+                            format!(
+                                "{text:?} is not a delay such as 500ms, 5s, 5m or 2h of at most 7 days"
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.len() > MAX_WEBHOOK_RETRIES {
+            return Err(SettingsError::new(
+                "webhook-retry-delays",
+                format!("lists at most {MAX_WEBHOOK_RETRIES} retries"),
+            ));
+        }
+        Ok(delays)
+    }
+
+    /// How the webhook dispatcher sends, if webhooks are on.
+    pub fn webhooks(&self) -> Result<Option<crate::webhook::dispatch::Config>, SettingsError> {
+        let Some(signer) = self.webhook_signer()? else {
+            return Ok(None);
+        };
+        Ok(Some(crate::webhook::dispatch::Config {
+            signer,
+            retry_delays: self.webhook_retry_delays()?,
+            timeout: Duration::from_secs(self.webhook_timeout_secs),
+            max_body_bytes: self.webhook_max_body_bytes,
+            allow_private: self.webhook_allow_private,
+        }))
+    }
+}
 
 impl Settings {
     /// How long a connection may take to send a request's headers.
@@ -186,6 +310,20 @@ impl Settings {
         self.backend.validate()?;
         self.embedded()?;
         self.models.validate()?;
+        if self.in_memory && self.data_dir.is_some() {
+            return Err(SettingsError::new(
+                "in-memory",
+                "keeps no data directory: give --in-memory or --data-dir (HERALD_IN_MEMORY, \
+                 HERALD_DATA_DIR), not both",
+            ));
+        }
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(SettingsError::new("data-dir", "must name a directory"));
+        }
         if self.max_attempts == 0 {
             return Err(SettingsError::new("max-attempts", "must be at least 1"));
         }
@@ -224,6 +362,7 @@ impl Settings {
             ("request-timeout-secs", self.request_timeout_secs),
             ("ping-interval-secs", self.ping_interval_secs),
             ("ping-timeout-secs", self.ping_timeout_secs),
+            ("webhook-timeout-secs", self.webhook_timeout_secs),
         ] {
             if secs == 0 || secs > MAX_TIMEOUT_SECS {
                 return Err(SettingsError::new(
@@ -240,6 +379,13 @@ impl Settings {
                 ));
             }
         }
+        self.webhooks()?;
+        if self.webhook_max_body_bytes < 1024 {
+            return Err(SettingsError::new(
+                "webhook-max-body-bytes",
+                "must be at least 1024",
+            ));
+        }
         self.static_tokens()?;
         if let Some(secret) = &self.jwt_secret {
             // HS256 is only as strong as its key; a short one can be found by trying.
@@ -251,6 +397,16 @@ impl Settings {
             }
         }
         self.origins()?;
+        self.hosts()?;
+        if self
+            .max_buffered_bytes
+            .is_some_and(|bytes| bytes < MIN_BUFFERED_BYTES)
+        {
+            return Err(SettingsError::new(
+                "max-buffered-bytes",
+                format!("must be at least {MIN_BUFFERED_BYTES}"),
+            ));
+        }
         if self.submit_rate > MAX_RATE {
             return Err(SettingsError::new(
                 "submit-rate",
@@ -341,6 +497,25 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The names of --allowed-hosts.
+    pub fn hosts(&self) -> Result<Vec<AllowedHost>, SettingsError> {
+        self.allowed_hosts
+            .iter()
+            .map(|text| text.trim())
+            .filter(|text| !text.is_empty())
+            .map(|text| {
+                AllowedHost::parse(text).ok_or_else(|| {
+                    SettingsError::new(
+                        "allowed-hosts",
+                        format!("{text:?} is not a host name such as herald.example.com or herald.example.com:8443"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 /// Hand-written so that passwords in the backend URLs and every secret stay out of logs and panics.
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -350,10 +525,12 @@ impl fmt::Debug for Settings {
             .field("job_ttl_secs", &self.job_ttl_secs)
             .field("max_in_flight", &self.max_in_flight)
             .field("socket_buffer_bytes", &self.socket_buffer_bytes)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("auth_tokens", &self.auth_tokens)
             .field("auth_tokens_file", &self.auth_tokens_file)
             .field("jwt_secret", &self.jwt_secret)
             .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("submit_rate", &self.submit_rate)
             .field("submit_burst", &self.submit_burst)
             .field("max_sockets_per_client", &self.max_sockets_per_client)
@@ -366,7 +543,14 @@ impl fmt::Debug for Settings {
             .field("job_time_limit_secs", &self.job_time_limit_secs)
             .field("models", &self.models)
             .field("max_attempts", &self.max_attempts)
+            .field("data_dir", &self.data_dir)
+            .field("in_memory", &self.in_memory)
             .field("max_input_bytes", &self.max_input_bytes)
+            .field("webhook_secret", &self.webhook_secret)
+            .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("webhook_retry_delays", &self.webhook_retry_delays)
+            .field("webhook_timeout_secs", &self.webhook_timeout_secs)
+            .field("webhook_max_body_bytes", &self.webhook_max_body_bytes)
             .field("log", &self.log)
             .finish()
     }
@@ -405,6 +589,22 @@ mod tests {
             "connection limits are on by default; the cap comes from the file limit"
         );
         assert!(settings.embedded().unwrap(), "no URLs: embedded mode");
+        assert_eq!(
+            settings.data_dir(),
+            Some(PathBuf::from("herald-data")),
+            "embedded mode keeps its jobs by default"
+        );
+    }
+
+    #[test]
+    fn in_memory_keeps_no_data_directory_and_excludes_one() {
+        let settings = parse(&["--in-memory"]);
+        settings.validate().unwrap();
+        assert_eq!(settings.data_dir(), None);
+        let settings = parse(&["--data-dir", "/var/lib/herald"]);
+        assert_eq!(settings.data_dir(), Some(PathBuf::from("/var/lib/herald")));
+        let both = parse(&["--in-memory", "--data-dir", "/var/lib/herald"]);
+        assert_eq!(both.validate().unwrap_err().flag, "in-memory");
     }
 
     #[test]
@@ -511,6 +711,8 @@ mod tests {
                 "allowed-origins",
             ),
             (&["--allowed-origins", "null"], "allowed-origins"),
+            (&["--allowed-hosts", "http://example.com"], "allowed-hosts"),
+            (&["--max-buffered-bytes", "1000"], "max-buffered-bytes"),
             (&["--submit-burst", "0"], "submit-burst"),
             (&["--submit-rate", "2000000"], "submit-rate"),
             (&["--header-timeout-secs", "0"], "header-timeout-secs"),
@@ -519,6 +721,18 @@ mod tests {
             (&["--ping-timeout-secs", "0"], "ping-timeout-secs"),
             (&["--max-connections", "0"], "max-connections"),
             (&["--max-connections", "2000000000"], "max-connections"),
+            (&["--webhook-secret", "not-whsec"], "webhook-secret"),
+            (&["--webhook-secret", "whsec_c2hvcnQ="], "webhook-secret"),
+            (
+                &[
+                    "--webhook-secret",
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "--webhook-retry-delays",
+                    "5s,soon",
+                ],
+                "webhook-retry-delays",
+            ),
+            (&["--webhook-timeout-secs", "0"], "webhook-timeout-secs"),
         ] {
             let error = parse(args).validate().unwrap_err();
             assert_eq!(error.flag, flag, "{args:?}");

@@ -681,6 +681,7 @@ mod tests {
             n: Some(n),
             tag: Some(seq.to_string()),
             workers: None,
+            existing: false,
         }
     }
 

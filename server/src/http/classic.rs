@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use herald_protocol::number::{parse_digits, NumberError};
 use herald_protocol::Json as JsonText;
 use herald_protocol::{JobId, JobStatus, SubmitInput, FACTORIAL};
 use serde::Serialize;
@@ -39,7 +40,29 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, Failure> {
         .ok_or_else(|| Failure::bad_request(format!("missing query parameter `{name}`")))
 }
 
+/// `HEAD /factorial`: 405. Routed on its own, or axum would answer it with the GET handler, which
+/// creates a job: a HEAD must not.
+#[utoipa::path(head, path = "/factorial", operation_id = "classic_submit_head", tag = "classic",
+    responses(
+        (status = 405, description = "HEAD creates no job: send GET.",
+            headers(("Allow" = String, description = "`GET`."))),
+        (status = 403, description = "The request addresses the server by a host name it does not answer to \
+            (see --allowed-hosts)."),
+    ))]
+pub async fn head() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "GET")],
+        "HEAD creates no job: send GET",
+    )
+        .into_response()
+}
+
 /// `GET /factorial?no=N`: queue a factorial job; the body is its request ID.
+///
+/// A GET that creates a job is one any page can send (an `<img>` will do): `HEAD` creates nothing
+/// (405), and a request from a page that may not open a WebSocket here, or that the browser marks
+/// cross-site, is refused (403) before anything else is read.
 #[utoipa::path(get, path = "/factorial", operation_id = "classic_submit", tag = "classic",
     params(("no" = herald_protocol::api::FactorialN, Query, description = "n: a whole number up to --max-n.")),
     responses(
@@ -48,6 +71,9 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, Failure> {
             content_type = "text/plain"),
         (status = 401, description = "No valid token (authentication on).", body = String,
             content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A request from a page that may not open a WebSocket here, or that the \
+            browser marks cross-site (or addressed to a host name the server does not answer to).",
+            body = String, content_type = "text/plain"),
         (status = 404, description = "The server serves no factorial.", body = String, content_type = "text/plain"),
         (status = 429, description = "Too many submits from this client, or too much work in flight.",
             body = String, content_type = "text/plain",
@@ -59,22 +85,35 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, Failure> {
 pub async fn submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
-    params: Params,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    if !state.origins.allows_job_request(&headers, &uri) {
+        return Ok((
+            StatusCode::FORBIDDEN,
+            "jobs are not created for requests from other sites",
+        )
+            .into_response());
+    }
     let caller = state.caller(auth::bearer_header(&headers), peer.ip())?;
-    let raw = param(&params, "no")?.trim();
-    let max_n = state.settings.backend.max_n;
-    let n: u64 = match raw.parse() {
-        Ok(n) if n <= max_n => n,
-        Ok(_) => return Err(Failure::bad_request(format!("`no` must be at most {max_n}")).into()),
-        Err(_) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => {
-            return Err(Failure::bad_request(format!("`no` must be at most {max_n}")).into())
-        }
-        Err(_) => {
-            return Err(Failure::bad_request("`no` must be a whole number such as 150000").into())
+    let Ok(Query(params)) = params else {
+        return Err(Failure::bad_request("malformed query string").into());
+    };
+    let mut given = params.iter().filter(|(name, _)| name == "no");
+    let raw = match (given.next(), given.next()) {
+        (Some((_, raw)), None) => raw.trim(),
+        (None, _) => return Err(Failure::bad_request("missing query parameter `no`").into()),
+        (Some(_), Some(_)) => {
+            return Err(Failure::bad_request("give the query parameter `no` once").into())
         }
     };
+    let max_n = state.settings.backend.max_n;
+    // Digits only, as a WebSocket frame: no sign, fraction or exponent.
+    let n = parse_digits(raw, max_n).map_err(|e| match e {
+        NumberError::TooLarge => Failure::bad_request(format!("`no` must be at most {max_n}")),
+        _ => Failure::bad_request("`no` must be a whole number such as 150000"),
+    })?;
     // Refused only where no model is the factorial (an embedded server given other models): 404.
     let job = state
         .jobs

@@ -11,11 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_protocol::api::{Accepted, ApiErrorBody, JobView};
 use herald_protocol::frame::parse_submit_body;
+use herald_protocol::idempotency::check_key;
 use herald_protocol::{ErrorCode, JobId};
 use serde::Serialize;
 
 use super::{cancel_response, output_response, read_job, ApiError, Failure, JobRequest};
 use crate::auth;
+use crate::jobs::Taken;
 use crate::AppState;
 
 /// An error of the jobs API: its body is JSON (`{"code","message"}`).
@@ -36,19 +38,35 @@ impl IntoResponse for JsonError {
     }
 }
 
-/// `POST /jobs` with `{"model":"NAME","input":…}` (no model: the factorial, which also takes `"n"`):
-/// 202 with the job's ID and `Location: /jobs/<id>`. The caller's token is checked before the body
-/// is read, and the body is read only up to the largest input and a little more.
+/// `POST /jobs` with `{"model":"NAME","input":…}` (no model: the factorial, which also takes `"n"`),
+/// optionally `"webhook":"https://…"`: 202 with the job's ID and `Location: /jobs/<id>`. The caller's
+/// token is checked before the body is read, and the body is read only up to the largest input and a
+/// little more.
+///
+/// With an `Idempotency-Key` header, a repeat of an earlier submit under the same key (same caller,
+/// same model and input, job not expired) answers 200 with that job's ID and starts nothing; another
+/// model or input under the key answers 409.
 #[utoipa::path(post, path = "/jobs", operation_id = "jobs_submit", tag = "jobs",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[ -~]{1,255}$",
+        description = "Makes the submit safe to repeat: 1 to 255 printable ASCII characters. A repeat \
+                       under the same key (same caller, model and input, job not expired) answers 200 \
+                       with the first job; another model or input under the key answers 409.")),
     request_body(content = herald_protocol::api::SubmitBody, content_type = "application/json"),
     responses(
+        (status = 200, description = "A repeat of an earlier submit under its idempotency key: that job's ID \
+            (nothing new was started).", body = Accepted,
+            headers(("Location" = String, description = "`/jobs/<id>`, where the job is shown."))),
         (status = 202, description = "Accepted: the job's ID.", body = Accepted,
             headers(("Location" = String, description = "`/jobs/<id>`, where the job is shown."))),
-        (status = 400, description = "`bad_request`: not a valid body, or the model refuses the input.",
+        (status = 400, description = "`bad_request`: not a valid body, key or webhook, or the model refuses the input.",
             body = ApiErrorBody),
         (status = 401, description = "`unauthorized`: no valid token (authentication on).", body = ApiErrorBody,
             headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The request addresses the server by a host name it does not answer to \
+            (see --allowed-hosts).", body = String, content_type = "text/plain"),
         (status = 404, description = "`unknown_model`: no worker serves the model.", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the idempotency key was used for another model or input.",
+            body = ApiErrorBody),
         (status = 413, description = "`too_large`: the body, the input or `n` is above the server's limits.",
             body = ApiErrorBody),
         (status = 429, description = "`busy`: too many submits from this client, or too much work in flight.",
@@ -76,10 +94,14 @@ pub async fn submit(
     let text = std::str::from_utf8(&body)
         .map_err(|_| Failure::bad_request("the body must be UTF-8 JSON"))?;
     let submit = parse_submit_body(text)?;
-    let job = state
+    let key = idempotency_key(&headers, submit.key)?;
+    let webhook = crate::webhook::check_submit(submit.webhook.as_deref(), &state.settings)?;
+    let mut job = state
         .jobs
         .prepare(submit.model.as_deref(), submit.input)
         .await?;
+    job.key = key;
+    job.webhook = webhook;
     state.limits.submit(&caller.key).map_err(|wait| Failure {
         retry_after: Some(wait),
         ..Failure::new(
@@ -88,7 +110,7 @@ pub async fn submit(
         )
     })?;
     let id = JobId::new_v4();
-    state
+    let taken = state
         .jobs
         .submit(
             id,
@@ -98,6 +120,21 @@ pub async fn submit(
             &caller.key.to_string(),
         )
         .await?;
+    if let Taken::Existing { id, record } = taken {
+        tracing::info!(%id, model = %record.model, "repeated submit: the key's job");
+        let workers = state.jobs.directory.workers(&record.model);
+        let accepted = Accepted {
+            id,
+            model: record.model,
+            workers,
+        };
+        return Ok((
+            StatusCode::OK,
+            [(header::LOCATION, format!("/jobs/{id}"))],
+            Json(accepted),
+        )
+            .into_response());
+    }
     state
         .metrics
         .submitted
@@ -115,6 +152,27 @@ pub async fn submit(
         Json(accepted),
     )
         .into_response())
+}
+
+/// The idempotency key of a submit: the `Idempotency-Key` header, or `"key"` in the body (both may be
+/// given only if they agree).
+fn idempotency_key(
+    headers: &HeaderMap,
+    in_body: Option<String>,
+) -> Result<Option<String>, Failure> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(in_body);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| Failure::bad_request("Idempotency-Key must be printable ASCII"))?;
+    check_key(key).map_err(|reason| Failure::bad_request(format!("Idempotency-Key {reason}")))?;
+    if in_body.as_deref().is_some_and(|body| body != key) {
+        return Err(Failure::bad_request(
+            "Idempotency-Key and the body's \"key\" differ; give one",
+        ));
+    }
+    Ok(Some(key.to_owned()))
 }
 
 /// `GET /jobs/<id>`: the job, whole (its output once done).

@@ -40,9 +40,14 @@ pub fn router(state: AppState) -> Router {
         document,
         state.settings.backend.max_n,
         state.settings.auth_enabled(),
+        state.settings.webhook_secret.is_some(),
     );
     routes
         .layer(axum::Extension(openapi::Served::new(&document)))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::host::check,
+        ))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
 }
@@ -58,7 +63,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::show, jobs::cancel))
         .routes(routes!(jobs::output))
         .routes(routes!(jobs::models))
-        .routes(routes!(classic::submit))
+        .routes(routes!(classic::submit, classic::head))
         .routes(routes!(classic::result))
         .routes(routes!(classic::cancel))
         .routes(routes!(classic::output))

@@ -10,10 +10,14 @@ use std::sync::Arc;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use herald_protocol::api::FACTORIAL_N_SCHEMA;
+use herald_protocol::api::{FACTORIAL_N_SCHEMA, WEBHOOK_SCHEMA};
+use herald_protocol::frame::MAX_WEBHOOK_BYTES;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{KnownFormat, SchemaFormat, SchemaType};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ObjectBuilder, OpenApi as Document, Type};
-use utoipa::OpenApi;
+use utoipa::openapi::{Content, ObjectBuilder, OpenApi as Document, RefOr, Schema, Type};
+use utoipa::{OpenApi, PartialSchema};
 
 /// The security scheme of the bearer token (`Authorization: Bearer <token>`).
 pub const BEARER: &str = "bearer";
@@ -46,18 +50,19 @@ pub struct ApiDoc;
 pub struct Served(Arc<str>);
 
 /// Completes the document assembled from the routes for a server with these settings: the component
-/// of the factorial's `n` (at most `max_n`), and the security schemes with authentication on. With it
+/// of the factorial's `n` (at most `max_n`), that of a submit's `webhook` (a URL if the server sends
+/// webhooks, else only `null`), the 403 every route but `/healthz` answers to a foreign `Host` (see
+/// [`crate::host`]), and the security schemes with authentication on. With it
 /// off, the operations' security requirements are removed: a fuzzer (and a reader) would otherwise
 /// expect a 401 that never comes.
-pub fn complete(mut document: Document, max_n: u64, auth: bool) -> Document {
+pub fn complete(mut document: Document, max_n: u64, auth: bool, webhooks: bool) -> Document {
     let components = document.components.get_or_insert_with(Default::default);
+    components.schemas.insert(WEBHOOK_SCHEMA.into(), webhook_schema(webhooks));
     components.schemas.insert(
         FACTORIAL_N_SCHEMA.into(),
         ObjectBuilder::new()
             .schema_type(Type::Integer)
-            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
-                utoipa::openapi::KnownFormat::Int64,
-            )))
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
             .minimum(Some(0))
             .maximum(Some(max_n))
             .description(Some(
@@ -65,6 +70,27 @@ pub fn complete(mut document: Document, max_n: u64, auth: bool) -> Document {
             ))
             .into(),
     );
+    for (path, item) in document.paths.paths.iter_mut() {
+        if path == "/healthz" {
+            continue;
+        }
+        for operation in operations(item) {
+            operation
+                .responses
+                .responses
+                .entry("403".into())
+                .or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description(
+                            "The request addresses the server by a host name it does not answer \
+                             to (see --allowed-hosts).",
+                        )
+                        .content("text/plain", Content::new(Some(String::schema())))
+                        .into()
+                });
+        }
+    }
+    let components = document.components.get_or_insert_with(Default::default);
     if auth {
         components.add_security_scheme(
             BEARER,
@@ -87,21 +113,52 @@ pub fn complete(mut document: Document, max_n: u64, auth: bool) -> Document {
         );
     } else {
         for item in document.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.put,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for operation in operations(item) {
                 operation.security = None;
             }
         }
     }
     document
+}
+
+/// The operations of one path, whatever their methods.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.head,
+        &mut item.post,
+        &mut item.put,
+        &mut item.patch,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// A submit's `webhook`: with `--webhook-secret`, an http(s) URL (or `null`); without, `null` only,
+/// since such a server refuses any URL (400).
+fn webhook_schema(webhooks: bool) -> RefOr<Schema> {
+    if webhooks {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .format(Some(SchemaFormat::Custom("uri".into())))
+            .pattern(Some("^[hH][tT][tT][pP][sS]?://"))
+            .max_length(Some(MAX_WEBHOOK_BYTES))
+            .description(Some(
+                "A URL the server POSTs the job's final state to, signed (docs/protocol.md): http \
+                 or https, no credentials, and no private address unless --webhook-allow-private.",
+            ))
+            .into()
+    } else {
+        ObjectBuilder::new()
+            .schema_type(Type::Null)
+            .description(Some(
+                "This server sends no webhooks (it has no --webhook-secret): a URL is refused (400).",
+            ))
+            .into()
+    }
 }
 
 impl Served {

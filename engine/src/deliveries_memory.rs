@@ -1,0 +1,87 @@
+//! Pending webhook deliveries of the memory store (embedded mode): a table beside its records, under
+//! the same lock, so that a job's final state and its delivery are written in one step. Like the
+//! records, they do not survive the process.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_protocol::JobId;
+use tokio::time::Instant;
+
+use crate::backend::StoreError;
+use crate::deliveries::{Attempt, DeliveryStore, KEEP_PAST_RETRY};
+use crate::memory::MemoryStore;
+
+/// One delivery waiting.
+struct Delivery {
+    /// When it is due (moved past the lease while claimed).
+    due: Instant,
+    /// Attempts begun.
+    attempts: u32,
+}
+
+/// The deliveries waiting, by job.
+#[derive(Default)]
+pub struct Pending(HashMap<JobId, Delivery>);
+
+impl Pending {
+    /// Adds the delivery of job `id`, due at once (none if it is there already).
+    pub(crate) fn add(&mut self, id: JobId) {
+        self.0.entry(id).or_insert(Delivery {
+            due: Instant::now(),
+            attempts: 0,
+        });
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for MemoryStore {
+    async fn claim_due(&self, max: usize, lease: Duration) -> Result<Vec<JobId>, StoreError> {
+        let now = Instant::now();
+        let mut tables = self.tables();
+        let mut claimed = Vec::new();
+        for (id, delivery) in tables.deliveries.0.iter_mut() {
+            if claimed.len() == max {
+                break;
+            }
+            if delivery.due <= now {
+                delivery.due = now + lease;
+                claimed.push(*id);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn begin_attempt(&self, id: &JobId) -> Result<Option<Attempt>, StoreError> {
+        let mut tables = self.tables();
+        let Some(record) = tables.live_record(id).map(|(record, _)| record.clone()) else {
+            return Ok(None);
+        };
+        let Some(delivery) = tables.deliveries.0.get_mut(id) else {
+            return Ok(None);
+        };
+        delivery.attempts += 1;
+        Ok(Some(Attempt {
+            record,
+            number: delivery.attempts,
+        }))
+    }
+
+    async fn complete(&self, id: &JobId) -> Result<(), StoreError> {
+        self.tables().deliveries.0.remove(id);
+        Ok(())
+    }
+
+    async fn retry_after(&self, id: &JobId, delay: Duration) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut tables = self.tables();
+        if let Some((_, expires)) = tables.live_record(id) {
+            *expires = (*expires).max(now + delay + KEEP_PAST_RETRY);
+        }
+        if let Some(delivery) = tables.deliveries.0.get_mut(id) {
+            delivery.due = now + delay;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The durable store against the memory store's cases, and what it keeps across a reopening.
+
+use std::time::Duration;
+
+use herald_protocol::model::{factorial_input, json_string};
+use herald_protocol::{JobId, JobRecord, JobStatus, FACTORIAL};
+
+use super::*;
+
+async fn open(dir: &Path) -> Opened {
+    // The writer of a store just dropped may still be releasing the directory's lock.
+    for _ in 0..500 {
+        match DurableStore::open(dir, true).await {
+            Err(OpenError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            opened => return opened.expect("the store opens"),
+        }
+    }
+    panic!("the directory stayed locked");
+}
+
+async fn store_with(dir: &Path, id: &JobId, ttl: Duration) -> DurableStore {
+    let store = open(dir).await.store;
+    let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1).owned_by(Some("alice"));
+    store.create(id, &record, Some("a"), ttl).await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn a_queued_job_is_cancelled_at_once_and_never_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::new_v4();
+    let store = store_with(dir.path(), &id, Duration::from_secs(60)).await;
+    assert_eq!(
+        store.cancel(&id, None, Some("bob"), 9).await.unwrap(),
+        Cancel::Missing,
+        "another identity's job is unknown to it"
+    );
+    let Cancel::Cancelled { record, watchers } =
+        store.cancel(&id, None, Some("alice"), 9).await.unwrap()
+    else {
+        panic!("a queued job is cancelled at once");
+    };
+    assert_eq!(record.status, JobStatus::Cancelled);
+    assert_eq!(record.finished_ms, Some(9));
+    assert_eq!(watchers, vec!["a".to_owned()]);
+    assert_eq!(store.start(&id, 10, true).await.unwrap(), Start::Final);
+    assert_eq!(
+        store.cancel(&id, None, None, 11).await.unwrap(),
+        Cancel::Final(JobStatus::Cancelled)
+    );
+    drop(store);
+    let again = open(dir.path()).await;
+    assert!(again.unfinished.is_empty(), "a cancelled job is final");
+    let record = again.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Cancelled);
+    assert_eq!(record.owner.as_deref(), Some("alice"));
+}
+
+#[tokio::test]
+async fn a_running_job_is_asked_to_stop_and_the_canceller_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::new_v4();
+    let store = store_with(dir.path(), &id, Duration::from_secs(60)).await;
+    assert!(matches!(
+        store.start(&id, 2, true).await.unwrap(),
+        Start::Run {
+            attempts: 1,
+            cancel_requested: false,
+            ..
+        }
+    ));
+    let report = store
+        .report(&id, Some((0.25, Some("product"))))
+        .await
+        .unwrap();
+    assert!(!report.stop);
+    assert_eq!(
+        store.cancel(&id, Some("b"), None, 3).await.unwrap(),
+        Cancel::Requested
+    );
+    let report = store.report(&id, None).await.unwrap();
+    assert!(report.stop);
+    let mut watchers = report.watchers;
+    watchers.sort();
+    assert_eq!(watchers, vec!["a".to_owned(), "b".to_owned()]);
+    drop(store);
+
+    // The server died under it: the job comes back unfinished, its attempt and the cancel kept, and
+    // the next start ends it without computing.
+    let again = open(dir.path()).await;
+    assert_eq!(again.unfinished.len(), 1);
+    assert_eq!(again.unfinished[0].id, id);
+    assert!(
+        again.store.watchers(&id).await.unwrap().is_empty(),
+        "watchers were sockets of the process that died"
+    );
+    assert!(matches!(
+        again.store.start(&id, 4, true).await.unwrap(),
+        Start::Run {
+            attempts: 2,
+            cancel_requested: true,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn watchers_are_counted_and_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::new_v4();
+    let store = store_with(dir.path(), &id, Duration::from_secs(60)).await;
+    store.resume(&id, "a", None).await.unwrap().unwrap();
+    store.unwatch(&id, "a", 1).await.unwrap();
+    assert_eq!(store.watchers(&id).await.unwrap(), vec!["a".to_owned()]);
+    store.unwatch(&id, "a", 1).await.unwrap();
+    assert!(store.watchers(&id).await.unwrap().is_empty());
+    assert!(store.resume(&id, "c", Some("bob")).await.unwrap().is_none());
+    assert!(store.watchers(&id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn finished_records_and_results_are_kept_and_expire_with_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (done, short) = (JobId::new_v4(), JobId::new_v4());
+    let store = store_with(dir.path(), &done, Duration::from_secs(600)).await;
+    let record = JobRecord::queued(FACTORIAL, factorial_input(6), 1);
+    store
+        .create(&short, &record, None, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let (input, output) = (factorial_input(5), json_string("120"));
+    store.start(&done, 2, true).await.unwrap();
+    store
+        .cache_result(&done, FACTORIAL, &input, &output)
+        .await
+        .unwrap();
+    let mut finished = JobRecord::queued(FACTORIAL, input.clone(), 1);
+    finished.status = JobStatus::Done;
+    finished.output = Some(output.clone());
+    finished.attempts = 1;
+    finished.finished_ms = Some(3);
+    assert!(matches!(
+        store.finish(&done, &finished).await.unwrap(),
+        Finish::Applied { .. }
+    ));
+    assert_eq!(
+        store.finish(&done, &finished).await.unwrap(),
+        Finish::AlreadyFinal
+    );
+    drop(store);
+
+    let again = open(dir.path()).await;
+    let record = again.store.get(&done).await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Done);
+    assert_eq!(record.output, Some(output.clone()));
+    assert_eq!(record.owner.as_deref(), Some("alice"), "kept by finish");
+    assert_eq!(
+        again.store.cached_result(FACTORIAL, &input).await.unwrap(),
+        Some(output)
+    );
+    assert_eq!(again.unfinished.len(), 1, "the short one, not yet expired");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(again.store.get(&short).await.unwrap().is_none());
+    assert_eq!(
+        again.store.sweep().await.unwrap(),
+        1,
+        "its row left the file"
+    );
+    drop(again);
+    let last = open(dir.path()).await;
+    assert!(last.unfinished.is_empty());
+    assert!(last.store.get(&short).await.unwrap().is_none());
+    assert!(last.store.get(&done).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_second_store_on_the_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path()).await;
+    let Err(error) = DurableStore::open(dir.path(), true).await else {
+        panic!("two stores on one directory");
+    };
+    assert!(matches!(error, OpenError::Locked { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("in use by process {}", std::process::id())),
+        "{error}"
+    );
+    drop(first);
+}
+
+#[tokio::test]
+async fn a_damaged_database_is_named_not_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DATABASE_FILE), vec![b'x'; 8192]).unwrap();
+    let Err(error) = DurableStore::open(dir.path(), true).await else {
+        panic!("garbage opened as a database");
+    };
+    assert!(matches!(error, OpenError::Damaged { .. }), "{error}");
+    assert!(error.hint().contains("Move the file"));
+}
