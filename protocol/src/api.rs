@@ -198,10 +198,6 @@ pub struct FactorialSubmit {
     #[serde(default)]
     #[schema(schema_with = factorial_name)]
     pub model: Option<String>,
-    /// An idempotency key (as the `Idempotency-Key` header; if both are given they must agree).
-    #[serde(default)]
-    #[schema(schema_with = idempotency_key)]
-    pub key: Option<String>,
     /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
     #[serde(default)]
     #[schema(schema_with = webhook)]
@@ -218,10 +214,6 @@ pub struct FactorialInputSubmit {
     /// The factorial's input: `{"n":N}`, or `N` alone.
     #[schema(schema_with = factorial_input)]
     pub input: Json,
-    /// An idempotency key (as the `Idempotency-Key` header; if both are given they must agree).
-    #[serde(default)]
-    #[schema(schema_with = idempotency_key)]
-    pub key: Option<String>,
     /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
     #[serde(default)]
     #[schema(schema_with = webhook)]
@@ -244,10 +236,6 @@ pub struct ModelSubmit {
     pub model: String,
     /// The model's input, at most `--max-input-bytes` of JSON; the model may refuse it (`400`).
     pub input: Json,
-    /// An idempotency key (as the `Idempotency-Key` header; if both are given they must agree).
-    #[serde(default)]
-    #[schema(schema_with = idempotency_key)]
-    pub key: Option<String>,
     /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
     #[serde(default)]
     #[schema(schema_with = webhook)]
@@ -282,18 +270,10 @@ fn webhook() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name(WEBHOOK_SCHEMA)
 }
 
-/// The rule of [`crate::idempotency::check_key`]: 1 to 255 printable ASCII characters, or `null`.
-fn idempotency_key() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
-            utoipa::openapi::Type::String,
-            utoipa::openapi::Type::Null,
-        ]))
-        .pattern(Some(IDEMPOTENCY_KEY_PATTERN))
-        .build()
-}
-
-/// An idempotency key as [`crate::idempotency::check_key`] takes it, as a regular expression.
+/// An idempotency key as [`crate::idempotency::check_key`] takes it, as a regular expression: the
+/// pattern of the `Idempotency-Key` header in the OpenAPI document. (The body's `"key"`, which must
+/// agree with the header when both are given, is left out of the document's body shapes: a schema
+/// cannot say that a header and a body field must agree, and the header is how HTTP clients send it.)
 pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[ -~]{1,255}$";
 
 /// `"factorial"`, or `null` (read as absent: the factorial).
@@ -343,6 +323,16 @@ mod tests {
     use super::*;
     use crate::model::{factorial_input, json_string};
     use crate::FACTORIAL;
+
+    #[test]
+    fn the_key_pattern_is_the_key_rule() {
+        assert_eq!(
+            IDEMPOTENCY_KEY_PATTERN,
+            format!("^[ -~]{{1,{}}}$", crate::idempotency::MAX_KEY_BYTES)
+        );
+        assert!(crate::idempotency::check_key(" ~").is_ok());
+        assert!(crate::idempotency::check_key("\u{7f}").is_err());
+    }
 
     #[test]
     fn a_finished_job_shows_its_output_and_timings() {

@@ -44,10 +44,11 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, Failure> {
 /// creates a job: a HEAD must not.
 #[utoipa::path(head, path = "/factorial", operation_id = "classic_submit_head", tag = "classic",
     responses(
-        (status = 405, description = "HEAD creates no job: send GET.",
+        (status = 405, description = "HEAD creates no job: send GET. (The answer to a HEAD has no body; its \
+            headers are those of the text a GET would get.)", body = String, content_type = "text/plain",
             headers(("Allow" = String, description = "`GET`."))),
         (status = 403, description = "The request addresses the server by a host name it does not answer to \
-            (see --allowed-hosts)."),
+            (see --allowed-hosts).", body = String, content_type = "text/plain"),
     ))]
 pub async fn head() -> Response {
     (

@@ -50,7 +50,8 @@ impl IntoResponse for JsonError {
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[ -~]{1,255}$",
         description = "Makes the submit safe to repeat: 1 to 255 printable ASCII characters. A repeat \
                        under the same key (same caller, model and input, job not expired) answers 200 \
-                       with the first job; another model or input under the key answers 409.")),
+                       with the first job; another model or input under the key answers 409. The body's `\"key\"` \
+                       (the WebSocket's field) is read too, and must then agree with the header.")),
     request_body(content = herald_protocol::api::SubmitBody, content_type = "application/json"),
     responses(
         (status = 200, description = "A repeat of an earlier submit under its idempotency key: that job's ID \
