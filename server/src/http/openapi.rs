@@ -57,7 +57,9 @@ pub struct Served(Arc<str>);
 /// expect a 401 that never comes.
 pub fn complete(mut document: Document, max_n: u64, auth: bool, webhooks: bool) -> Document {
     let components = document.components.get_or_insert_with(Default::default);
-    components.schemas.insert(WEBHOOK_SCHEMA.into(), webhook_schema(webhooks));
+    components
+        .schemas
+        .insert(WEBHOOK_SCHEMA.into(), webhook_schema(webhooks));
     components.schemas.insert(
         FACTORIAL_N_SCHEMA.into(),
         ObjectBuilder::new()
