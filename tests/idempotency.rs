@@ -1,6 +1,6 @@
 //! Idempotency keys: a repeated submit returns the first one's job and starts nothing, another input
 //! under the same key is refused, keys belong to an identity, and submits racing on one key (on two
-//! server instances) make one job. In both modes.
+//! server instances) make one job. In both modes, and across a `kill -9` of an embedded server.
 
 use futures::future::join_all;
 use herald_protocol::{ErrorCode, JobId, ServerMessage};
@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{Mode, TestEnv, TestServer, PATIENCE};
+use crate::helpers::{Mode, Process, TestEnv, TestServer, PATIENCE};
 
 /// `POST /jobs` with `body` and, if given, an `Idempotency-Key` (and a bearer token): the status and
 /// the JSON answer.
@@ -18,8 +18,18 @@ async fn post(
     token: Option<&str>,
     body: Value,
 ) -> (StatusCode, Value) {
+    post_to(&server.http_url("/jobs"), key, token, body).await
+}
+
+/// `POST` of `body` to `url`, as [`post`].
+async fn post_to(
+    url: &str,
+    key: Option<&str>,
+    token: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
     let mut request = reqwest::Client::new()
-        .post(server.http_url("/jobs"))
+        .post(url)
         .header("content-type", "application/json")
         .body(body.to_string());
     if let Some(key) = key {
@@ -255,3 +265,46 @@ crate::both_modes!(
     keys_belong_to_an_identity,
     submits_racing_on_one_key_make_one_job,
 );
+
+/// The durable embedded mode keeps its keys: after a `kill -9` and a restart on the same data
+/// directory, a repeated key still names its job, and another input under it is still refused.
+#[tokio::test]
+async fn keys_survive_a_killed_embedded_server() {
+    let data = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["--listen", "127.0.0.1:0", "--data-dir"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([data.path().to_str().unwrap().to_owned()])
+        .collect();
+    let mut server = Process::start("herald-server", &args);
+    let url = format!("http://{}/jobs", server.server_addr().await);
+    let (status, first) = post_to(&url, Some("order-7"), None, json!({"n": 12})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    server.kill().await;
+
+    let server = Process::start("herald-server", &args);
+    let base = format!("http://{}", server.server_addr().await);
+    let url = format!("{base}/jobs");
+    let (status, again) = post_to(&url, Some("order-7"), None, json!({"n": 12})).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"], "the same job, not a new one");
+    let (status, changed) = post_to(&url, Some("order-7"), None, json!({"n": 13})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{changed}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let id = first["id"].as_str().unwrap();
+    loop {
+        let text = reqwest::get(format!("{base}/jobs/{id}"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let job: Value = serde_json::from_str(&text).unwrap();
+        if job["status"] == "done" {
+            assert_eq!(job["output"], "479001600", "12!");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "12! ends: {job}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -340,3 +340,56 @@ async fn a_pending_retry_survives_a_restart_of_the_server() {
         .unwrap();
     assert_eq!(pending, 0, "nothing left to deliver");
 }
+
+/// The durable embedded mode keeps a pending retry: a server killed after a failed attempt, restarted
+/// on its data directory, sends the retry with the same `webhook-id` and body.
+#[tokio::test]
+async fn a_pending_retry_survives_a_killed_embedded_server() {
+    let data = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::start("500,200").await;
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--webhook-secret",
+        SECRET,
+        "--webhook-allow-private",
+        "--webhook-retry-delays",
+        "2s",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut server = Process::start("herald-server", &args);
+    let base = format!("http://{}", server.server_addr().await);
+    let (status, accepted) = post(
+        &base,
+        json!({"n": 25, "webhook": receiver.url("127.0.0.1")}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+    let first = receiver.next().await;
+    assert_eq!(
+        (first["id"].as_str(), first["answered"].as_u64()),
+        (Some(id), Some(500))
+    );
+    eventually("the retry to be scheduled", || async {
+        sample(&base, &deliveries("failed")).await == 1.0
+    })
+    .await;
+    server.kill().await;
+
+    let replacement = Process::start("herald-server", &args);
+    let base = format!("http://{}", replacement.server_addr().await);
+    let second = receiver.next().await;
+    assert_eq!(
+        (second["id"].as_str(), second["answered"].as_u64()),
+        (Some(id), Some(200))
+    );
+    assert_eq!(second["body"], first["body"]);
+    eventually("the delivery to be counted", || async {
+        sample(&base, &deliveries("delivered")).await == 1.0
+    })
+    .await;
+}

@@ -1,6 +1,7 @@
 //! Pending webhook deliveries of the memory store (embedded mode): a table beside its records, under
 //! the same lock, so that a job's final state and its delivery are written in one step. Like the
-//! records, they do not survive the process.
+//! records, they do not survive the process, unless the durable store writes them to its file and
+//! restores them at start-up.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,6 +33,16 @@ impl Pending {
             due: Instant::now(),
             attempts: 0,
         });
+    }
+
+    /// Puts back the delivery of job `id` as a file kept it: `attempts` begun, due at `due`.
+    pub(crate) fn restore(&mut self, id: JobId, attempts: u32, due: Instant) {
+        self.0.insert(id, Delivery { due, attempts });
+    }
+
+    /// Whether the delivery of job `id` is pending.
+    pub(crate) fn contains(&self, id: &JobId) -> bool {
+        self.0.contains_key(id)
     }
 }
 

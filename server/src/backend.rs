@@ -175,9 +175,10 @@ pub async fn embedded(
         cache: herald_engine::cache::Cache::default(),
         models: models.clone(),
     };
-    let deliveries: Deliveries = match &kept {
-        Kept::Memory(memory) => memory.clone(),
-        Kept::Durable(durable) => durable.clone(),
+    let (deliveries, keys): (Deliveries, Keys) = match &kept {
+        Kept::Memory(memory) => (memory.clone(), Arc::new(LocalKeys::new(store.clone()))),
+        // Written to the data directory with the jobs.
+        Kept::Durable(durable) => (durable.clone(), durable.clone()),
     };
     let running = Running::Embedded {
         context,
@@ -189,7 +190,7 @@ pub async fn embedded(
         sweep_every: sweep_every(settings.job_ttl()),
     };
     Ok(Backends {
-        keys: Arc::new(LocalKeys::new(store.clone())),
+        keys,
         deliveries,
         store,
         queue: Arc::new(queue),

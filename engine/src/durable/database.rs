@@ -20,7 +20,7 @@ pub const DATABASE_FILE: &str = "herald.sqlite3";
 
 /// The layout this version writes (`PRAGMA user_version`); a file of a newer layout is refused
 /// rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Writes one transaction takes at most: bounds how long a commit keeps its first waiter waiting.
 const MAX_BATCH: usize = 4096;
@@ -32,7 +32,12 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     record TEXT NOT NULL,
-    expires_ms INTEGER NOT NULL
+    expires_ms INTEGER NOT NULL,
+    key_scope TEXT,
+    key_name TEXT,
+    key_fingerprint TEXT,
+    delivery_due_ms INTEGER,
+    delivery_attempts INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_ms);
 CREATE TABLE IF NOT EXISTS results (
@@ -44,6 +49,36 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_ms);
 ";
 
+/// What layout 1 (before idempotency keys and webhooks) lacks: a key and a pending delivery live and
+/// die with their job's row, so they need no expiry or table of their own.
+const FROM_LAYOUT_1: &str = "
+ALTER TABLE jobs ADD COLUMN key_scope TEXT;
+ALTER TABLE jobs ADD COLUMN key_name TEXT;
+ALTER TABLE jobs ADD COLUMN key_fingerprint TEXT;
+ALTER TABLE jobs ADD COLUMN delivery_due_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN delivery_attempts INTEGER;
+";
+
+/// The idempotency key a job was created with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyColumns {
+    /// Whose key (the identity), `None` without authentication.
+    pub scope: Option<String>,
+    /// The key.
+    pub name: String,
+    /// The fingerprint of the submit's model and input.
+    pub fingerprint: String,
+}
+
+/// A job's pending webhook delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryColumns {
+    /// When it is due (Unix ms).
+    pub due_ms: i64,
+    /// Attempts begun.
+    pub attempts: i64,
+}
+
 /// A job row as read at start-up.
 pub struct JobRow {
     /// The job's ID, as stored.
@@ -52,6 +87,10 @@ pub struct JobRow {
     pub record: String,
     /// When it expires (Unix ms).
     pub expires_ms: i64,
+    /// The key it holds, if it was submitted with one.
+    pub key: Option<KeyColumns>,
+    /// Its webhook delivery, while one is pending.
+    pub delivery: Option<DeliveryColumns>,
 }
 
 /// What the file held at start-up (expired rows left out).
@@ -64,14 +103,30 @@ pub struct Loaded {
 
 /// One write.
 pub enum Write {
-    /// A new job's record, expiring at `expires_ms`.
+    /// A new job's record, expiring at `expires_ms`, and the key it holds.
     Insert {
         id: String,
         record: String,
         expires_ms: i64,
+        key: Option<KeyColumns>,
     },
-    /// A job's record as it now stands (its expiry unchanged).
-    Update { id: String, record: String },
+    /// A job's record as it now stands (its expiry unchanged); with `delivery_due_ms`, its final
+    /// state also made its webhook delivery pending, due then (unless one is pending already).
+    Update {
+        id: String,
+        record: String,
+        delivery_due_ms: Option<i64>,
+    },
+    /// One more attempt of job `id`'s delivery begun.
+    DeliveryAttempt { id: String },
+    /// Job `id`'s delivery due again at `due_ms`; its row kept at least until `keep_until_ms`.
+    DeliveryDue {
+        id: String,
+        due_ms: i64,
+        keep_until_ms: i64,
+    },
+    /// Job `id`'s delivery over.
+    DeliveryDone { id: String },
     /// A job removed.
     Delete { id: String },
     /// A shared result, expiring with job `job`.
@@ -160,6 +215,9 @@ pub fn open(dir: &Path, full_sync: bool, now_ms: i64) -> Result<(Writer, Loaded)
             ),
         });
     }
+    if version == 1 {
+        conn.execute_batch(FROM_LAYOUT_1).map_err(damaged)?;
+    }
     conn.execute_batch(SCHEMA).map_err(damaged)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(damaged)?;
@@ -176,13 +234,36 @@ pub fn open(dir: &Path, full_sync: bool, now_ms: i64) -> Result<(Writer, Loaded)
 /// that silently forgot jobs); a row that is readable but not a record is skipped by the caller.
 fn load(conn: &Connection, now_ms: i64) -> rusqlite::Result<Loaded> {
     let mut jobs = Vec::new();
-    let mut statement =
-        conn.prepare("SELECT id, record, expires_ms FROM jobs WHERE expires_ms > ?1")?;
+    let mut statement = conn.prepare(
+        "SELECT id, record, expires_ms, key_scope, key_name, key_fingerprint, delivery_due_ms, \
+         delivery_attempts FROM jobs WHERE expires_ms > ?1",
+    )?;
     let rows = statement.query_map([now_ms], |row| {
+        let key_name: Option<String> = row.get(4)?;
+        let key_fingerprint: Option<String> = row.get(5)?;
+        let delivery_due_ms: Option<i64> = row.get(6)?;
         Ok(JobRow {
             id: row.get(0)?,
             record: row.get(1)?,
             expires_ms: row.get(2)?,
+            key: key_name
+                .zip(key_fingerprint)
+                .map(|(name, fingerprint)| {
+                    Ok::<_, rusqlite::Error>(KeyColumns {
+                        scope: row.get(3)?,
+                        name,
+                        fingerprint,
+                    })
+                })
+                .transpose()?,
+            delivery: delivery_due_ms
+                .map(|due_ms| {
+                    Ok::<_, rusqlite::Error>(DeliveryColumns {
+                        due_ms,
+                        attempts: row.get::<_, Option<i64>>(7)?.unwrap_or(0),
+                    })
+                })
+                .transpose()?,
         })
     })?;
     for row in rows {
@@ -249,14 +330,58 @@ fn apply(conn: &mut Connection, batch: &[(Write, Option<Reply>)]) -> rusqlite::R
                 id,
                 record,
                 expires_ms,
+                key,
             } => tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO jobs (id, record, expires_ms) VALUES (?1, ?2, ?3)",
+                    "INSERT OR REPLACE INTO jobs (id, record, expires_ms, key_scope, key_name, \
+                     key_fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
-                .execute(params![id, record, expires_ms])?,
-            Write::Update { id, record } => tx
+                .execute(params![
+                    id,
+                    record,
+                    expires_ms,
+                    key.as_ref().and_then(|k| k.scope.as_deref()),
+                    key.as_ref().map(|k| &k.name),
+                    key.as_ref().map(|k| &k.fingerprint),
+                ])?,
+            Write::Update {
+                id,
+                record,
+                delivery_due_ms: None,
+            } => tx
                 .prepare_cached("UPDATE jobs SET record = ?2 WHERE id = ?1")?
                 .execute(params![id, record])?,
+            Write::Update {
+                id,
+                record,
+                delivery_due_ms: Some(due_ms),
+            } => tx
+                .prepare_cached(
+                    "UPDATE jobs SET record = ?2, delivery_due_ms = COALESCE(delivery_due_ms, ?3), \
+                     delivery_attempts = COALESCE(delivery_attempts, 0) WHERE id = ?1",
+                )?
+                .execute(params![id, record, due_ms])?,
+            Write::DeliveryAttempt { id } => tx
+                .prepare_cached(
+                    "UPDATE jobs SET delivery_attempts = delivery_attempts + 1 \
+                     WHERE id = ?1 AND delivery_due_ms IS NOT NULL",
+                )?
+                .execute([id])?,
+            Write::DeliveryDue {
+                id,
+                due_ms,
+                keep_until_ms,
+            } => tx
+                .prepare_cached(
+                    "UPDATE jobs SET delivery_due_ms = ?2, expires_ms = MAX(expires_ms, ?3) \
+                     WHERE id = ?1 AND delivery_due_ms IS NOT NULL",
+                )?
+                .execute(params![id, due_ms, keep_until_ms])?,
+            Write::DeliveryDone { id } => tx
+                .prepare_cached(
+                    "UPDATE jobs SET delivery_due_ms = NULL, delivery_attempts = NULL WHERE id = ?1",
+                )?
+                .execute([id])?,
             Write::Delete { id } => tx
                 .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
                 .execute([id])?,

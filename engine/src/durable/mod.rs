@@ -9,11 +9,15 @@
 //! committed. Watchers and progress are not written: they describe sockets and a computation of this
 //! process, and mean nothing after a restart.
 //!
+//! A job's idempotency key and its pending webhook delivery are columns of its row: written in the
+//! same transaction as the record that creates the job or makes it final, and gone with it.
+//!
 //! At start-up the records are read back, and every job that is not final is handed to the caller to
-//! queue again (see [`DurableStore::open`]).
+//! queue again (see [`DurableStore::open`]); keys and pending deliveries are restored with them.
 
 mod database;
 mod deliveries;
+mod keys;
 mod lock;
 
 use std::path::{Path, PathBuf};
@@ -25,8 +29,10 @@ use herald_protocol::{unix_ms, JobId, JobMessage, JobRecord, Json};
 use tokio::sync::Mutex;
 
 use crate::backend::{Cancel, Finish, JobStore, Report, Start, StoreError};
+use crate::idempotency::Key;
+use crate::idempotency_memory::KeyTable;
 use crate::memory::MemoryStore;
-use database::{Write, Writer};
+use database::{KeyColumns, Write, Writer};
 
 pub use database::DATABASE_FILE;
 pub use lock::LOCK_FILE;
@@ -103,6 +109,8 @@ pub struct DurableStore {
     /// Held from a change in memory until its write is queued, so that the writes of one record reach
     /// the file in the order its changes happened.
     order: Mutex<()>,
+    /// The idempotency keys of live jobs (see `keys.rs`).
+    keys: Mutex<KeyTable>,
     writer: Writer,
     path: PathBuf,
 }
@@ -134,6 +142,7 @@ impl DurableStore {
             error: e.to_string(),
         })??;
         let memory = MemoryStore::new();
+        let mut keys = KeyTable::default();
         let mut unfinished = Vec::new();
         let mut unreadable = 0;
         for row in loaded.jobs {
@@ -161,6 +170,24 @@ impl DurableStore {
                 ));
             }
             memory.create(&id, &record, None, ttl).await.ok();
+            if let Some(key) = &row.key {
+                let key = Key {
+                    scope: key.scope.as_deref(),
+                    key: &key.name,
+                    fingerprint: &key.fingerprint,
+                };
+                keys.restore(key, &id, tokio::time::Instant::now() + ttl);
+            }
+            if let Some(delivery) = &row.delivery {
+                // Due when it was, or at once: a delivery claimed when the server stopped is tried
+                // again, as a lease of a dead instance runs out.
+                let wait = delivery.due_ms.saturating_sub(now_ms).max(0) as u64;
+                memory.tables().deliveries.restore(
+                    id,
+                    u32::try_from(delivery.attempts).unwrap_or(u32::MAX),
+                    tokio::time::Instant::now() + Duration::from_millis(wait),
+                );
+            }
         }
         for (job, output) in loaded.results {
             let Some(id) = job.parse::<JobId>().ok() else {
@@ -181,6 +208,7 @@ impl DurableStore {
             store: Self {
                 memory,
                 order: Mutex::new(()),
+                keys: Mutex::new(keys),
                 writer,
                 path: dir.join(DATABASE_FILE),
             },
@@ -214,19 +242,51 @@ impl DurableStore {
         self.memory.is_empty()
     }
 
-    /// Writes job `id`'s record as memory now holds it (under `order`); the answer comes with the
-    /// commit.
+    /// Writes job `id`'s record as memory now holds it (under `order`), with its webhook delivery
+    /// when the change that is `ending` it made one pending; the answer comes with the commit.
     async fn write_back(
         &self,
         id: &JobId,
+        ending: bool,
     ) -> Result<Option<tokio::sync::oneshot::Receiver<Result<u64, String>>>, StoreError> {
         let Some(record) = self.memory.get(id).await? else {
             return Ok(None);
         };
+        let delivery = ending && self.memory.tables().deliveries.contains(id);
         Ok(Some(self.writer.send(Write::Update {
             id: id.to_string(),
             record: encode(&record)?,
+            delivery_due_ms: delivery.then(|| unix_ms() as i64),
         })))
+    }
+
+    /// Creates job `id` (holding `key`, if given) in memory and in the file, and answers once the
+    /// row is committed.
+    async fn insert(
+        &self,
+        id: &JobId,
+        record: &JobRecord,
+        watcher: Option<&str>,
+        ttl: Duration,
+        key: Option<KeyColumns>,
+    ) -> Result<(), StoreError> {
+        let answer = {
+            let _order = self.order.lock().await;
+            self.memory.create(id, record, watcher, ttl).await?;
+            self.writer.send(Write::Insert {
+                id: id.to_string(),
+                record: encode(record)?,
+                expires_ms: (unix_ms() + ttl.as_millis() as u64) as i64,
+                key,
+            })
+        };
+        if let Err(e) = answered(answer).await {
+            // Not durable, so not accepted: the caller answers `unavailable`, and nothing is left
+            // that a restart would run.
+            self.memory.delete(id).await?;
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -261,22 +321,7 @@ impl JobStore for DurableStore {
         watcher: Option<&str>,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let answer = {
-            let _order = self.order.lock().await;
-            self.memory.create(id, record, watcher, ttl).await?;
-            self.writer.send(Write::Insert {
-                id: id.to_string(),
-                record: encode(record)?,
-                expires_ms: (unix_ms() + ttl.as_millis() as u64) as i64,
-            })
-        };
-        if let Err(e) = answered(answer).await {
-            // Not durable, so not accepted: the caller answers `unavailable`, and nothing is left
-            // that a restart would run.
-            self.memory.delete(id).await?;
-            return Err(e);
-        }
-        Ok(())
+        self.insert(id, record, watcher, ttl, None).await
     }
 
     async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
@@ -322,7 +367,7 @@ impl JobStore for DurableStore {
             let _order = self.order.lock().await;
             let start = self.memory.start(id, now_ms, true).await?;
             let answer = match start {
-                Start::Run { .. } => self.write_back(id).await?,
+                Start::Run { .. } => self.write_back(id, false).await?,
                 Start::Missing | Start::Final => None,
             };
             (start, answer)
@@ -340,7 +385,7 @@ impl JobStore for DurableStore {
             let _order = self.order.lock().await;
             let finish = self.memory.finish(id, record).await?;
             let answer = match finish {
-                Finish::Applied { .. } => self.write_back(id).await?,
+                Finish::Applied { .. } => self.write_back(id, true).await?,
                 Finish::Missing | Finish::AlreadyFinal => None,
             };
             (finish, answer)
@@ -362,7 +407,8 @@ impl JobStore for DurableStore {
             let _order = self.order.lock().await;
             let cancel = self.memory.cancel(id, watcher, identity, now_ms).await?;
             let answer = match cancel {
-                Cancel::Cancelled { .. } | Cancel::Requested => self.write_back(id).await?,
+                Cancel::Cancelled { .. } => self.write_back(id, true).await?,
+                Cancel::Requested => self.write_back(id, false).await?,
                 Cancel::Missing | Cancel::Final(_) => None,
             };
             (cancel, answer)

@@ -200,3 +200,183 @@ async fn a_damaged_database_is_named_not_opened() {
     assert!(matches!(error, OpenError::Damaged { .. }), "{error}");
     assert!(error.hint().contains("Move the file"));
 }
+
+fn key<'a>(name: &'a str, fingerprint: &'a str) -> Key<'a> {
+    Key {
+        scope: Some("alice"),
+        key: name,
+        fingerprint,
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_kept_across_a_reopening() {
+    use crate::idempotency::{IdempotencyStore, Keyed};
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(600);
+    let (first, second, third) = (JobId::new_v4(), JobId::new_v4(), JobId::new_v4());
+    let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1);
+    let store = open(dir.path()).await.store;
+    assert_eq!(
+        store
+            .create_keyed(key("k1", "f1"), &first, &record, None, ttl)
+            .await
+            .unwrap(),
+        Keyed::Created
+    );
+    store
+        .create_keyed(key("gone", "f1"), &third, &record, None, ttl)
+        .await
+        .unwrap();
+    store.delete_keyed(key("gone", "f1"), &third).await.unwrap();
+    drop(store);
+
+    let store = open(dir.path()).await.store;
+    let Keyed::Existing { id, .. } = store
+        .create_keyed(key("k1", "f1"), &second, &record, None, ttl)
+        .await
+        .unwrap()
+    else {
+        panic!("the key still names its job after the reopening");
+    };
+    assert_eq!(id, first);
+    assert_eq!(
+        store
+            .create_keyed(key("k1", "f2"), &second, &record, None, ttl)
+            .await
+            .unwrap(),
+        Keyed::Conflict,
+        "another input under the same key"
+    );
+    let other_scope = Key {
+        scope: Some("bob"),
+        ..key("k1", "f2")
+    };
+    assert_eq!(
+        store
+            .create_keyed(other_scope, &second, &record, None, ttl)
+            .await
+            .unwrap(),
+        Keyed::Created,
+        "keys belong to an identity"
+    );
+    assert_eq!(
+        store
+            .create_keyed(key("gone", "f1"), &third, &record, None, ttl)
+            .await
+            .unwrap(),
+        Keyed::Created,
+        "a key whose job was deleted is free"
+    );
+    assert!(store.get(&second).await.unwrap().is_some());
+}
+
+fn done_record(webhook: Option<&str>) -> JobRecord {
+    let mut finished = JobRecord::queued(FACTORIAL, factorial_input(5), 1);
+    finished.status = JobStatus::Done;
+    finished.output = Some(json_string("120"));
+    finished.attempts = 1;
+    finished.finished_ms = Some(3);
+    finished.webhook = webhook.map(str::to_owned);
+    finished
+}
+
+#[tokio::test]
+async fn pending_deliveries_and_their_attempts_are_kept_across_a_reopening() {
+    use crate::deliveries::DeliveryStore;
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(600);
+    let lease = Duration::from_secs(60);
+    let hook = "https://example.com/hook";
+    let (done, cancelled, plain) = (JobId::new_v4(), JobId::new_v4(), JobId::new_v4());
+    let store = open(dir.path()).await.store;
+    for id in [&done, &cancelled] {
+        let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1).with_webhook(Some(hook));
+        store.create(id, &record, None, ttl).await.unwrap();
+    }
+    let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1);
+    store.create(&plain, &record, None, ttl).await.unwrap();
+    store.start(&done, 2, true).await.unwrap();
+    store.finish(&done, &done_record(Some(hook))).await.unwrap();
+    store.start(&plain, 2, true).await.unwrap();
+    store.finish(&plain, &done_record(None)).await.unwrap();
+    assert!(matches!(
+        store.cancel(&cancelled, None, None, 4).await.unwrap(),
+        Cancel::Cancelled { .. }
+    ));
+    // Claimed and begun, then the process stops before the attempt's outcome is written.
+    let mut claimed = store.claim_due(10, lease).await.unwrap();
+    claimed.sort();
+    let mut expected = vec![done, cancelled];
+    expected.sort();
+    assert_eq!(claimed, expected, "a job without a webhook has no delivery");
+    assert_eq!(store.begin_attempt(&done).await.unwrap().unwrap().number, 1);
+    store.retry_after(&done, Duration::ZERO).await.unwrap();
+    drop(store);
+
+    let store = open(dir.path()).await.store;
+    let mut claimed = store.claim_due(10, lease).await.unwrap();
+    claimed.sort();
+    assert_eq!(
+        claimed, expected,
+        "the lease of a stopped server is not kept"
+    );
+    let attempt = store.begin_attempt(&done).await.unwrap().unwrap();
+    assert_eq!(attempt.number, 2, "the attempt before the reopening counts");
+    assert_eq!(attempt.record.webhook.as_deref(), Some(hook));
+    store.complete(&done).await.unwrap();
+    store
+        .retry_after(&cancelled, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = open(dir.path()).await.store;
+    assert!(
+        store.claim_due(10, lease).await.unwrap().is_empty(),
+        "one delivered, the other due in an hour"
+    );
+    assert!(store.get(&done).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_file_of_the_first_layout_is_upgraded_and_its_jobs_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = JobId::new_v4();
+    let record = JobRecord::queued(FACTORIAL, factorial_input(7), 1);
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, record TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+             CREATE TABLE results (digest TEXT PRIMARY KEY, job TEXT NOT NULL, output TEXT NOT NULL,
+                                   expires_ms INTEGER NOT NULL);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, record, expires_ms) VALUES (?1, ?2, ?3)",
+            rusqlite::params![
+                id.to_string(),
+                serde_json::to_string(&record).unwrap(),
+                (unix_ms() + 600_000) as i64
+            ],
+        )
+        .unwrap();
+    }
+    let opened = open(dir.path()).await;
+    assert_eq!(opened.unfinished.len(), 1);
+    assert_eq!(opened.unfinished[0].id, id);
+    let store = opened.store;
+    store.start(&id, 2, true).await.unwrap();
+    store
+        .finish(&id, &done_record(Some("https://example.com/hook")))
+        .await
+        .unwrap();
+    drop(store);
+    let again = open(dir.path()).await;
+    assert_eq!(
+        again.store.get(&id).await.unwrap().unwrap().status,
+        JobStatus::Done,
+        "the upgraded file takes the new columns"
+    );
+}
