@@ -1,6 +1,6 @@
 //! `GET /openapi.json`: the document is valid OpenAPI 3.1 (checked by openapi-spec-validator), it
 //! describes every route the server serves, and schemathesis, an OpenAPI fuzzer, runs every one of its
-//! checks against a real server with it and finds nothing (no 5xx; every status, content type, header
+//! checks against a real server process with it and finds nothing (no 5xx; every status, content type, header
 //! and body, errors included, as described), embedded and distributed, with authentication off and on.
 //!
 //! schemathesis and openapi-spec-validator come from PyPI into a virtualenv that
@@ -12,7 +12,51 @@ use std::path::PathBuf;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Mode, TestEnv, TestServer};
+use crate::helpers::{Mode, Process, TestEnv, AMQP_URL, REDIS_URL};
+
+/// The servers' `--max-n`: the fuzzer submits factorials of any `n` the document allows, and a
+/// bound keeps each job short.
+const MAX_N: u64 = 10_000;
+
+/// A real `herald-server` process (embedded, or on this environment's RabbitMQ and Redis with a real
+/// `herald-worker` process), killed when dropped.
+struct Server {
+    base: String,
+    _server: Process,
+    _worker: Option<Process>,
+    // Removes the environment's queues and keys after the processes are gone.
+    _env: TestEnv,
+}
+
+impl Server {
+    /// Starts one with `flags` and [`MAX_N`].
+    async fn start(mode: Mode, flags: &[&str]) -> Self {
+        let mut env = TestEnv::in_mode(mode);
+        env.backend.max_n = MAX_N;
+        let mut args = match mode {
+            Mode::Distributed => env.backend_flags(AMQP_URL, REDIS_URL),
+            Mode::Embedded => vec!["--max-n".into(), MAX_N.to_string()],
+        };
+        args.extend(["--listen", "127.0.0.1:0"].map(String::from));
+        args.extend(flags.iter().map(|flag| flag.to_string()));
+        let server = Process::start("herald-server", &args);
+        let base = format!("http://{}", server.server_addr().await);
+        let worker = match mode {
+            Mode::Distributed => Some(env.start_worker_process(&[])),
+            Mode::Embedded => None,
+        };
+        Self {
+            base,
+            _server: server,
+            _worker: worker,
+            _env: env,
+        }
+    }
+
+    fn http_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
 
 /// The keys of a path item that are operations.
 const METHODS: [&str; 8] = [
@@ -40,7 +84,7 @@ fn venv() -> PathBuf {
 }
 
 /// Fetches the server's document.
-async fn document(server: &TestServer) -> Value {
+async fn document(server: &Server) -> Value {
     let response = reqwest::get(server.http_url("/openapi.json"))
         .await
         .unwrap();
@@ -51,7 +95,7 @@ async fn document(server: &TestServer) -> Value {
 
 /// Runs schemathesis with every check against `server`, `headers` on every request, and asserts that
 /// it passed. `examples` bounds the cases per operation, so that a run stays within a couple of minutes.
-async fn schemathesis(server: &TestServer, headers: &[&str], examples: u32) {
+async fn schemathesis(server: &Server, headers: &[&str], examples: u32) {
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemathesis.toml");
     let mut command = tokio::process::Command::new(venv().join("bin/schemathesis"));
     command
@@ -112,11 +156,7 @@ async fn schemathesis(server: &TestServer, headers: &[&str], examples: u32) {
 
 /// Every check of schemathesis passes against a whole Herald.
 async fn schemathesis_finds_nothing_wrong(mode: Mode) {
-    let env = TestEnv::in_mode(mode);
-    let mut settings = env.server_settings();
-    // The fuzzer submits factorials of any `n` the document allows: a bound keeps each job short.
-    settings.backend.max_n = 10_000;
-    let server = env.spawn_app_with(settings).await;
+    let server = Server::start(mode, &[]).await;
     schemathesis(&server, &[], 25).await;
 }
 
@@ -126,11 +166,12 @@ crate::both_modes!(schemathesis_finds_nothing_wrong);
 /// `ignored_auth` check sends each without the token and expects the documented 401.
 #[tokio::test]
 async fn schemathesis_finds_nothing_wrong_with_authentication_on() {
-    let env = TestEnv::in_mode(Mode::Embedded);
     let token = "openapi-test-token-0123456789";
-    let server = env
-        .spawn_app_with(env.server_settings_with_tokens(&[("fuzzer", token)]))
-        .await;
+    let server = Server::start(
+        Mode::Embedded,
+        &["--auth-tokens", &format!("fuzzer:{token}")],
+    )
+    .await;
     let doc = document(&server).await;
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
@@ -184,13 +225,11 @@ async fn conforms(doc: &Value, path: &str, method: &str, response: reqwest::Resp
 /// describes, never the router's own 404 or 405.
 #[tokio::test]
 async fn the_document_is_valid_openapi_3_1_and_lists_every_route() {
-    let env = TestEnv::in_mode(Mode::Embedded);
-    let mut settings = env.server_settings();
-    settings.backend.max_n = 5000;
-    let server = env.spawn_app_with(settings).await;
+    let server = Server::start(Mode::Embedded, &[]).await;
     let doc = document(&server).await;
     assert_eq!(doc["openapi"], "3.1.0");
-    assert_eq!(doc["components"]["schemas"]["FactorialN"]["maximum"], 5000);
+    // The server's --max-n, not the default.
+    assert_eq!(doc["components"]["schemas"]["FactorialN"]["maximum"], MAX_N);
     // Authentication off: no operation asks for a token.
     assert!(
         doc["components"].get("securitySchemes").is_none(),
