@@ -228,6 +228,25 @@ async fn the_document_is_valid_openapi_3_1_and_lists_every_route() {
     let server = Server::start(Mode::Embedded, &[]).await;
     let doc = document(&server).await;
     assert_eq!(doc["openapi"], "3.1.0");
+    // A submit's answer links to every operation that takes a request ID, on both APIs (which
+    // schemathesis's stateful phase follows).
+    let links = &doc["paths"]["/jobs"]["post"]["responses"]["202"]["links"];
+    for target in [
+        "jobs_show",
+        "jobs_cancel",
+        "jobs_output",
+        "classic_result",
+        "classic_cancel",
+        "classic_output",
+    ] {
+        assert_eq!(links[target]["operationId"], target, "{links}");
+        let parameters = links[target]["parameters"].as_object().unwrap();
+        assert_eq!(
+            parameters.values().collect::<Vec<_>>(),
+            ["$response.body#/id"],
+            "{target}"
+        );
+    }
     // The server's --max-n, not the default.
     assert_eq!(doc["components"]["schemas"]["FactorialN"]["maximum"], MAX_N);
     // Authentication off: no operation asks for a token.

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use herald_protocol::api::{FACTORIAL_N_SCHEMA, WEBHOOK_SCHEMA};
 use herald_protocol::frame::MAX_WEBHOOK_BYTES;
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{KnownFormat, SchemaFormat, SchemaType};
@@ -92,6 +93,7 @@ pub fn complete(mut document: Document, max_n: u64, auth: bool, webhooks: bool) 
                 });
         }
     }
+    add_links(&mut document);
     let components = document.components.get_or_insert_with(Default::default);
     if auth {
         components.add_security_scheme(
@@ -121,6 +123,47 @@ pub fn complete(mut document: Document, max_n: u64, auth: bool, webhooks: bool) 
         }
     }
     document
+}
+
+/// The operations that take a request ID, and how each takes it: a client (and schemathesis's stateful
+/// phase) can follow a submit's answer to them. Both APIs see the same jobs.
+const TAKE_AN_ID: [(&str, &str); 6] = [
+    ("jobs_show", "path.id"),
+    ("jobs_cancel", "path.id"),
+    ("jobs_output", "path.id"),
+    ("classic_result", "query.id"),
+    ("classic_cancel", "path.id"),
+    ("classic_output", "path.id"),
+];
+
+/// Links from the answers of `POST /jobs` (`id` in the JSON body) to every operation that takes a
+/// request ID. (`GET /factorial` answers its ID as the whole text body: a link could say
+/// `$response.body`, but link tools, schemathesis among them, read JSON bodies only.)
+fn add_links(document: &mut Document) {
+    let Some(Some(submit)) = document
+        .paths
+        .paths
+        .get_mut("/jobs")
+        .map(|item| &mut item.post)
+    else {
+        return;
+    };
+    for status in ["200", "202"] {
+        let Some(RefOr::T(response)) = submit.responses.responses.get_mut(status) else {
+            continue;
+        };
+        for (target, parameter) in TAKE_AN_ID {
+            response.links.insert(
+                target.into(),
+                RefOr::T(
+                    LinkBuilder::new()
+                        .operation_id(target)
+                        .parameter(parameter, "$response.body#/id")
+                        .build(),
+                ),
+            );
+        }
+    }
 }
 
 /// The operations of one path, whatever their methods.
