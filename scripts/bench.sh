@@ -57,7 +57,8 @@ fi
 # shellcheck disable=SC2086
 # One client on loopback opens many sockets and submits fast: the per-client limits are off here.
 "${SERVER_BIN:-$bin/herald-server}" "${backend[@]}" --listen "127.0.0.1:${BENCH_PORT:-0}" \
-  --submit-rate 0 --max-sockets-per-client 0 ${SERVER_ARGS:-} \
+  --submit-rate 0 --max-sockets-per-client 0 --max-queued-per-client 0 --max-jobs-per-client 0 \
+  --max-stored-bytes-per-client 0 ${SERVER_ARGS:-} \
   >"$log/server.log" 2>&1 &
 server=$!
 cpu_seconds() { # pid... → summed user+system CPU seconds

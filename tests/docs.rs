@@ -154,7 +154,7 @@ fn docs_configuration_lists_every_flag_of_both_binaries() {
     }
 }
 
-/// The connection limits, as README's Guarantees table states them: each flag with its default from the
+/// The connection limits and each client's quotas, as README's Guarantees table states them: each flag with its default from the
 /// real `--help` in parentheses after it (`--max-connections` has none there: it is sized from the file
 /// limit at start).
 #[test]
@@ -175,6 +175,9 @@ fn readme_guarantees_state_the_connection_limits_with_their_defaults() {
         "--ping-interval-secs",
         "--ping-timeout-secs",
         "--max-sockets-per-client",
+        "--max-queued-per-client",
+        "--max-jobs-per-client",
+        "--max-stored-bytes-per-client",
     ] {
         let default = help[flag]
             .default

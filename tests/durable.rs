@@ -322,20 +322,31 @@ fn database_bytes(dir: &Path) -> u64 {
 
 /// Job rows in the database, read as any SQLite tool would while the server runs.
 fn job_rows(dir: &Path) -> i64 {
+    rows_of(dir, "jobs")
+}
+
+/// Rows of `table` in the database, read as any SQLite tool would while the server runs.
+fn rows_of(dir: &Path, table: &str) -> i64 {
     let conn = rusqlite::Connection::open_with_flags(
         dir.join("herald.sqlite3"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    conn.query_row("SELECT count(*) FROM jobs", [], |row| row.get(0))
-        .unwrap()
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })
+    .unwrap()
 }
 
 #[tokio::test]
 async fn expired_records_leave_the_data_directory() {
     let data = tempfile::tempdir().unwrap();
-    // Expired 20 s after their submit, swept every 5 s.
-    let args = embedded_args(data.path(), &["--job-ttl-secs", "20"]);
+    // Expired 20 s after their submit, swept every 5 s. One client submits 90 jobs at once: past the
+    // default per-client quota of jobs queued, which is not what this test is about.
+    let args = embedded_args(
+        data.path(),
+        &["--job-ttl-secs", "20", "--max-queued-per-client", "0"],
+    );
     let server = Process::start("herald-server", &args);
     let addr = server.server_addr().await;
     let mut client = Client::connect(&format!("ws://{addr}/ws")).await;
@@ -354,13 +365,183 @@ async fn expired_records_leave_the_data_directory() {
             other => panic!("expected accepted and results, got {other:?}"),
         }
     }
-    // Each record holds about 16,000 digits: the file holds megabytes now.
+    // Each output holds about 16,000 digits (stored compressed, once each): the file holds
+    // hundreds of kilobytes now.
     let full = database_bytes(data.path());
     let rows = job_rows(data.path());
     assert!(rows > 0, "the records are in the file");
-    eventually("expired records to leave the file", || async {
-        job_rows(data.path()) == 0 && database_bytes(data.path()) < full / 4
-    })
+    assert_eq!(rows_of(data.path(), "outputs"), 90);
+    eventually(
+        "expired records and their outputs to leave the file",
+        || async {
+            job_rows(data.path()) == 0
+                && rows_of(data.path(), "outputs") == 0
+                && database_bytes(data.path()) < full / 4
+        },
+    )
     .await;
     assert!(job(&addr, ids[0]).await.is_none(), "expired: not found");
+}
+
+/// A metric of the server at `addr`, from `/metrics`.
+async fn metric(addr: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// GET /jobs/<id>/output of the server at `addr`.
+async fn output(addr: &str, id: JobId) -> String {
+    let response = reqwest::get(format!("http://{addr}/jobs/{id}/output"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{response:?}");
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_output_stored_once_survives_a_kill_and_is_served_after_the_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let args = embedded_args(data.path(), &[]);
+    let mut server = Process::start("herald-server", &args);
+    let addr = server.server_addr().await;
+    let mut client = Client::connect(&format!("ws://{addr}/ws")).await;
+    // Four jobs with one (compressible) output: computed once, stored once.
+    let mut ids = Vec::new();
+    let mut digits = String::new();
+    for _ in 0..4 {
+        let id = client.submit(3000).await;
+        let output = client.output_of(id).await;
+        assert_eq!(output.len(), 9131);
+        if !digits.is_empty() {
+            assert_eq!(output, digits);
+        }
+        digits = output;
+        ids.push(id);
+    }
+    assert_eq!(metric(&addr, "herald_stored_outputs").await, Some(1.0));
+    server.kill().await;
+
+    let database = data.path().join("herald.sqlite3");
+    {
+        let db = rusqlite::Connection::open(&database).unwrap();
+        let count = |sql: &str| -> i64 { db.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(count("SELECT COUNT(*) FROM outputs"), 1, "one stored copy");
+        assert_eq!(count("SELECT COUNT(*) FROM job_outputs"), 4);
+        assert!(
+            (count("SELECT SUM(LENGTH(blob)) FROM outputs") as usize) < digits.len() / 2,
+            "stored compressed"
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT COUNT(*) FROM jobs WHERE record LIKE '%{}%'",
+                &digits[..40]
+            )),
+            0,
+            "no record holds the output itself"
+        );
+    }
+
+    let server = Process::start("herald-server", &args);
+    let addr = server.server_addr().await;
+    assert_eq!(metric(&addr, "herald_stored_outputs").await, Some(1.0));
+    for id in &ids {
+        assert_eq!(status(&addr, *id).await, "done");
+        assert_eq!(
+            output(&addr, *id).await,
+            digits,
+            "served from the stored copy"
+        );
+    }
+    let mut client = Client::connect(&format!("ws://{addr}/ws")).await;
+    client.resume(ids[3]).await;
+    assert_eq!(client.output_of(ids[3]).await, digits);
+    // A new submit of the same input is answered from the shared result kept across the restart,
+    // still with one stored copy.
+    let again = client.submit(3000).await;
+    assert_eq!(client.output_of(again).await, digits);
+    assert_eq!(metric(&addr, "herald_stored_outputs").await, Some(1.0));
+}
+
+const HEAVY: &str = "heavy-token-0123456789";
+const LIGHT: &str = "light-token-0123456789";
+
+/// GET /jobs/<id> of the server at `addr` as the holder of `token`: the job's JSON.
+async fn job_as(addr: &str, token: &str, id: JobId) -> Value {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/jobs/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the server answers");
+    assert!(response.status().is_success(), "{response:?}");
+    serde_json::from_str(&response.text().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn jobs_recovered_after_a_kill_are_served_in_turn_between_clients() {
+    // One compute slot; one client's four slow jobs, then another client's one, all unfinished at
+    // the kill. After the restart the queue serves the clients in turn: the other client's job is
+    // the next to start once the first has finished, not the last.
+    let data = tempfile::tempdir().unwrap();
+    let tokens = format!("heavy:{HEAVY},light:{LIGHT}");
+    let args = embedded_args(data.path(), &["--auth-tokens", &tokens]);
+    let mut server = Process::start("herald-server", &args);
+    let addr = server.server_addr().await;
+    let connect = |token: &'static str| {
+        let url = format!("ws://{addr}/ws");
+        async move {
+            let bearer = format!("Bearer {token}");
+            match crate::helpers::try_connect(&url, &[("Authorization", &bearer)]).await {
+                Ok((client, _)) => client,
+                Err(status) => panic!("the upgrade was refused with {status}"),
+            }
+        }
+    };
+    let mut heavy = connect(HEAVY).await;
+    let mut heavy_ids = Vec::new();
+    for i in 0..4 {
+        let input = json!({"text": format!("a long day {i}"), "seconds": 2});
+        heavy_ids.push(heavy.submit_to("sentiment", input).await);
+    }
+    until_progress(&mut heavy, heavy_ids[0]).await;
+    let mut light = connect(LIGHT).await;
+    let light_id = light
+        .submit_to("sentiment", json!({"text": "a short one", "seconds": 0}))
+        .await;
+    assert_eq!(job_as(&addr, LIGHT, light_id).await["status"], "queued");
+    server.kill().await;
+
+    let server = Process::start("herald-server", &args);
+    let addr = server.server_addr().await;
+    assert!(
+        server.log_text().contains("requeued=5"),
+        "{}",
+        server.log_text()
+    );
+    eventually("every recovered job done", || async {
+        for id in &heavy_ids {
+            if job_as(&addr, HEAVY, *id).await["status"] != "done" {
+                return false;
+            }
+        }
+        job_as(&addr, LIGHT, light_id).await["status"] == "done"
+    })
+    .await;
+    let started = |job: Value| job["started_ms"].as_u64().unwrap();
+    let light_started = started(job_as(&addr, LIGHT, light_id).await);
+    let mut heavy_started = Vec::new();
+    for id in &heavy_ids {
+        heavy_started.push(started(job_as(&addr, HEAVY, *id).await));
+    }
+    assert!(
+        heavy_started[0] <= light_started && light_started <= heavy_started[1],
+        "the other client's job starts second, not last: heavy {heavy_started:?}, light \
+         {light_started}"
+    );
 }

@@ -172,6 +172,9 @@ impl TestEnv {
             submit_rate: 0,
             submit_burst: 1,
             max_sockets_per_client: 0,
+            max_queued_per_client: 0,
+            max_jobs_per_client: 0,
+            max_stored_bytes_per_client: 0,
             // The defaults: a test that needs other values sets them.
             max_connections: None,
             header_timeout_secs: 10,

@@ -293,7 +293,7 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
     assert_eq!(accepted + unanswered, JOBS);
 
     // Redis holds one finished record per job taken (accepted, or taken while its answer was lost),
-    // plus watcher counts and cached results, and every key expires.
+    // plus watcher counts, cached results, stored outputs and client counts, and every key expires.
     let mut redis = env.redis().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", env.backend.redis_prefix))
@@ -303,6 +303,8 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
     let job_prefix = format!("{}job:", env.backend.redis_prefix);
     let watch_prefix = format!("{}watch:", env.backend.redis_prefix);
     let result_prefix = format!("{}result:", env.backend.redis_prefix);
+    let output_prefix = format!("{}output:", env.backend.redis_prefix);
+    let client_prefix = format!("{}client:", env.backend.redis_prefix);
     let workers = format!("{}workers", env.backend.redis_prefix);
     let mut records = 0;
     for key in &keys {
@@ -322,11 +324,13 @@ async fn soak_thousands_of_jobs_through_kills_and_cuts() {
                 .unwrap();
             assert_eq!(status, "done", "{key} never finished");
         } else {
-            // Besides records: watcher counts, cached results of identical inputs, and the workers'
-            // announcements; all expire.
+            // Besides records: watcher counts, cached results of identical inputs, the stored
+            // outputs, each client's counts, and the workers' announcements; all expire.
             assert!(
                 key.starts_with(&watch_prefix)
                     || key.starts_with(&result_prefix)
+                    || key.starts_with(&output_prefix)
+                    || key.starts_with(&client_prefix)
                     || *key == workers,
                 "unexpected key {key}"
             );

@@ -294,13 +294,11 @@ fn start_server_process(env: &TestEnv) -> Process {
     Process::start("herald-server", &args)
 }
 
-/// A retry pending in Redis is sent by the next server once the one that failed it is killed.
-#[tokio::test]
-async fn a_pending_retry_survives_a_restart_of_the_server() {
-    let env = TestEnv::new();
+/// A server from `start` fails a delivery (500) and is killed once the retry is scheduled; the next
+/// server from `start` sends the retry, with the same `webhook-id` and body, and it is delivered.
+async fn a_retry_is_sent_after_a_kill(start: impl Fn() -> Process) {
     let mut receiver = Receiver::start("500,200").await;
-    let _worker = env.spawn_worker(1).await;
-    let mut server = start_server_process(&env);
+    let mut server = start();
     let base = format!("http://{}", server.server_addr().await);
     let (status, accepted) = post(
         &base,
@@ -321,7 +319,7 @@ async fn a_pending_retry_survives_a_restart_of_the_server() {
     .await;
     server.kill().await;
 
-    let replacement = start_server_process(&env);
+    let replacement = start();
     let base = format!("http://{}", replacement.server_addr().await);
     let second = receiver.next().await;
     assert_eq!(
@@ -333,6 +331,14 @@ async fn a_pending_retry_survives_a_restart_of_the_server() {
         sample(&base, &deliveries("delivered")).await == 1.0
     })
     .await;
+}
+
+/// A retry pending in Redis is sent by the next server once the one that failed it is killed.
+#[tokio::test]
+async fn a_pending_retry_survives_a_restart_of_the_server() {
+    let env = TestEnv::new();
+    let _worker = env.spawn_worker(1).await;
+    a_retry_is_sent_after_a_kill(|| start_server_process(&env)).await;
     let mut redis = env.redis().await;
     let pending: usize = redis
         .zcard(format!("{}webhooks", env.backend.redis_prefix))
@@ -342,11 +348,10 @@ async fn a_pending_retry_survives_a_restart_of_the_server() {
 }
 
 /// The durable embedded mode keeps a pending retry: a server killed after a failed attempt, restarted
-/// on its data directory, sends the retry with the same `webhook-id` and body.
+/// on its data directory, sends the retry.
 #[tokio::test]
 async fn a_pending_retry_survives_a_killed_embedded_server() {
     let data = tempfile::tempdir().unwrap();
-    let mut receiver = Receiver::start("500,200").await;
     let args: Vec<String> = [
         "--listen",
         "127.0.0.1:0",
@@ -360,36 +365,5 @@ async fn a_pending_retry_survives_a_killed_embedded_server() {
     ]
     .map(String::from)
     .to_vec();
-    let mut server = Process::start("herald-server", &args);
-    let base = format!("http://{}", server.server_addr().await);
-    let (status, accepted) = post(
-        &base,
-        json!({"n": 25, "webhook": receiver.url("127.0.0.1")}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    let id = accepted["id"].as_str().unwrap();
-    let first = receiver.next().await;
-    assert_eq!(
-        (first["id"].as_str(), first["answered"].as_u64()),
-        (Some(id), Some(500))
-    );
-    eventually("the retry to be scheduled", || async {
-        sample(&base, &deliveries("failed")).await == 1.0
-    })
-    .await;
-    server.kill().await;
-
-    let replacement = Process::start("herald-server", &args);
-    let base = format!("http://{}", replacement.server_addr().await);
-    let second = receiver.next().await;
-    assert_eq!(
-        (second["id"].as_str(), second["answered"].as_u64()),
-        (Some(id), Some(200))
-    );
-    assert_eq!(second["body"], first["body"]);
-    eventually("the delivery to be counted", || async {
-        sample(&base, &deliveries("delivered")).await == 1.0
-    })
-    .await;
+    a_retry_is_sent_after_a_kill(|| Process::start("herald-server", &args)).await;
 }

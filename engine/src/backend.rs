@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_protocol::{Completion, JobId, JobMessage, JobRecord, JobStatus, Json, ProgressMessage};
 
+pub use crate::clients::{Admission, ClientLimits, OverQuota};
 pub use crate::store::StoreError;
 
 /// The job store, shared by every server instance and worker.
@@ -91,7 +92,10 @@ pub trait JobStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Writes a new job's record (with its owner, if any), expiring after `ttl`, and registers
-    /// `watcher` (a server instance with a socket waiting for it), in one step.
+    /// `watcher` (a server instance with a socket waiting for it), in one step, unless the record's
+    /// `client` is at one of its quotas in `limits`: the check, the record and the client's counts
+    /// are one atomic step, across every server instance (see [`crate::clients`]). A record
+    /// without a client is counted nowhere.
     ///
     /// Watchers are counted per instance (one registration per waiting socket) rather than kept in a
     /// set: a socket that leaves and one that arrives on the same instance then update the count in
@@ -102,9 +106,11 @@ pub trait JobStore: Send + Sync + 'static {
         record: &JobRecord,
         watcher: Option<&str>,
         ttl: Duration,
-    ) -> Result<(), StoreError>;
+        limits: &ClientLimits,
+    ) -> Result<Admission, StoreError>;
 
-    /// Deletes a job's record and watchers (a submit that could not be queued leaves nothing behind).
+    /// Deletes a job's record and watchers, and its place in its client's counts (a submit that
+    /// could not be queued leaves nothing behind).
     async fn delete(&self, id: &JobId) -> Result<(), StoreError>;
 
     /// Reads a job's record; `None` when there is none.
@@ -137,7 +143,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// (a job about to wait for a compute slot); or says why it must not run.
     async fn start(&self, id: &JobId, now_ms: u64, count: bool) -> Result<Start, StoreError>;
 
-    /// Stores a final record unless the job is already final, and returns who waits for it.
+    /// Stores a final record unless the job is already final, and returns who waits for it. The
+    /// job stops counting among its client's queued or running ones.
+    ///
+    /// The record's output is stored once per distinct output (under its digest, compressed when
+    /// that pays: [`crate::output`]) and the record refers to it; the stored output lives as long as
+    /// the longest-lived record referring to it, and the client is charged its stored bytes once.
+    /// Every read of the record ([`JobStore::get`], [`JobStore::resume`]) brings the output back.
     async fn finish(&self, id: &JobId, record: &JobRecord) -> Result<Finish, StoreError>;
 
     /// Cancels a job: a queued one at once, a running one by asking its worker to stop. With
@@ -162,7 +174,8 @@ pub trait JobStore: Send + Sync + 'static {
     /// The stored output of `model` for `input`, if any (a JSON value).
     async fn cached_result(&self, model: &str, input: &Json) -> Result<Option<Json>, StoreError>;
 
-    /// Stores the output of `model` for `input`, expiring with job `id`'s record.
+    /// Stores the output of `model` for `input` (once, as [`JobStore::finish`] does), kept at least
+    /// as long as job `id`'s record.
     async fn cache_result(
         &self,
         id: &JobId,

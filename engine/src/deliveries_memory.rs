@@ -65,17 +65,21 @@ impl DeliveryStore for MemoryStore {
     }
 
     async fn begin_attempt(&self, id: &JobId) -> Result<Option<Attempt>, StoreError> {
-        let mut tables = self.tables();
-        let Some(record) = tables.live_record(id).map(|(record, _)| record.clone()) else {
-            return Ok(None);
+        let (record, blob, number) = {
+            let mut tables = self.tables();
+            let Some((record, blob)) = tables.live_record(id) else {
+                return Ok(None);
+            };
+            let Some(delivery) = tables.deliveries.0.get_mut(id) else {
+                return Ok(None);
+            };
+            delivery.attempts += 1;
+            (record, blob, delivery.attempts)
         };
-        let Some(delivery) = tables.deliveries.0.get_mut(id) else {
-            return Ok(None);
-        };
-        delivery.attempts += 1;
+        // The output is stored apart from the record: read back, off the lock.
         Ok(Some(Attempt {
-            record,
-            number: delivery.attempts,
+            record: self.with_output(record, blob).await?,
+            number,
         }))
     }
 
@@ -87,9 +91,7 @@ impl DeliveryStore for MemoryStore {
     async fn retry_after(&self, id: &JobId, delay: Duration) -> Result<(), StoreError> {
         let now = Instant::now();
         let mut tables = self.tables();
-        if let Some((_, expires)) = tables.live_record(id) {
-            *expires = (*expires).max(now + delay + KEEP_PAST_RETRY);
-        }
+        tables.keep_until(id, now + delay + KEEP_PAST_RETRY);
         if let Some(delivery) = tables.deliveries.0.get_mut(id) {
             delivery.due = now + delay;
         }

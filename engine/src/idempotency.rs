@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_protocol::{JobId, JobRecord};
 
-use crate::backend::StoreError;
+use crate::backend::{ClientLimits, OverQuota, StoreError};
 
 /// The key store shared by every server instance.
 pub type Keys = Arc<dyn IdempotencyStore>;
@@ -44,14 +44,18 @@ pub enum Keyed {
     },
     /// A live job holds the key with another model or input. Nothing changed.
     Conflict,
+    /// No live job held the key, but the submit's client is at one of its quotas: nothing was
+    /// created, and the key stays free.
+    Refused(OverQuota),
 }
 
 /// Where idempotency keys live, next to the job records. A key lives as long as its job's record
 /// (the job TTL); a key whose job is gone is free again.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Creates job `id` with `record` as [`crate::JobStore::create`] does, unless a live job holds
-    /// `key`: then answers [`Keyed::Existing`] or [`Keyed::Conflict`]. One atomic step.
+    /// Creates job `id` with `record` as [`crate::JobStore::create`] does (its client's quotas in
+    /// `limits` included), unless a live job holds `key`: then answers [`Keyed::Existing`] or
+    /// [`Keyed::Conflict`]. One atomic step.
     async fn create_keyed(
         &self,
         key: Key<'_>,
@@ -59,6 +63,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         record: &JobRecord,
         watcher: Option<&str>,
         ttl: Duration,
+        limits: &ClientLimits,
     ) -> Result<Keyed, StoreError>;
 
     /// Deletes job `id` (as [`crate::JobStore::delete`]) and frees `key` if it still names that job:

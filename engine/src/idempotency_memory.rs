@@ -10,7 +10,7 @@ use herald_protocol::{JobId, JobRecord};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::backend::{JobStore, Store, StoreError};
+use crate::backend::{Admission, ClientLimits, JobStore, Store, StoreError};
 use crate::idempotency::{IdempotencyStore, Key, Keyed};
 
 /// Keys held before the first sweep of expired ones; each sweep sets the next at twice what is left,
@@ -123,12 +123,17 @@ impl IdempotencyStore for LocalKeys {
         record: &JobRecord,
         watcher: Option<&str>,
         ttl: Duration,
+        limits: &ClientLimits,
     ) -> Result<Keyed, StoreError> {
         let mut held = self.held.lock().await;
         if let Some(keyed) = held.check(key, &*self.store).await? {
             return Ok(keyed);
         }
-        self.store.create(id, record, watcher, ttl).await?;
+        if let Admission::Refused(over) =
+            self.store.create(id, record, watcher, ttl, limits).await?
+        {
+            return Ok(Keyed::Refused(over));
+        }
         held.hold(key, id, ttl);
         Ok(Keyed::Created)
     }

@@ -1,22 +1,38 @@
 //! Embedded mode's backends: an in-memory job store with the same TTL rules as Redis, a bounded
 //! in-process job queue, and the pool of workers that consumes it with the same job code as
-//! `herald-worker`. Nothing here survives the process: embedded mode is for one machine.
+//! `herald-worker`. Nothing here survives the process (the durable store, `crate::durable`, writes
+//! this store's changes through to a file): embedded mode is for one machine.
+//!
+//! Outputs are kept once each in an [`OutputTable`], compressed, and records refer to them by digest,
+//! as in Redis; each client's counts are kept in [`ClientBooks`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use herald_models::Models;
 use herald_protocol::record::result_digest;
 use herald_protocol::{JobId, JobMessage, JobRecord, JobStatus, Json};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-use crate::backend::{Cancel, Finish, JobQueue, JobStore, PublishError, Report, Start, StoreError};
+use crate::backend::{
+    Admission, Cancel, ClientLimits, Finish, JobQueue, JobStore, PublishError, Report, Start,
+    StoreError,
+};
+use crate::clients::ClientBooks;
+use crate::fair::{FairQueue, PushError};
 use crate::jobs::{JobContext, Settle};
+use crate::output;
+use crate::outputs::OutputTable;
+
+/// A stored output: its digest and its stored form (see [`crate::output`]).
+pub(crate) type StoredOutput = (String, Arc<[u8]>);
 
 /// One job as the memory store keeps it.
 struct Entry {
@@ -24,6 +40,8 @@ struct Entry {
     /// Registrations per server instance (see [`JobStore::create`]).
     watchers: HashMap<String, u32>,
     expires: Instant,
+    /// The digest of its output in [`Tables::outputs`] (the record itself holds none).
+    output: Option<String>,
 }
 
 impl Entry {
@@ -39,16 +57,36 @@ impl Entry {
 #[derive(Default)]
 pub(crate) struct Tables {
     jobs: HashMap<JobId, Entry>,
-    /// Shared results by [`herald_protocol::record::result_digest`].
-    results: HashMap<String, (Json, Instant)>,
+    /// Shared results: the output digest of each [`herald_protocol::record::result_digest`].
+    results: HashMap<String, (String, Instant)>,
+    /// Every stored output, once.
+    outputs: OutputTable,
+    /// Each client's counts.
+    books: ClientBooks,
     /// Pending webhook deliveries (see [`crate::deliveries_memory`]).
     pub(crate) deliveries: crate::deliveries_memory::Pending,
 }
 
 impl Tables {
-    /// The live record of `id`, and when it expires.
-    pub(crate) fn live_record(&mut self, id: &JobId) -> Option<(&JobRecord, &mut Instant)> {
-        self.live(id).map(|e| (&e.record, &mut e.expires))
+    /// The live record of `id` (without its output) and the stored form of its output, if any.
+    pub(crate) fn live_record(&mut self, id: &JobId) -> Option<(JobRecord, Option<Arc<[u8]>>)> {
+        let (record, digest) = self
+            .live(id)
+            .map(|e| (e.record.clone(), e.output.clone()))?;
+        let blob = digest.and_then(|digest| self.outputs.get(&digest));
+        Some((record, blob))
+    }
+
+    /// Keeps the live record of `id`, and its output, at least until `until`.
+    pub(crate) fn keep_until(&mut self, id: &JobId, until: Instant) {
+        let Some(entry) = self.live(id) else {
+            return;
+        };
+        entry.expires = entry.expires.max(until);
+        let (expires, digest) = (entry.expires, entry.output.clone());
+        if let Some(digest) = digest {
+            self.outputs.refer(&digest, expires);
+        }
     }
 
     /// The live entry of `id`; an expired one is removed on the way, as Redis would have.
@@ -78,14 +116,137 @@ impl MemoryStore {
         self.tables.lock().expect("memory store never poisoned")
     }
 
-    /// Drops expired records and results (reads skip them anyway; this frees their memory).
+    /// Registers the gauges of the stored outputs in `registry`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.tables().outputs.register(registry);
+    }
+
+    /// Drops expired records, results and outputs (reads skip them anyway; this frees their
+    /// memory).
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let mut tables = self.tables();
         let before = tables.jobs.len() + tables.results.len();
         tables.jobs.retain(|_, e| e.expires > now);
         tables.results.retain(|_, (_, expires)| *expires > now);
-        before - tables.jobs.len() - tables.results.len()
+        tables.books.sweep();
+        let outputs = tables.outputs.sweep();
+        before - tables.jobs.len() - tables.results.len() + outputs
+    }
+
+    /// Distinct outputs held and their stored bytes (expired ones included until the next sweep).
+    pub fn outputs_held(&self) -> (usize, u64) {
+        self.tables().outputs.held()
+    }
+
+    /// `record` with its output read back from its stored form (decoded off the lock).
+    pub(crate) async fn with_output(
+        &self,
+        mut record: JobRecord,
+        blob: Option<Arc<[u8]>>,
+    ) -> Result<JobRecord, StoreError> {
+        if let Some(blob) = blob {
+            record.output = Some(output::decode_async(blob.to_vec()).await?);
+        }
+        Ok(record)
+    }
+
+    /// Stores `output` once (compressing it only if it is not stored yet), expiring no earlier than
+    /// `expires`; returns its digest and stored size.
+    async fn shelve(&self, output: &Json, expires: Instant) -> (String, u64) {
+        let digest = output::digest_async(output).await;
+        {
+            let mut tables = self.tables();
+            if tables.outputs.refer(&digest, expires) {
+                let size = tables.outputs.size(&digest).unwrap_or(0);
+                return (digest, size);
+            }
+        }
+        let encoded = output::encode_async(output).await;
+        let size = self
+            .tables()
+            .outputs
+            .put(&encoded.digest, encoded.blob, expires);
+        (digest, size)
+    }
+
+    /// Puts back job `id`'s `record` as a durable store read it, expiring after `ttl`, with the
+    /// output it refers to (its digest and stored form) if any, and counts it in its client's books
+    /// as it was counted before (without quotas: it was accepted).
+    pub(crate) fn restore(
+        &self,
+        id: &JobId,
+        record: JobRecord,
+        ttl: Duration,
+        output: Option<(&str, Arc<[u8]>)>,
+    ) {
+        let expires = Instant::now() + ttl;
+        let mut tables = self.tables();
+        let output = output.map(|(digest, blob)| {
+            let size = tables.outputs.restore(digest, blob, expires);
+            (digest.to_owned(), size)
+        });
+        if let Some(client) = &record.client {
+            // Without limits, admitting never refuses.
+            let _ = tables
+                .books
+                .admit(client, *id, expires, &ClientLimits::default());
+            if record.status.is_final() {
+                let output = output.as_ref().map(|(d, size)| (d.as_str(), *size));
+                tables.books.settle(client, id, output, expires);
+            }
+        }
+        tables.jobs.insert(
+            *id,
+            Entry {
+                record,
+                watchers: HashMap::new(),
+                expires,
+                output: output.map(|(digest, _)| digest),
+            },
+        );
+    }
+
+    /// Puts back a shared result as a durable store read it: the output `digest` (stored
+    /// already, by [`MemoryStore::restore`] of job `id` or of another) is the result of `result`,
+    /// living as long as job `id`. Nothing when either is gone.
+    pub(crate) fn restore_result(&self, result: &str, id: &JobId, digest: &str) {
+        let mut tables = self.tables();
+        let Some(expires) = tables.live(id).map(|e| e.expires) else {
+            return;
+        };
+        if !tables.outputs.refer(digest, expires) {
+            return;
+        }
+        tables
+            .results
+            .insert(result.to_owned(), (digest.to_owned(), expires));
+    }
+
+    /// Job `id`'s record as stored (without its output), and the digest and stored form of the
+    /// output it refers to, if any: what a durable store writes.
+    pub(crate) fn stored(&self, id: &JobId) -> Option<(JobRecord, Option<StoredOutput>)> {
+        let mut tables = self.tables();
+        let (record, digest) = tables
+            .live(id)
+            .map(|e| (e.record.clone(), e.output.clone()))?;
+        let output = digest.and_then(|digest| {
+            let blob = tables.outputs.get(&digest)?;
+            Some((digest, blob))
+        });
+        Some((record, output))
+    }
+
+    /// The output digest and stored form of the shared result of `model` and `input`, if held.
+    pub(crate) fn shared_output(&self, model: &str, input: &Json) -> Option<StoredOutput> {
+        let now = Instant::now();
+        let tables = self.tables();
+        let (digest, _) = tables
+            .results
+            .get(&result_digest(model, input.raw()))
+            .filter(|(_, expires)| *expires > now)?;
+        let blob = tables.outputs.get(digest)?;
+        Some((digest.clone(), blob))
     }
 
     /// Records held (expired ones included until the next sweep).
@@ -111,27 +272,52 @@ impl JobStore for MemoryStore {
         record: &JobRecord,
         watcher: Option<&str>,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        limits: &ClientLimits,
+    ) -> Result<Admission, StoreError> {
         let mut watchers = HashMap::new();
         if let Some(watcher) = watcher {
             watchers.insert(watcher.to_owned(), 1);
         }
+        let expires = Instant::now() + ttl;
         let entry = Entry {
             record: record.clone(),
             watchers,
-            expires: Instant::now() + ttl,
+            expires,
+            output: None,
         };
-        self.tables().jobs.insert(*id, entry);
-        Ok(())
+        let mut tables = self.tables();
+        if let Some(client) = &record.client {
+            if let Err(over) = tables.books.admit(client, *id, expires, limits) {
+                return Ok(Admission::Refused(over));
+            }
+        }
+        tables.jobs.insert(*id, entry);
+        Ok(Admission::Created)
     }
 
     async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
-        self.tables().jobs.remove(id);
+        let mut tables = self.tables();
+        if let Some(client) = tables.jobs.remove(id).and_then(|e| e.record.client) {
+            tables.books.forget(&client, id);
+        }
         Ok(())
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self.tables().live(id).map(|e| e.record.clone()))
+        let found = {
+            let mut tables = self.tables();
+            let found = tables
+                .live(id)
+                .map(|e| (e.record.clone(), e.output.clone()));
+            found.map(|(record, digest)| {
+                let blob = digest.and_then(|d| tables.outputs.get(&d));
+                (record, blob)
+            })
+        };
+        match found {
+            Some((record, blob)) => Ok(Some(self.with_output(record, blob).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn resume(
@@ -140,17 +326,21 @@ impl JobStore for MemoryStore {
         watcher: &str,
         identity: Option<&str>,
     ) -> Result<Option<JobRecord>, StoreError> {
-        let mut tables = self.tables();
-        let Some(entry) = tables.live(id) else {
-            return Ok(None);
+        let (record, blob) = {
+            let mut tables = self.tables();
+            let Some(entry) = tables.live(id) else {
+                return Ok(None);
+            };
+            if identity.is_some() && entry.record.owner.as_deref() != identity {
+                return Ok(None);
+            }
+            if !entry.record.status.is_final() {
+                *entry.watchers.entry(watcher.to_owned()).or_default() += 1;
+            }
+            let (record, digest) = (entry.record.clone(), entry.output.clone());
+            (record, digest.and_then(|d| tables.outputs.get(&d)))
         };
-        if identity.is_some() && entry.record.owner.as_deref() != identity {
-            return Ok(None);
-        }
-        if !entry.record.status.is_final() {
-            *entry.watchers.entry(watcher.to_owned()).or_default() += 1;
-        }
-        Ok(Some(entry.record.clone()))
+        Ok(Some(self.with_output(record, blob).await?))
     }
 
     async fn unwatch(
@@ -200,6 +390,21 @@ impl JobStore for MemoryStore {
     }
 
     async fn finish(&self, id: &JobId, record: &JobRecord) -> Result<Finish, StoreError> {
+        let expires = {
+            let mut tables = self.tables();
+            match tables.live(id) {
+                None => return Ok(Finish::Missing),
+                Some(entry) if entry.record.status.is_final() => return Ok(Finish::AlreadyFinal),
+                Some(entry) => entry.expires,
+            }
+        };
+        // The output is shelved first, off the lock (hashing and compressing a large one takes
+        // milliseconds); should the job have ended meanwhile, the output merely lives on until the
+        // expiry of the record it was meant for.
+        let shelved = match &record.output {
+            Some(output) => Some(self.shelve(output, expires).await),
+            None => None,
+        };
         let mut tables = self.tables();
         let Some(entry) = tables.live(id) else {
             return Ok(Finish::Missing);
@@ -210,15 +415,25 @@ impl JobStore for MemoryStore {
         // As the Redis script: progress goes, the fields written replace, the others stay.
         let stored = &mut entry.record;
         let owner = stored.owner.take();
+        let client = stored.client.take();
         let webhook = stored.webhook.take();
         let cancel_requested = stored.cancel_requested;
         *stored = record.clone();
+        stored.output = None;
         stored.owner = owner;
+        stored.client = client.clone();
         stored.webhook = webhook.or(stored.webhook.take());
         stored.cancel_requested |= cancel_requested;
+        entry.output = shelved.as_ref().map(|(digest, _)| digest.clone());
         let watchers = entry.watchers();
         if entry.record.webhook.is_some() {
             tables.deliveries.add(*id);
+        }
+        if let Some(client) = client {
+            let output = shelved
+                .as_ref()
+                .map(|(digest, size)| (digest.as_str(), *size));
+            tables.books.settle(&client, id, output, expires);
         }
         Ok(Finish::Applied { watchers })
     }
@@ -247,8 +462,13 @@ impl JobStore for MemoryStore {
                     record: Box::new(entry.record.clone()),
                     watchers: entry.watchers(),
                 };
-                if entry.record.webhook.is_some() {
+                let webhook = entry.record.webhook.is_some();
+                let (client, expires) = (entry.record.client.clone(), entry.expires);
+                if webhook {
                     tables.deliveries.add(*id);
+                }
+                if let Some(client) = client {
+                    tables.books.settle(&client, id, None, expires);
                 }
                 Ok(cancelled)
             }
@@ -292,12 +512,18 @@ impl JobStore for MemoryStore {
 
     async fn cached_result(&self, model: &str, input: &Json) -> Result<Option<Json>, StoreError> {
         let now = Instant::now();
-        Ok(self
-            .tables()
-            .results
-            .get(&result_digest(model, input.raw()))
-            .filter(|(_, expires)| *expires > now)
-            .map(|(output, _)| output.clone()))
+        let blob = {
+            let tables = self.tables();
+            tables
+                .results
+                .get(&result_digest(model, input.raw()))
+                .filter(|(_, expires)| *expires > now)
+                .and_then(|(digest, _)| tables.outputs.get(digest))
+        };
+        match blob {
+            Some(blob) => Ok(Some(output::decode_async(blob.to_vec()).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn cache_result(
@@ -307,46 +533,50 @@ impl JobStore for MemoryStore {
         input: &Json,
         output: &Json,
     ) -> Result<(), StoreError> {
-        let mut tables = self.tables();
         // The result lives as long as the job's record, as in Redis.
-        if let Some(expires) = tables.live(id).map(|e| e.expires) {
-            tables
-                .results
-                .insert(result_digest(model, input.raw()), (output.clone(), expires));
+        let Some(expires) = self.tables().live(id).map(|e| e.expires) else {
+            return Ok(());
+        };
+        let (digest, _) = self.shelve(output, expires).await;
+        let mut tables = self.tables();
+        let result = tables
+            .results
+            .entry(result_digest(model, input.raw()))
+            .or_insert((digest.clone(), expires));
+        if result.0 != digest || result.1 < expires {
+            *result = (digest, expires);
         }
         Ok(())
     }
 }
 
 /// The job queue of embedded mode: bounded, so that a flood of submits is answered `busy` as with
-/// RabbitMQ's length cap.
+/// RabbitMQ's length cap, and fair between clients ([`FairQueue`]).
 pub struct MemoryQueue {
-    jobs: mpsc::Sender<JobMessage>,
-    capacity: usize,
+    jobs: Arc<FairQueue>,
 }
 
 impl MemoryQueue {
-    /// A queue holding at most `capacity` jobs, and the receiving end for [`run_pool`].
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<JobMessage>) {
-        let (jobs, receiver) = mpsc::channel(capacity.max(1));
-        (Self { jobs, capacity }, receiver)
+    /// A queue holding at most `capacity` jobs, and the taking end for [`run_pool`].
+    pub fn new(capacity: usize) -> (Self, Arc<FairQueue>) {
+        let jobs = Arc::new(FairQueue::new(capacity));
+        (Self { jobs: jobs.clone() }, jobs)
     }
+}
 
-    /// Where [`run_pool`] puts back a job that must be tried again. Weak, so that the pool's receiver
-    /// still sees the queue close when the queue itself is dropped.
-    pub fn requeuer(&self) -> mpsc::WeakSender<JobMessage> {
-        self.jobs.downgrade()
+impl Drop for MemoryQueue {
+    /// Nothing more can be submitted: the pool takes what is queued and stops.
+    fn drop(&mut self) {
+        self.jobs.close();
     }
 }
 
 #[async_trait]
 impl JobQueue for MemoryQueue {
     async fn publish(&self, job: &JobMessage) -> Result<(), PublishError> {
-        self.jobs.try_send(job.clone()).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PublishError::Full,
-            mpsc::error::TrySendError::Closed(_) => {
-                PublishError::Unavailable("the worker pool has stopped".into())
-            }
+        self.jobs.push(job.clone(), false).map_err(|e| match e {
+            PushError::Full => PublishError::Full,
+            PushError::Closed => PublishError::Unavailable("the worker pool has stopped".into()),
         })
     }
 
@@ -355,51 +585,67 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn depth(&self, _model: &str) -> Option<u64> {
-        Some((self.capacity - self.jobs.capacity()) as u64)
+        Some(self.jobs.len() as u64)
     }
 }
 
 /// Runs the embedded worker pool: takes jobs from `jobs` and handles each with `context`, at most
-/// `in_flight` at once (the computations themselves are bounded by the context's slots), until
-/// `shutdown`. Then running jobs get `grace` to finish before they are stopped.
+/// `in_flight` at once (the computations themselves are bounded by the context's `slots`
+/// permits), until `shutdown`. Then running jobs get `grace` to finish before they are
+/// stopped.
+///
+/// A job that needs a compute slot (one its model does not call quick) is taken only while fewer
+/// such jobs are in hand than there are slots: the queue's fair order, not the order of arrival,
+/// then decides who gets each slot as it frees, and a quick job is never held behind them.
 pub async fn run_pool(
     context: JobContext,
-    mut jobs: mpsc::Receiver<JobMessage>,
-    requeue: mpsc::WeakSender<JobMessage>,
+    jobs: Arc<FairQueue>,
     in_flight: usize,
+    slots: usize,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
     let permits = Arc::new(Semaphore::new(in_flight.max(1)));
+    let slots = slots.max(1);
+    let heavy_in_hand = Arc::new(AtomicUsize::new(0));
     let mut running = JoinSet::new();
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             permit = permits.clone().acquire_owned() => permit.expect("never closed"),
         };
+        let models = context.models.clone();
+        let room = heavy_in_hand.load(Ordering::Acquire) < slots;
+        let startable = move |job: &JobMessage| room || is_quick(&models, job);
         let job = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(_) = running.join_next(), if !running.is_empty() => continue,
-            job = jobs.recv() => match job {
+            job = jobs.take(startable) => match job {
                 Some(job) => job,
                 None => break,
             },
         };
+        let heavy = (!is_quick(&context.models, &job)).then(|| {
+            heavy_in_hand.fetch_add(1, Ordering::AcqRel);
+            HeavyGuard(heavy_in_hand.clone())
+        });
         let context = context.clone();
         let span = tracing::info_span!("job", id = %job.id, model = %job.model);
-        let (requeue, stopping) = (requeue.clone(), shutdown.clone());
+        let (requeue, stopping) = (jobs.clone(), shutdown.clone());
         running.spawn(
             async move {
                 let _permit = permit;
+                let _heavy = heavy;
                 let again = job.clone();
                 match context.handle(job).await {
                     Settle::Ack => {}
-                    // The job's attempt was counted when it started; it goes to the back of the
-                    // queue, as RabbitMQ would redeliver it.
-                    Settle::Requeue if !stopping.is_cancelled() => match requeue.upgrade() {
-                        Some(queue) if queue.send(again).await.is_ok() => {}
-                        _ => warn!("job left unfinished: the queue has stopped"),
-                    },
+                    // The job's attempt was counted when it started; it goes to the back of its
+                    // client's lane, as RabbitMQ would redeliver it.
+                    Settle::Requeue if !stopping.is_cancelled() => {
+                        if requeue.push(again, true).is_err() {
+                            warn!("job left unfinished: the queue has stopped");
+                        }
+                    }
                     Settle::Requeue => warn!("job left unfinished at shutdown"),
                     Settle::DeadLetter => {
                         error!("job set aside: its record is damaged or it failed")
@@ -430,6 +676,27 @@ pub async fn run_pool(
     }
 }
 
+/// Counts a heavy job in hand until it is dropped.
+struct HeavyGuard(Arc<AtomicUsize>);
+
+impl Drop for HeavyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether `job` runs without a compute slot (its model calls its input quick). A job of an unknown
+/// model, or with an input its model refuses, ends at once without computing: quick too.
+fn is_quick(models: &Models, job: &JobMessage) -> bool {
+    match models.get(&job.model) {
+        Some(model) => match model.validate(&job.input) {
+            Ok(input) => model.is_quick(&input),
+            Err(_) => true,
+        },
+        None => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,7 +706,14 @@ mod tests {
     fn store_with(id: &JobId, ttl: Duration) -> MemoryStore {
         let store = MemoryStore::new();
         let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1).owned_by(Some("alice"));
-        futures::executor::block_on(store.create(id, &record, Some("a"), ttl)).unwrap();
+        let created = futures::executor::block_on(store.create(
+            id,
+            &record,
+            Some("a"),
+            ttl,
+            &ClientLimits::default(),
+        ));
+        assert_eq!(created.unwrap(), Admission::Created);
         store
     }
 
@@ -555,7 +829,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_and_reports_its_depth() {
-        let (queue, mut jobs) = MemoryQueue::new(2);
+        let (queue, jobs) = MemoryQueue::new(2);
         let job = JobMessage {
             id: JobId::new_v4(),
             model: FACTORIAL.into(),
@@ -566,7 +840,13 @@ mod tests {
         queue.publish(&job).await.unwrap();
         assert_eq!(queue.depth(FACTORIAL).await, Some(2));
         assert!(matches!(queue.publish(&job).await, Err(PublishError::Full)));
-        jobs.recv().await.unwrap();
+        jobs.take(|_| true).await.unwrap();
         assert_eq!(queue.depth(FACTORIAL).await, Some(1));
+        drop(queue);
+        assert!(
+            jobs.take(|_| true).await.is_some(),
+            "what is queued is still taken"
+        );
+        assert!(jobs.take(|_| true).await.is_none(), "then the pool stops");
     }
 }

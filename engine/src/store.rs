@@ -4,6 +4,11 @@
 //! Every state change that must not race another is one Lua script, so Redis applies it atomically: a job
 //! never moves back from a final state, and a watcher registered by a resume is either seen by the worker
 //! that finishes the job or sees the finished record itself.
+//!
+//! Outputs are stored once each under `output:<digest>` ([`crate::output`]) and records refer to them
+//! by an `output_digest` field; each client's counts are kept as [`crate::clients`] describes. Some
+//! scripts name keys they derive from a record (its output, its client's counts): the store is for
+//! one Redis (or a primary and its replicas), not Redis Cluster.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +21,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::Script;
 
-use crate::backend::{Cancel, Finish, JobStore, Report, Start};
+use crate::backend::{Admission, Cancel, ClientLimits, Finish, JobStore, OverQuota, Report, Start};
+use crate::clients::{self, SETTLE_LUA};
+use crate::output;
 use crate::settings::{redact_url, BackendArgs};
 
 /// Longest wait for any one Redis operation: a Redis that does not answer is treated as unreachable
@@ -64,28 +71,43 @@ return {status, tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0'), submit
     )
 });
 
-// KEYS[1] job, KEYS[2] watchers, KEYS[3] pending webhook deliveries, ARGV[1] the job's ID, then
-// field/value pairs. Returns {-1} missing, {0} already final, {1, watcher...} applied. The watcher hash
-// is kept (it expires with the job) so that a worker that stored the result but died before publishing
-// can publish again after redelivery. A job with a webhook gets its delivery, due at once, in the same
-// step (see `crate::deliveries`).
+// KEYS[1] job, KEYS[2] watchers, KEYS[3] pending webhook deliveries, KEYS[4] (only with an output)
+// the output. ARGV[1] prefix, ARGV[2] id, ARGV[3] now, ARGV[4] the output's stored form ('' to refer to
+// it only), then field/value pairs. Returns {-1} missing, {0} already final, {2} the output is not
+// stored (call again with it), {1, watcher...} applied. The output lives as long as its longest-lived
+// referrer. The watcher hash is kept (it expires with the job) so that a worker that stored the result
+// but died before publishing can publish again after redelivery. A job with a webhook gets its
+// delivery, due at once, in the same step (see `crate::deliveries`).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r"
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {-1} end
-if status ~= 'queued' and status ~= 'running' then return {0} end
-redis.call('HDEL', KEYS[1], 'progress', 'phase')
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[1]) end
-local reply = {1}
+local job, prefix, id, now, output = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), KEYS[4]
+local status = redis.call('HGET', job, 'status')
+if not status then return {{-1}} end
+if status ~= 'queued' and status ~= 'running' then return {{0}} end
+if output then
+  local ttl = redis.call('PTTL', job)
+  local left = redis.call('PTTL', output)
+  if left == -2 then
+    if ARGV[4] == '' then return {{2}} end
+    redis.call('SET', output, ARGV[4])
+    if ttl > 0 then redis.call('PEXPIRE', output, ttl) end
+  elseif left >= 0 and ttl > left then
+    redis.call('PEXPIRE', output, ttl)
+  end
+end
+redis.call('HDEL', job, 'progress', 'phase', 'output')
+redis.call('HSET', job, unpack(ARGV, 5))
+if redis.call('HEXISTS', job, 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, id) end
+{SETTLE_LUA}
+local reply = {{1}}
 local counts = redis.call('HGETALL', KEYS[2])
 for i = 1, #counts, 2 do
   if tonumber(counts[i + 1]) > 0 then table.insert(reply, counts[i]) end
 end
 return reply
 ",
-    )
+    ))
 });
 
 // KEYS[1] watchers, ARGV[1] watcher, ARGV[2] registrations to release.
@@ -99,7 +121,8 @@ end
     )
 });
 
-// KEYS[1] job, KEYS[2] watchers, ARGV[1] watcher, ARGV[2] (optional) the identity asking. Registers the
+// KEYS[1] job, KEYS[2] watchers, ARGV[1] prefix, ARGV[2] watcher, ARGV[3] (optional) the identity
+// asking. Returns {fields, the stored output if it has one} ({} when missing). Registers the
 // watcher only while the job is pending, in the same step as the read, then returns the whole record
 // (empty when missing). With an identity, a job owned by anyone else is answered like a missing one and
 // registers nothing: the owner check and the registration are one atomic step, so a stranger can neither
@@ -107,35 +130,39 @@ end
 static RESUME: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if ARGV[2] and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return {} end
+if ARGV[3] and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return {} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'running' then
-  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
-return redis.call('HGETALL', KEYS[1])
+local digest = redis.call('HGET', KEYS[1], 'output_digest')
+if digest then return {redis.call('HGETALL', KEYS[1]), redis.call('GET', ARGV[1] .. 'output:' .. digest)} end
+return {redis.call('HGETALL', KEYS[1])}
 ",
     )
 });
 
 // KEYS[1] job, KEYS[2] watchers, KEYS[3] pending webhook deliveries, ARGV[1] now, ARGV[2] watcher
-// ('' for none), ARGV[3] the job's ID, ARGV[4] (optional) identity. Returns {-1} missing (or not the
-// identity's), {0, status} already final, {1, model, input, submitted_ms, watcher...} cancelled while
-// queued (with its webhook's delivery due at once, as in FINISH), {2} cancel requested of a running
-// job.
+// ('' for none), ARGV[3] prefix, ARGV[4] the job's ID, ARGV[5] (optional) identity. Returns {-1}
+// missing (or not the identity's), {0, status} already final, {1, model, input, submitted_ms,
+// watcher...} cancelled while queued (it leaves its client's queued jobs, and its webhook's delivery
+// is due at once, as in FINISH), {2} cancel requested of a running job.
 static CANCEL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         r"
-if ARGV[4] and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[4] then return {-1} end
+if ARGV[5] and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[5] then return {{-1}} end
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {-1} end
+if not status then return {{-1}} end
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_ms', ARGV[1])
   redis.call('HDEL', KEYS[1], 'progress', 'phase')
-  if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[3]) end
-  local reply = {1, redis.call('HGET', KEYS[1], 'model') or '', redis.call('HGET', KEYS[1], 'input') or '',
-    redis.call('HGET', KEYS[1], 'submitted_ms')}
+  if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[4]) end
+  local job, prefix, id, now, output = KEYS[1], ARGV[3], ARGV[4], tonumber(ARGV[1]), nil
+{SETTLE_LUA}
+  local reply = {{1, redis.call('HGET', KEYS[1], 'model') or '', redis.call('HGET', KEYS[1], 'input') or '',
+    redis.call('HGET', KEYS[1], 'submitted_ms')}}
   local counts = redis.call('HGETALL', KEYS[2])
   for i = 1, #counts, 2 do
     if tonumber(counts[i + 1]) > 0 then table.insert(reply, counts[i]) end
@@ -149,11 +176,11 @@ if status == 'running' then
     local ttl = redis.call('PTTL', KEYS[1])
     if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
   end
-  return {2}
+  return {{2}}
 end
-return {0, status}
+return {{0, status}}
 ",
-    )
+    ))
 });
 
 // KEYS[1] job, KEYS[2] watchers, ARGV[1] progress ('' for none), ARGV[2] phase ('' for none).
@@ -176,12 +203,47 @@ return reply
     )
 });
 
-// KEYS[1] the job whose TTL the cached result takes, KEYS[2] the result. ARGV[1] the output.
+// KEYS[1] the job whose TTL the cached result takes, KEYS[2] the result, KEYS[3] the output. ARGV[1]
+// the output's digest, ARGV[2] its stored form ('' to refer to it only). Returns 2 when the output is
+// not stored (call again with it), else 1. Both keys live at least as long as the job.
 static STORE_RESULT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) end
+if ttl <= 0 then return 1 end
+local left = redis.call('PTTL', KEYS[3])
+if left == -2 then
+  if ARGV[2] == '' then return 2 end
+  redis.call('SET', KEYS[3], ARGV[2], 'PX', ttl)
+elseif left >= 0 and ttl > left then
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('PTTL', KEYS[2]) < ttl then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+end
+return 1
+",
+    )
+});
+
+// KEYS[1] a result, ARGV[1] prefix. Returns the stored form of its output, or nil.
+static CACHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local digest = redis.call('GET', KEYS[1])
+if not digest then return false end
+return redis.call('GET', ARGV[1] .. 'output:' .. digest)
+",
+    )
+});
+
+// KEYS[1] job, ARGV[1] prefix. Returns {fields, the stored output if it has one}.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local digest = redis.call('HGET', KEYS[1], 'output_digest')
+if digest then return {redis.call('HGETALL', KEYS[1]), redis.call('GET', ARGV[1] .. 'output:' .. digest)} end
+return {redis.call('HGETALL', KEYS[1])}
 ",
     )
 });
@@ -577,6 +639,84 @@ impl RedisStore {
         self.replica_acks
     }
 
+    /// One try of [`JobStore::finish`] with the output's `digest` (if it has one) and its stored form
+    /// (`blob`, empty to refer to a stored output only); `None` when Redis does not hold the output
+    /// and `blob` was empty.
+    async fn finish_once(
+        &self,
+        id: &JobId,
+        record: &JobRecord,
+        digest: Option<&str>,
+        blob: &[u8],
+    ) -> Result<Option<Finish>, StoreError> {
+        let job = self.keys.job(id);
+        let watchers = self.keys.watchers(id);
+        let pending = self.keys.webhooks();
+        let output = digest.map(|digest| self.keys.output(digest));
+        let replica_acks = self.replica_acks;
+        let mut invocation = FINISH.key(&job);
+        invocation.key(&watchers).key(&pending);
+        if let Some(output) = &output {
+            invocation.key(output);
+        }
+        invocation
+            .arg(self.keys.prefix())
+            .arg(id.as_hyphenated().to_string())
+            .arg(herald_protocol::unix_ms())
+            .arg(blob);
+        for (field, value) in record.to_fields() {
+            if field != "output" {
+                invocation.arg(field).arg(value);
+            }
+        }
+        if let Some(digest) = digest {
+            invocation.arg("output_digest").arg(digest);
+        }
+        self.run(|mut conn| async move {
+            let reply: Vec<redis::Value> = if replica_acks == 0 {
+                invocation.invoke_async(&mut conn).await?
+            } else {
+                // The script and WAIT in one pipeline, so WAIT follows the write on its connection.
+                // An already final record is waited for too: it may be this worker's own earlier
+                // write, whose WAIT fell short.
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&invocation);
+                wait_for_replicas(&mut pipe, replica_acks);
+                let answered: Result<(Vec<redis::Value>, u32), _> =
+                    pipe.query_async(&mut conn).await;
+                let (reply, acked) = match answered {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        // First use of the script on this Redis (a new primary has an empty cache).
+                        invocation.load_async(&mut conn).await?;
+                        pipe.query_async(&mut conn).await?
+                    }
+                    answered => answered?,
+                };
+                replicas_acknowledged(acked, replica_acks)?;
+                reply
+            };
+            let mut reply = reply.into_iter();
+            let outcome: i64 = match reply.next() {
+                Some(v) => redis::from_redis_value(v)?,
+                None => return Err(RecordError::Inconsistent("empty reply from finish").into()),
+            };
+            Ok(Some(match outcome {
+                -1 => Finish::Missing,
+                0 => Finish::AlreadyFinal,
+                2 => return Ok(None),
+                _ => Finish::Applied {
+                    watchers: reply
+                        .map(redis::from_redis_value)
+                        .collect::<Result<_, _>>()?,
+                },
+            }))
+        })
+        .await
+    }
+
     pub(crate) async fn run<T, F>(
         &self,
         f: impl FnOnce(ConnectionManager) -> F,
@@ -624,46 +764,77 @@ impl JobStore for RedisStore {
         record: &JobRecord,
         watcher: Option<&str>,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        limits: &ClientLimits,
+    ) -> Result<Admission, StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
-        let ttl_ms = ttl.as_millis() as i64;
+        // A record without a client is counted under a name no client has.
+        let client = record.client.as_deref().unwrap_or("-");
+        let prefix = self.keys.prefix();
+        let books = ["active", "jobs", "outputs", "sizes", "bytes"]
+            .map(|what| clients::key(prefix, client, what));
+        let unlimited = ClientLimits::default();
+        let limits = if record.client.is_some() {
+            limits
+        } else {
+            &unlimited
+        };
+        let mut invocation = clients::ADMIT.key(&job);
+        invocation.key(&watchers);
+        for key in &books {
+            invocation.key(key);
+        }
+        invocation
+            .arg(herald_protocol::unix_ms())
+            .arg(ttl.as_millis() as u64)
+            .arg(id.as_hyphenated().to_string())
+            .arg(watcher.unwrap_or(""))
+            .arg(limits.max_queued)
+            .arg(limits.max_jobs)
+            .arg(limits.max_stored_bytes);
+        for (field, value) in record.to_fields() {
+            invocation.arg(field).arg(value);
+        }
         let replica_acks = self.replica_acks;
+        let prefix = prefix.to_owned();
         self.run(|mut conn| async move {
-            let mut pipe = redis::pipe();
-            if replica_acks > 0 {
-                // WAIT blocks nothing in a transaction, and counts only this connection's writes:
-                // it follows the transaction in the same pipeline, on the same connection.
-                pipe.cmd("MULTI").ignore();
+            let (reply, acked): (Vec<u64>, u32) = if replica_acks == 0 {
+                (invocation.invoke_async(&mut conn).await?, replica_acks)
             } else {
-                pipe.atomic();
-            }
-            pipe.hset_multiple(&job, &record.to_fields())
-                .ignore()
-                .pexpire(&job, ttl_ms)
-                .ignore();
-            if let Some(watcher) = watcher {
-                pipe.hincr(&watchers, watcher, 1)
-                    .ignore()
-                    .pexpire(&watchers, ttl_ms)
-                    .ignore();
-            }
-            if replica_acks == 0 {
-                pipe.query_async::<()>(&mut conn).await?;
-                return Ok(());
-            }
-            pipe.cmd("EXEC").ignore();
-            wait_for_replicas(&mut pipe, replica_acks);
-            let (acked,): (u32,) = pipe.query_async(&mut conn).await?;
-            if acked < replica_acks {
+                // The script and WAIT in one pipeline, so WAIT follows the write on its connection.
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&invocation);
+                wait_for_replicas(&mut pipe, replica_acks);
+                match pipe.query_async(&mut conn).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        invocation.load_async(&mut conn).await?;
+                        pipe.query_async(&mut conn).await?
+                    }
+                    answered => answered?,
+                }
+            };
+            let admission = match reply.as_slice() {
+                [0] => Admission::Created,
+                [1, held] => Admission::Refused(OverQuota::Queued(*held)),
+                [2, held] => Admission::Refused(OverQuota::Jobs(*held)),
+                [3, held] => Admission::Refused(OverQuota::StoredBytes(*held)),
+                _ => return Err(RecordError::Inconsistent("unexpected reply from create").into()),
+            };
+            if admission == Admission::Created && acked < replica_acks {
                 // Nobody has the ID yet: take the record back rather than leave it queued forever.
-                let _: Result<(), _> = redis::cmd("DEL")
-                    .arg(&job)
-                    .arg(&watchers)
-                    .query_async(&mut conn)
+                let _: Result<(), _> = clients::FORGET
+                    .key(&job)
+                    .key(&watchers)
+                    .arg(&prefix)
+                    .arg(id.as_hyphenated().to_string())
+                    .invoke_async(&mut conn)
                     .await;
+                replicas_acknowledged(acked, replica_acks)?;
             }
-            replicas_acknowledged(acked, replica_acks)
+            Ok(admission)
         })
         .await
     }
@@ -671,11 +842,14 @@ impl JobStore for RedisStore {
     async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
+        let prefix = self.keys.prefix();
         self.run(|mut conn| async move {
-            redis::cmd("DEL")
-                .arg(&job)
-                .arg(&watchers)
-                .query_async::<()>(&mut conn)
+            clients::FORGET
+                .key(&job)
+                .key(&watchers)
+                .arg(prefix)
+                .arg(id.as_hyphenated().to_string())
+                .invoke_async::<()>(&mut conn)
                 .await?;
             Ok(())
         })
@@ -684,14 +858,13 @@ impl JobStore for RedisStore {
 
     async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let job = self.keys.job(id);
-        self.run(|mut conn| async move {
-            let fields: HashMap<String, String> = redis::cmd("HGETALL")
-                .arg(&job)
-                .query_async(&mut conn)
-                .await?;
-            record_from(fields)
-        })
-        .await
+        let prefix = self.keys.prefix();
+        let reply: Vec<redis::Value> =
+            self.run(|mut conn| async move {
+                Ok(READ.key(&job).arg(prefix).invoke_async(&mut conn).await?)
+            })
+            .await?;
+        record_with_output(reply).await
     }
 
     async fn resume(
@@ -702,16 +875,18 @@ impl JobStore for RedisStore {
     ) -> Result<Option<JobRecord>, StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
-        self.run(|mut conn| async move {
-            let mut invocation = RESUME.key(&job);
-            invocation.key(&watchers).arg(watcher);
-            if let Some(identity) = identity {
-                invocation.arg(identity);
-            }
-            let fields: HashMap<String, String> = invocation.invoke_async(&mut conn).await?;
-            record_from(fields)
-        })
-        .await
+        let prefix = self.keys.prefix();
+        let reply: Vec<redis::Value> = self
+            .run(|mut conn| async move {
+                let mut invocation = RESUME.key(&job);
+                invocation.key(&watchers).arg(prefix).arg(watcher);
+                if let Some(identity) = identity {
+                    invocation.arg(identity);
+                }
+                Ok(invocation.invoke_async(&mut conn).await?)
+            })
+            .await?;
+        record_with_output(reply).await
     }
 
     async fn unwatch(
@@ -779,60 +954,25 @@ impl JobStore for RedisStore {
 
     async fn finish(&self, id: &JobId, record: &JobRecord) -> Result<Finish, StoreError> {
         debug_assert!(record.status.is_final());
-        let job = self.keys.job(id);
-        let watchers = self.keys.watchers(id);
-        let pending = self.keys.webhooks();
-        let replica_acks = self.replica_acks;
-        self.run(|mut conn| async move {
-            let mut invocation = FINISH.key(&job);
-            invocation
-                .key(&watchers)
-                .key(&pending)
-                .arg(id.as_hyphenated().to_string());
-            for (field, value) in record.to_fields() {
-                invocation.arg(field).arg(value);
+        let digest = match &record.output {
+            Some(output) => Some(output::digest_async(output).await),
+            None => None,
+        };
+        // The output is sent only if Redis does not hold it yet (a result reused from the cache, or
+        // another job's equal output, is only referred to).
+        let mut blob = Vec::new();
+        loop {
+            match self
+                .finish_once(id, record, digest.as_deref(), &blob)
+                .await?
+            {
+                None => {
+                    let output = record.output.as_ref().expect("asked only with an output");
+                    blob = output::encode_async(output).await.blob;
+                }
+                Some(finish) => return Ok(finish),
             }
-            let reply: Vec<redis::Value> = if replica_acks == 0 {
-                invocation.invoke_async(&mut conn).await?
-            } else {
-                // The script and WAIT in one pipeline, so WAIT follows the write on its connection.
-                // An already final record is waited for too: it may be this worker's own earlier
-                // write, whose WAIT fell short.
-                let mut pipe = redis::pipe();
-                pipe.invoke_script(&invocation);
-                wait_for_replicas(&mut pipe, replica_acks);
-                let answered: Result<(Vec<redis::Value>, u32), _> =
-                    pipe.query_async(&mut conn).await;
-                let (reply, acked) = match answered {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        // First use of the script on this Redis (a new primary has an empty cache).
-                        invocation.load_async(&mut conn).await?;
-                        pipe.query_async(&mut conn).await?
-                    }
-                    answered => answered?,
-                };
-                replicas_acknowledged(acked, replica_acks)?;
-                reply
-            };
-            let mut reply = reply.into_iter();
-            let outcome: i64 = match reply.next() {
-                Some(v) => redis::from_redis_value(v)?,
-                None => return Err(RecordError::Inconsistent("empty reply from finish").into()),
-            };
-            Ok(match outcome {
-                -1 => Finish::Missing,
-                0 => Finish::AlreadyFinal,
-                _ => Finish::Applied {
-                    watchers: reply
-                        .map(redis::from_redis_value)
-                        .collect::<Result<_, _>>()?,
-                },
-            })
-        })
-        .await
+        }
     }
 
     async fn cancel(
@@ -844,6 +984,7 @@ impl JobStore for RedisStore {
     ) -> Result<Cancel, StoreError> {
         let job = self.keys.job(id);
         let watchers = self.keys.watchers(id);
+        let prefix = self.keys.prefix();
         let pending = self.keys.webhooks();
         self.run(|mut conn| async move {
             let mut invocation = CANCEL.key(&job);
@@ -852,54 +993,13 @@ impl JobStore for RedisStore {
                 .key(&pending)
                 .arg(now_ms)
                 .arg(watcher.unwrap_or(""))
+                .arg(prefix)
                 .arg(id.as_hyphenated().to_string());
             if let Some(identity) = identity {
                 invocation.arg(identity);
             }
             let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await?;
-            let mut reply = reply.into_iter();
-            let outcome: i64 = match reply.next() {
-                Some(v) => redis::from_redis_value(v)?,
-                None => return Err(RecordError::Inconsistent("empty reply from cancel").into()),
-            };
-            Ok(match outcome {
-                -1 => Cancel::Missing,
-                0 => {
-                    let status: String = match reply.next() {
-                        Some(v) => redis::from_redis_value(v)?,
-                        None => return Err(RecordError::Missing("status").into()),
-                    };
-                    Cancel::Final(status.parse()?)
-                }
-                1 => {
-                    let mut field = |name: &'static str| -> Result<String, StoreError> {
-                        match reply.next() {
-                            Some(v) => Ok(redis::from_redis_value(v)?),
-                            None => Err(RecordError::Missing(name).into()),
-                        }
-                    };
-                    let (model, input, submitted) =
-                        (field("model")?, field("input")?, field("submitted_ms")?);
-                    let fields = HashMap::from([
-                        ("model".to_owned(), model),
-                        ("input".to_owned(), input),
-                        ("submitted_ms".to_owned(), submitted),
-                        (
-                            "status".to_owned(),
-                            JobStatus::Cancelled.as_str().to_owned(),
-                        ),
-                    ]);
-                    let mut record = JobRecord::from_fields(fields)?;
-                    record.finished_ms = Some(now_ms);
-                    Cancel::Cancelled {
-                        record: Box::new(record),
-                        watchers: reply
-                            .map(redis::from_redis_value)
-                            .collect::<Result<_, _>>()?,
-                    }
-                }
-                _ => Cancel::Requested,
-            })
+            cancel_from(reply, now_ms)
         })
         .await
     }
@@ -938,13 +1038,17 @@ impl JobStore for RedisStore {
 
     async fn cached_result(&self, model: &str, input: &Json) -> Result<Option<Json>, StoreError> {
         let key = self.keys.result(model, input.raw());
-        let text: Option<String> =
-            self.run(|mut conn| async move {
-                Ok(redis::cmd("GET").arg(&key).query_async(&mut conn).await?)
+        let prefix = self.keys.prefix();
+        let blob: Option<Vec<u8>> = self
+            .run(|mut conn| async move {
+                Ok(CACHED.key(&key).arg(prefix).invoke_async(&mut conn).await?)
             })
             .await?;
         // A damaged entry is no result: the job is computed instead.
-        Ok(text.and_then(|text| herald_protocol::model::json(&text).ok()))
+        match blob {
+            Some(blob) => Ok(output::decode_async(blob).await.ok()),
+            None => Ok(None),
+        }
     }
 
     async fn cache_result(
@@ -956,16 +1060,29 @@ impl JobStore for RedisStore {
     ) -> Result<(), StoreError> {
         let job = self.keys.job(id);
         let key = self.keys.result(model, input.raw());
-        self.run(|mut conn| async move {
-            STORE_RESULT
-                .key(&job)
-                .key(&key)
-                .arg(output.get())
-                .invoke_async::<()>(&mut conn)
+        let digest = output::digest_async(output).await;
+        let stored = self.keys.output(&digest);
+        // The output itself is sent only if Redis does not hold it yet.
+        let mut blob = Vec::new();
+        loop {
+            let (job, key, stored, digest, sent) = (&job, &key, &stored, &digest, &blob);
+            let answer: u8 = self
+                .run(|mut conn| async move {
+                    Ok(STORE_RESULT
+                        .key(job)
+                        .key(key)
+                        .key(stored)
+                        .arg(digest)
+                        .arg(sent)
+                        .invoke_async(&mut conn)
+                        .await?)
+                })
                 .await?;
-            Ok(())
-        })
-        .await
+            if answer != 2 || !blob.is_empty() {
+                return Ok(());
+            }
+            blob = output::encode_async(output).await.blob;
+        }
     }
 }
 
@@ -986,6 +1103,76 @@ pub(crate) fn replicas_acknowledged(acked: u32, required: u32) -> Result<(), Sto
         "only {acked} of {required} redis replicas acknowledged the write within {} ms",
         REPLICA_WAIT.as_millis()
     )))
+}
+
+/// What a cancel's script answered.
+fn cancel_from(reply: Vec<redis::Value>, now_ms: u64) -> Result<Cancel, StoreError> {
+    let mut reply = reply.into_iter();
+    let outcome: i64 = match reply.next() {
+        Some(v) => redis::from_redis_value(v)?,
+        None => return Err(RecordError::Inconsistent("empty reply from cancel").into()),
+    };
+    Ok(match outcome {
+        -1 => Cancel::Missing,
+        0 => {
+            let status: String = match reply.next() {
+                Some(v) => redis::from_redis_value(v)?,
+                None => return Err(RecordError::Missing("status").into()),
+            };
+            Cancel::Final(status.parse()?)
+        }
+        1 => {
+            let mut field = |name: &'static str| -> Result<String, StoreError> {
+                match reply.next() {
+                    Some(v) => Ok(redis::from_redis_value(v)?),
+                    None => Err(RecordError::Missing(name).into()),
+                }
+            };
+            let (model, input, submitted) =
+                (field("model")?, field("input")?, field("submitted_ms")?);
+            let fields = HashMap::from([
+                ("model".to_owned(), model),
+                ("input".to_owned(), input),
+                ("submitted_ms".to_owned(), submitted),
+                (
+                    "status".to_owned(),
+                    JobStatus::Cancelled.as_str().to_owned(),
+                ),
+            ]);
+            let mut record = JobRecord::from_fields(fields)?;
+            record.finished_ms = Some(now_ms);
+            Cancel::Cancelled {
+                record: Box::new(record),
+                watchers: reply
+                    .map(redis::from_redis_value)
+                    .collect::<Result<_, _>>()?,
+            }
+        }
+        _ => Cancel::Requested,
+    })
+}
+
+/// A record as the `READ` and `RESUME` scripts answer it: its fields, and its stored output if it
+/// refers to one (decoded here). A record whose output is gone reads without it.
+pub(crate) async fn record_with_output(
+    reply: Vec<redis::Value>,
+) -> Result<Option<JobRecord>, StoreError> {
+    let mut reply = reply.into_iter();
+    let fields: HashMap<String, String> = match reply.next() {
+        Some(fields) => redis::from_redis_value(fields)?,
+        None => return Ok(None),
+    };
+    let blob: Option<Vec<u8>> = match reply.next() {
+        Some(blob) => redis::from_redis_value(blob)?,
+        None => None,
+    };
+    let Some(mut record) = record_from(fields)? else {
+        return Ok(None);
+    };
+    if let Some(blob) = blob {
+        record.output = Some(output::decode_async(blob).await?);
+    }
+    Ok(Some(record))
 }
 
 fn record_from(fields: HashMap<String, String>) -> Result<Option<JobRecord>, StoreError> {

@@ -410,9 +410,16 @@ impl Keys {
         format!("{}watch:{}", self.prefix, id.as_hyphenated())
     }
 
-    /// The stored output shared by every job of `model` with this `input` (see [`result_digest`]).
+    /// The digest of the output shared by every job of `model` with this `input` (see
+    /// [`result_digest`]), whose stored form is under [`Keys::output`].
     pub fn result(&self, model: &str, input: &RawValue) -> String {
         format!("{}result:{}", self.prefix, result_digest(model, input))
+    }
+
+    /// A stored output, under the SHA-256 of its JSON text in hex (64 characters, the key's end):
+    /// kept once however many records refer to it (by their `output_digest` field).
+    pub fn output(&self, digest: &str) -> String {
+        format!("{}output:{digest}", self.prefix)
     }
 
     /// The hash of workers' announcements: each worker's ID with the models it serves and until when.

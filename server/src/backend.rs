@@ -8,6 +8,7 @@ use std::time::Duration;
 use herald_engine::connect::{self, AmqpNodes};
 use herald_engine::deliveries::Deliveries;
 use herald_engine::durable::DurableStore;
+use herald_engine::fair::FairQueue;
 use herald_engine::idempotency::Keys;
 use herald_engine::idempotency_memory::LocalKeys;
 use herald_engine::memory::{self, MemoryQueue, MemoryStore};
@@ -17,7 +18,7 @@ use herald_engine::{JobContext, JobLimits, JobQueue, Notifier, RedisStore, Start
 use herald_models::Factorial;
 use herald_protocol::JobMessage;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -70,10 +71,10 @@ pub enum Running {
     /// The in-process worker pool, and the sweep of expired records.
     Embedded {
         context: JobContext,
-        jobs: mpsc::Receiver<JobMessage>,
-        requeue: mpsc::WeakSender<JobMessage>,
+        jobs: Arc<FairQueue>,
         store: Kept,
         in_flight: usize,
+        slots: usize,
         /// Jobs found unfinished in the data directory, queued again once the pool runs.
         unfinished: Vec<JobMessage>,
         /// How often expired records are swept.
@@ -137,6 +138,7 @@ pub async fn embedded(
                 path.display()
             );
             let durable = Arc::new(opened.store);
+            durable.register(registry);
             (durable.clone(), Kept::Durable(durable), opened.unfinished)
         }
         None => {
@@ -148,6 +150,7 @@ pub async fn embedded(
                  (HERALD_AMQP_URL, HERALD_REDIS_URL) and run herald-worker processes"
             );
             let memory = Arc::new(MemoryStore::new());
+            memory.register(registry);
             (memory.clone(), Kept::Memory(memory), Vec::new())
         }
     };
@@ -183,9 +186,9 @@ pub async fn embedded(
     let running = Running::Embedded {
         context,
         jobs,
-        requeue: queue.requeuer(),
         store: kept,
         in_flight: settings.concurrency() * EMBEDDED_JOBS_PER_SLOT,
+        slots: settings.concurrency(),
         unfinished,
         sweep_every: sweep_every(settings.job_ttl()),
     };
@@ -285,9 +288,9 @@ impl Running {
             Self::Embedded {
                 context,
                 jobs,
-                requeue,
                 store,
                 in_flight,
+                slots,
                 unfinished,
                 sweep_every,
             } => {
@@ -302,29 +305,27 @@ impl Running {
                     }
                 });
                 if !unfinished.is_empty() {
-                    // Back in the queue, as a restarted RabbitMQ delivers its messages again; waits
-                    // for room when there are more than the queue holds.
-                    let queue = requeue.clone();
-                    tokio::spawn(async move {
-                        let jobs = unfinished.len();
-                        for job in unfinished {
-                            let Some(queue) = queue.upgrade() else { return };
-                            if queue.send(job).await.is_err() {
-                                return;
-                            }
+                    // Back in the queue, oldest first, each in its client's lane (so the fair order
+                    // holds for them too), as a restarted RabbitMQ delivers its messages again. Past
+                    // the queue's cap if need be: they were accepted, and must not be lost.
+                    let count = unfinished.len();
+                    for job in unfinished {
+                        if jobs.push(job, true).is_err() {
+                            tracing::warn!("jobs left unfinished: the queue has stopped");
+                            break;
                         }
-                        info!(
-                            jobs,
-                            "queued again the jobs left unfinished by the last run"
-                        );
-                    });
+                    }
+                    info!(
+                        jobs = count,
+                        "queued again the jobs left unfinished by the last run"
+                    );
                 }
                 let models = context.models.clone();
                 let pool = memory::run_pool(
                     context,
                     jobs,
-                    requeue,
                     in_flight,
+                    slots,
                     shutdown.clone(),
                     EMBEDDED_GRACE,
                 );

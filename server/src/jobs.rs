@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_engine::backend::{Cancel, JobQueue, Notifier, PublishError};
+use herald_engine::backend::{
+    Admission, Cancel, ClientLimits, JobQueue, Notifier, OverQuota, PublishError,
+};
 use herald_engine::idempotency::{Key, Keyed, Keys};
 use herald_engine::Store;
 use herald_models::InputError;
@@ -26,6 +28,14 @@ pub const NOT_FOUND: &str = "no such job: the ID is unknown or expired";
 /// How long a client should wait before submitting again when the queue is full.
 pub const BUSY_RETRY_AFTER_MS: u64 = 1000;
 
+/// How long a client at its limit of jobs queued or running should wait: about as long as a job
+/// ahead of it takes to make room.
+pub const QUEUED_RETRY_AFTER_MS: u64 = 1000;
+
+/// How long a client at its limit of jobs kept, or of stored bytes, should wait: those are freed only
+/// as its records expire, so trying again soon is pointless.
+pub const KEPT_RETRY_AFTER_MS: u64 = 60_000;
+
 /// What a client learns when RabbitMQ or Redis cannot be reached.
 pub fn unavailable() -> ErrorMessage {
     ErrorMessage::new(
@@ -41,6 +51,8 @@ pub enum Refusal {
     Unavailable,
     /// The job queue is at its cap.
     Busy,
+    /// The client is at one of its quotas (the limit it is at, for the message).
+    Quota(OverQuota, ClientLimits),
     /// The submit's idempotency key belongs to a live job of another model or input.
     Conflict,
 }
@@ -68,6 +80,39 @@ impl Refusal {
                 retry_after_ms: Some(BUSY_RETRY_AFTER_MS),
                 ..ErrorMessage::new(ErrorCode::Busy, "the job queue is full; try again shortly")
             },
+            Self::Quota(over, limits) => {
+                let (message, retry_after_ms) = match over {
+                    OverQuota::Queued(_) => (
+                        format!(
+                            "you have {} jobs queued or running, the most one client may have at \
+                             once (--max-queued-per-client); submit again when one has finished",
+                            limits.max_queued
+                        ),
+                        QUEUED_RETRY_AFTER_MS,
+                    ),
+                    OverQuota::Jobs(_) => (
+                        format!(
+                            "you have {} jobs kept, the most one client may have \
+                             (--max-jobs-per-client); older ones are freed as they expire",
+                            limits.max_jobs
+                        ),
+                        KEPT_RETRY_AFTER_MS,
+                    ),
+                    OverQuota::StoredBytes(held) => (
+                        format!(
+                            "your jobs' results take {held} bytes of storage, past the {} one \
+                             client may have (--max-stored-bytes-per-client); they are freed as \
+                             their jobs expire",
+                            limits.max_stored_bytes
+                        ),
+                        KEPT_RETRY_AFTER_MS,
+                    ),
+                };
+                ErrorMessage {
+                    retry_after_ms: Some(retry_after_ms),
+                    ..ErrorMessage::new(ErrorCode::Busy, message)
+                }
+            }
             Self::Conflict => ErrorMessage::new(
                 ErrorCode::Conflict,
                 "this idempotency key was used for a job of another model or input; use a new key \
@@ -118,6 +163,8 @@ pub struct Jobs {
     pub directory: Arc<Directory>,
     /// Largest input, in bytes of JSON text.
     pub max_input_bytes: usize,
+    /// Each client's quotas.
+    pub client_limits: ClientLimits,
     /// Idempotency keys.
     pub keys: Keys,
 }
@@ -175,6 +222,10 @@ impl Jobs {
     /// as a watcher if `watched`, then publishes the job to its model's queue and waits for the
     /// broker's confirm.
     ///
+    /// A client at one of its quotas is refused before anything is stored (see
+    /// [`herald_engine::JobStore::create`]); a repeat of an idempotency key is answered whatever its
+    /// client holds.
+    ///
     /// With an idempotency key, the record is stored only if no live job of `owner` (of anyone,
     /// without authentication) holds the key, in the same atomic step: a repeat gets the job that
     /// holds it ([`Taken::Existing`], nothing stored or queued), another model or input under it gets
@@ -209,15 +260,19 @@ impl Jobs {
                 key,
                 fingerprint,
             });
+        let limits = &self.client_limits;
         let created = match key {
             None => self
                 .store
-                .create(&id, &record, watcher, self.ttl)
+                .create(&id, &record, watcher, self.ttl, limits)
                 .await
-                .map(|()| Keyed::Created),
+                .map(|admission| match admission {
+                    Admission::Created => Keyed::Created,
+                    Admission::Refused(over) => Keyed::Refused(over),
+                }),
             Some(key) => {
                 self.keys
-                    .create_keyed(key, &id, &record, watcher, self.ttl)
+                    .create_keyed(key, &id, &record, watcher, self.ttl, limits)
                     .await
             }
         };
@@ -225,6 +280,10 @@ impl Jobs {
             Ok(Keyed::Created) => {}
             Ok(Keyed::Existing { id, record }) => return Ok(Taken::Existing { id, record }),
             Ok(Keyed::Conflict) => return Err(Refusal::Conflict),
+            Ok(Keyed::Refused(over)) => {
+                info!(%client, ?over, "submit refused: the client is at a quota");
+                return Err(Refusal::Quota(over, self.client_limits));
+            }
             Err(e) => {
                 warn!(%id, error = %e, "could not store a new job");
                 return Err(Refusal::Unavailable);

@@ -207,6 +207,7 @@ impl Application {
                 ttl: settings.job_ttl(),
                 directory: backends.directory,
                 max_input_bytes: settings.max_input_bytes,
+                client_limits: settings.client_limits(),
                 keys: backends.keys,
             },
             settings: Arc::new(settings),

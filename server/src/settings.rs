@@ -99,6 +99,20 @@ pub struct Settings {
     /// cut, and WebSockets are not concerned.
     #[arg(long, env = "HERALD_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Jobs one client (identity, or IP address without authentication) may have queued or running
+    /// at once, across all its connections and every server instance; one more submit is answered
+    /// `busy` with `retry_after`. 0: no limit.
+    #[arg(long, env = "HERALD_MAX_QUEUED_PER_CLIENT", default_value_t = 32)]
+    pub max_queued_per_client: u32,
+    /// Jobs one client may have kept (finished or not) until their records expire after
+    /// --job-ttl-secs; one more submit is answered `busy` with `retry_after`. 0: no limit.
+    #[arg(long, env = "HERALD_MAX_JOBS_PER_CLIENT", default_value_t = 10_000)]
+    pub max_jobs_per_client: u32,
+    /// Bytes of stored results one client's kept jobs may refer to (each distinct result counted
+    /// once, as stored: compressed); once past it, a submit is answered `busy` with `retry_after`
+    /// until enough of them expire. No result is ever dropped for it. 0: no limit.
+    #[arg(long, env = "HERALD_MAX_STORED_BYTES_PER_CLIENT", default_value_t = 256 * 1024 * 1024)]
+    pub max_stored_bytes_per_client: u64,
     /// Seconds a WebSocket may stay silent before the server sends it a Ping.
     #[arg(long, env = "HERALD_PING_INTERVAL_SECS", default_value_t = 20)]
     pub ping_interval_secs: u64,
@@ -180,6 +194,15 @@ impl Settings {
                 "is needed with --redis-url or --redis-sentinel (give both for RabbitMQ and Redis, or \
                  neither for embedded mode)",
             )),
+        }
+    }
+
+    /// Each client's quotas.
+    pub fn client_limits(&self) -> herald_engine::backend::ClientLimits {
+        herald_engine::backend::ClientLimits {
+            max_queued: self.max_queued_per_client,
+            max_jobs: self.max_jobs_per_client,
+            max_stored_bytes: self.max_stored_bytes_per_client,
         }
     }
 
@@ -537,6 +560,12 @@ impl fmt::Debug for Settings {
             .field("max_connections", &self.max_connections)
             .field("header_timeout_secs", &self.header_timeout_secs)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("max_queued_per_client", &self.max_queued_per_client)
+            .field("max_jobs_per_client", &self.max_jobs_per_client)
+            .field(
+                "max_stored_bytes_per_client",
+                &self.max_stored_bytes_per_client,
+            )
             .field("ping_interval_secs", &self.ping_interval_secs)
             .field("ping_timeout_secs", &self.ping_timeout_secs)
             .field("concurrency", &self.concurrency)
@@ -577,6 +606,15 @@ mod tests {
             "limits are on by default"
         );
         assert_eq!(settings.max_sockets_per_client, 32);
+        assert_eq!(
+            settings.client_limits(),
+            herald_engine::backend::ClientLimits {
+                max_queued: 32,
+                max_jobs: 10_000,
+                max_stored_bytes: 256 * 1024 * 1024,
+            },
+            "quotas are on by default"
+        );
         assert_eq!(
             (
                 settings.header_timeout_secs,

@@ -19,8 +19,11 @@ use super::OpenError;
 pub const DATABASE_FILE: &str = "herald.sqlite3";
 
 /// The layout this version writes (`PRAGMA user_version`); a file of a newer layout is refused
-/// rather than misread.
-const SCHEMA_VERSION: i64 = 2;
+/// rather than misread. 2: idempotency keys and pending webhook deliveries (columns of `jobs`; a file
+/// of layout 1 gains them at open). 3: outputs stored once by digest ([`super::outputs`]; tables of
+/// their own, which an older file gains at open: its records still hold their outputs, and are read
+/// as they are).
+const SCHEMA_VERSION: i64 = 3;
 
 /// Writes one transaction takes at most: bounds how long a commit keeps its first waiter waiting.
 const MAX_BATCH: usize = 4096;
@@ -97,8 +100,10 @@ pub struct JobRow {
 pub struct Loaded {
     /// Job records.
     pub jobs: Vec<JobRow>,
-    /// Shared results: the job whose expiry each takes, and the output.
+    /// Shared results of layout 1: the job whose expiry each takes, and the output.
     pub results: Vec<(String, String)>,
+    /// Stored outputs, and what refers to them.
+    pub outputs: super::outputs::Loaded,
 }
 
 /// One write.
@@ -129,14 +134,11 @@ pub enum Write {
     DeliveryDone { id: String },
     /// A job removed.
     Delete { id: String },
-    /// A shared result, expiring with job `job`.
-    Result {
-        digest: String,
-        job: String,
-        output: String,
-    },
-    /// Removes what expired by `now_ms` and gives the freed pages back to the file system.
+    /// Removes what expired by `now_ms` (and outputs nothing refers to any more) and gives the
+    /// freed pages back to the file system.
     Sweep { now_ms: i64 },
+    /// A write of the stored outputs.
+    Outputs(super::outputs::Write),
     /// Nothing: answers once the writer has committed what came before.
     Ping,
 }
@@ -219,6 +221,8 @@ pub fn open(dir: &Path, full_sync: bool, now_ms: i64) -> Result<(Writer, Loaded)
         conn.execute_batch(FROM_LAYOUT_1).map_err(damaged)?;
     }
     conn.execute_batch(SCHEMA).map_err(damaged)?;
+    conn.execute_batch(super::outputs::SCHEMA)
+        .map_err(damaged)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(damaged)?;
     let loaded = load(&conn, now_ms).map_err(damaged)?;
@@ -273,7 +277,12 @@ fn load(conn: &Connection, now_ms: i64) -> rusqlite::Result<Loaded> {
     let results = statement
         .query_map([now_ms], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(Loaded { jobs, results })
+    let outputs = super::outputs::load(conn, now_ms)?;
+    Ok(Loaded {
+        jobs,
+        results,
+        outputs,
+    })
 }
 
 /// The writer thread: batches, one transaction each, answers after the commit.
@@ -385,23 +394,14 @@ fn apply(conn: &mut Connection, batch: &[(Write, Option<Reply>)]) -> rusqlite::R
             Write::Delete { id } => tx
                 .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
                 .execute([id])?,
-            Write::Result {
-                digest,
-                job,
-                output,
-            } => tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO results (digest, job, output, expires_ms) \
-                     SELECT ?1, id, ?3, expires_ms FROM jobs WHERE id = ?2",
-                )?
-                .execute(params![digest, job, output])?,
             Write::Sweep { now_ms } => {
                 let jobs = tx
                     .prepare_cached("DELETE FROM jobs WHERE expires_ms <= ?1")?
                     .execute([now_ms])?;
                 let results = tx
                     .prepare_cached("DELETE FROM results WHERE expires_ms <= ?1")?
-                    .execute([now_ms])?;
+                    .execute([now_ms])?
+                    + super::outputs::sweep(&tx, *now_ms)?;
                 // The pragma frees one page per step: stepped to its end.
                 let mut vacuum =
                     tx.prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
@@ -409,6 +409,7 @@ fn apply(conn: &mut Connection, batch: &[(Write, Option<Reply>)]) -> rusqlite::R
                 while steps.next()?.is_some() {}
                 jobs + results
             }
+            Write::Outputs(write) => super::outputs::apply(&tx, write)?,
             Write::Ping => 0,
         };
         answers.push(changed as u64);

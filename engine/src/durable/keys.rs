@@ -9,7 +9,7 @@ use herald_protocol::{JobId, JobRecord};
 
 use super::database::KeyColumns;
 use super::DurableStore;
-use crate::backend::{JobStore, StoreError};
+use crate::backend::{Admission, ClientLimits, JobStore, StoreError};
 use crate::idempotency::{IdempotencyStore, Key, Keyed};
 
 #[async_trait]
@@ -21,6 +21,7 @@ impl IdempotencyStore for DurableStore {
         record: &JobRecord,
         watcher: Option<&str>,
         ttl: Duration,
+        limits: &ClientLimits,
     ) -> Result<Keyed, StoreError> {
         // Held across the check and the commit: two keyed submits never both create.
         let mut held = self.keys.lock().await;
@@ -32,7 +33,12 @@ impl IdempotencyStore for DurableStore {
             name: key.key.to_owned(),
             fingerprint: key.fingerprint.to_owned(),
         };
-        self.insert(id, record, watcher, ttl, Some(columns)).await?;
+        if let Admission::Refused(over) = self
+            .insert(id, record, watcher, ttl, Some(columns), limits)
+            .await?
+        {
+            return Ok(Keyed::Refused(over));
+        }
         held.hold(key, id, ttl);
         Ok(Keyed::Created)
     }

@@ -14,11 +14,16 @@
 //!
 //! At start-up the records are read back, and every job that is not final is handed to the caller to
 //! queue again (see [`DurableStore::open`]); keys and pending deliveries are restored with them.
+//!
+//! Outputs are written once each, by digest, as the memory store keeps them: a record refers to its
+//! output, and a hundred jobs with one result write it once (see `outputs.rs`). Each client's counts
+//! are not written: they are counted again from the records at start-up.
 
 mod database;
 mod deliveries;
 mod keys;
 mod lock;
+mod outputs;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,7 +33,9 @@ use herald_protocol::record::result_digest;
 use herald_protocol::{unix_ms, JobId, JobMessage, JobRecord, Json};
 use tokio::sync::Mutex;
 
-use crate::backend::{Cancel, Finish, JobStore, Report, Start, StoreError};
+use crate::backend::{
+    Admission, Cancel, ClientLimits, Finish, JobStore, Report, Start, StoreError,
+};
 use crate::idempotency::Key;
 use crate::idempotency_memory::KeyTable;
 use crate::memory::MemoryStore;
@@ -145,6 +152,7 @@ impl DurableStore {
         let mut keys = KeyTable::default();
         let mut unfinished = Vec::new();
         let mut unreadable = 0;
+        let mut stored = loaded.outputs;
         for row in loaded.jobs {
             let parsed = row
                 .id
@@ -169,7 +177,23 @@ impl DurableStore {
                     },
                 ));
             }
-            memory.create(&id, &record, None, ttl).await.ok();
+            let output = match stored.jobs.remove(&row.id) {
+                Some(digest) => match stored.outputs.get(&digest) {
+                    Some(blob) => Some((digest, blob.clone())),
+                    None => {
+                        tracing::warn!(%id, "a job's stored output is missing from the database");
+                        None
+                    }
+                },
+                None => None,
+            };
+            // Counted in its client's books as before the restart.
+            memory.restore(
+                &id,
+                record,
+                ttl,
+                output.as_ref().map(|(d, blob)| (d.as_str(), blob.clone())),
+            );
             if let Some(key) = &row.key {
                 let key = Key {
                     scope: key.scope.as_deref(),
@@ -203,6 +227,11 @@ impl DurableStore {
                 .await
                 .ok();
         }
+        for (result, job, digest) in stored.shared {
+            if let Ok(id) = job.parse::<JobId>() {
+                memory.restore_result(&result, &id, &digest);
+            }
+        }
         unfinished.sort_by_key(|(submitted, _)| *submitted);
         Ok(Opened {
             store: Self {
@@ -232,6 +261,11 @@ impl DurableStore {
         .await
     }
 
+    /// Registers the gauges of the stored outputs in `registry`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.memory.register(registry);
+    }
+
     /// Records held in memory (expired ones included until the next sweep).
     pub fn len(&self) -> usize {
         self.memory.len()
@@ -249,9 +283,23 @@ impl DurableStore {
         id: &JobId,
         ending: bool,
     ) -> Result<Option<tokio::sync::oneshot::Receiver<Result<u64, String>>>, StoreError> {
-        let Some(record) = self.memory.get(id).await? else {
+        let Some((record, output)) = self.memory.stored(id) else {
             return Ok(None);
         };
+        if let Some((digest, blob)) = output {
+            // Before the record, in the same transaction or an earlier one: a record never refers
+            // to an output the file does not hold.
+            self.writer
+                .send_unanswered(Write::Outputs(outputs::Write::Output {
+                    digest: digest.clone(),
+                    blob,
+                }));
+            self.writer
+                .send_unanswered(Write::Outputs(outputs::Write::Refer {
+                    job: id.to_string(),
+                    digest,
+                }));
+        }
         let delivery = ending && self.memory.tables().deliveries.contains(id);
         Ok(Some(self.writer.send(Write::Update {
             id: id.to_string(),
@@ -269,10 +317,14 @@ impl DurableStore {
         watcher: Option<&str>,
         ttl: Duration,
         key: Option<KeyColumns>,
-    ) -> Result<(), StoreError> {
+        limits: &ClientLimits,
+    ) -> Result<Admission, StoreError> {
         let answer = {
             let _order = self.order.lock().await;
-            self.memory.create(id, record, watcher, ttl).await?;
+            let admission = self.memory.create(id, record, watcher, ttl, limits).await?;
+            if let Admission::Refused(_) = admission {
+                return Ok(admission);
+            }
             self.writer.send(Write::Insert {
                 id: id.to_string(),
                 record: encode(record)?,
@@ -286,7 +338,7 @@ impl DurableStore {
             self.memory.delete(id).await?;
             return Err(e);
         }
-        Ok(())
+        Ok(Admission::Created)
     }
 }
 
@@ -320,8 +372,9 @@ impl JobStore for DurableStore {
         record: &JobRecord,
         watcher: Option<&str>,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.insert(id, record, watcher, ttl, None).await
+        limits: &ClientLimits,
+    ) -> Result<Admission, StoreError> {
+        self.insert(id, record, watcher, ttl, None, limits).await
     }
 
     async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
@@ -441,13 +494,21 @@ impl JobStore for DurableStore {
     ) -> Result<(), StoreError> {
         let _order = self.order.lock().await;
         self.memory.cache_result(id, model, input, output).await?;
-        // Not waited for: the job's record, which carries the output too, is; a shared result lost in
-        // a crash is computed again.
-        self.writer.send_unanswered(Write::Result {
-            digest: result_digest(model, input.raw()),
-            job: id.to_string(),
-            output: output.get().to_owned(),
-        });
+        // Not waited for: the job's record, which refers to the output too, is; a shared result lost
+        // in a crash is computed again.
+        if let Some((digest, blob)) = self.memory.shared_output(model, input) {
+            self.writer
+                .send_unanswered(Write::Outputs(outputs::Write::Output {
+                    digest: digest.clone(),
+                    blob,
+                }));
+            self.writer
+                .send_unanswered(Write::Outputs(outputs::Write::Shared {
+                    digest: result_digest(model, input.raw()),
+                    job: id.to_string(),
+                    output: digest,
+                }));
+        }
         Ok(())
     }
 }

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use herald_protocol::model::{factorial_input, json_string};
-use herald_protocol::{JobId, JobRecord, JobStatus, FACTORIAL};
+use herald_protocol::{JobId, JobRecord, JobStatus, Json, FACTORIAL};
+
+use crate::backend::OverQuota;
 
 use super::*;
 
@@ -21,7 +23,10 @@ async fn open(dir: &Path) -> Opened {
 async fn store_with(dir: &Path, id: &JobId, ttl: Duration) -> DurableStore {
     let store = open(dir).await.store;
     let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1).owned_by(Some("alice"));
-    store.create(id, &record, Some("a"), ttl).await.unwrap();
+    let created = store
+        .create(id, &record, Some("a"), ttl, &ClientLimits::default())
+        .await;
+    assert_eq!(created.unwrap(), Admission::Created);
     store
 }
 
@@ -125,7 +130,13 @@ async fn finished_records_and_results_are_kept_and_expire_with_their_ttl() {
     let store = store_with(dir.path(), &done, Duration::from_secs(600)).await;
     let record = JobRecord::queued(FACTORIAL, factorial_input(6), 1);
     store
-        .create(&short, &record, None, Duration::from_millis(300))
+        .create(
+            &short,
+            &record,
+            None,
+            Duration::from_millis(300),
+            &ClientLimits::default(),
+        )
         .await
         .unwrap();
     let (input, output) = (factorial_input(5), json_string("120"));
@@ -201,6 +212,25 @@ async fn a_damaged_database_is_named_not_opened() {
     assert!(error.hint().contains("Move the file"));
 }
 
+/// Rows of `table` in the database file (read beside the open store, as WAL allows).
+fn rows(dir: &Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join(DATABASE_FILE)).unwrap();
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })
+    .unwrap()
+}
+
+/// A finished record of `input` with `output`.
+fn done_with(input: &Json, output: &Json) -> JobRecord {
+    let mut finished = JobRecord::queued(FACTORIAL, input.clone(), 1);
+    finished.status = JobStatus::Done;
+    finished.output = Some(output.clone());
+    finished.attempts = 1;
+    finished.finished_ms = Some(3);
+    finished
+}
+
 fn key<'a>(name: &'a str, fingerprint: &'a str) -> Key<'a> {
     Key {
         scope: Some("alice"),
@@ -219,13 +249,27 @@ async fn idempotency_keys_are_kept_across_a_reopening() {
     let store = open(dir.path()).await.store;
     assert_eq!(
         store
-            .create_keyed(key("k1", "f1"), &first, &record, None, ttl)
+            .create_keyed(
+                key("k1", "f1"),
+                &first,
+                &record,
+                None,
+                ttl,
+                &ClientLimits::default()
+            )
             .await
             .unwrap(),
         Keyed::Created
     );
     store
-        .create_keyed(key("gone", "f1"), &third, &record, None, ttl)
+        .create_keyed(
+            key("gone", "f1"),
+            &third,
+            &record,
+            None,
+            ttl,
+            &ClientLimits::default(),
+        )
         .await
         .unwrap();
     store.delete_keyed(key("gone", "f1"), &third).await.unwrap();
@@ -233,7 +277,14 @@ async fn idempotency_keys_are_kept_across_a_reopening() {
 
     let store = open(dir.path()).await.store;
     let Keyed::Existing { id, .. } = store
-        .create_keyed(key("k1", "f1"), &second, &record, None, ttl)
+        .create_keyed(
+            key("k1", "f1"),
+            &second,
+            &record,
+            None,
+            ttl,
+            &ClientLimits::default(),
+        )
         .await
         .unwrap()
     else {
@@ -242,7 +293,14 @@ async fn idempotency_keys_are_kept_across_a_reopening() {
     assert_eq!(id, first);
     assert_eq!(
         store
-            .create_keyed(key("k1", "f2"), &second, &record, None, ttl)
+            .create_keyed(
+                key("k1", "f2"),
+                &second,
+                &record,
+                None,
+                ttl,
+                &ClientLimits::default()
+            )
             .await
             .unwrap(),
         Keyed::Conflict,
@@ -254,7 +312,14 @@ async fn idempotency_keys_are_kept_across_a_reopening() {
     };
     assert_eq!(
         store
-            .create_keyed(other_scope, &second, &record, None, ttl)
+            .create_keyed(
+                other_scope,
+                &second,
+                &record,
+                None,
+                ttl,
+                &ClientLimits::default()
+            )
             .await
             .unwrap(),
         Keyed::Created,
@@ -262,7 +327,14 @@ async fn idempotency_keys_are_kept_across_a_reopening() {
     );
     assert_eq!(
         store
-            .create_keyed(key("gone", "f1"), &third, &record, None, ttl)
+            .create_keyed(
+                key("gone", "f1"),
+                &third,
+                &record,
+                None,
+                ttl,
+                &ClientLimits::default()
+            )
             .await
             .unwrap(),
         Keyed::Created,
@@ -282,6 +354,132 @@ fn done_record(webhook: Option<&str>) -> JobRecord {
 }
 
 #[tokio::test]
+async fn an_output_is_written_once_and_survives_a_reopening_with_the_clients_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await.store;
+    // Large enough to be compressed: what is stored is not the text.
+    let input = factorial_input(3000);
+    let output = json_string(&"1234567890".repeat(2000));
+    let ids: Vec<JobId> = (0..3).map(|_| JobId::new_v4()).collect();
+    let limits = ClientLimits {
+        max_jobs: 4,
+        ..ClientLimits::default()
+    };
+    for id in &ids {
+        let record = JobRecord::queued(FACTORIAL, input.clone(), 1).from_client(Some("ip:a"));
+        let created = store
+            .create(id, &record, None, Duration::from_secs(600), &limits)
+            .await;
+        assert_eq!(created.unwrap(), Admission::Created);
+        store.start(id, 2, true).await.unwrap();
+    }
+    store
+        .cache_result(&ids[0], FACTORIAL, &input, &output)
+        .await
+        .unwrap();
+    for id in &ids {
+        let finish = store.finish(id, &done_with(&input, &output)).await.unwrap();
+        assert!(matches!(finish, Finish::Applied { .. }));
+    }
+    store.ping().await.unwrap();
+    assert_eq!(rows(dir.path(), "outputs"), 1, "three records, one output");
+    assert_eq!(rows(dir.path(), "job_outputs"), 3);
+    let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    let (stored, inline): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT SUM(LENGTH(blob)) FROM outputs), \
+             (SELECT COUNT(*) FROM jobs WHERE record LIKE '%1234567890%')",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        (stored as usize) < output.get().len() / 4,
+        "compressed: {stored} bytes"
+    );
+    assert_eq!(inline, 0, "no record holds the output itself");
+    drop(conn);
+    drop(store);
+
+    let again = open(dir.path()).await;
+    assert!(again.unfinished.is_empty());
+    for id in &ids {
+        let record = again.store.get(id).await.unwrap().unwrap();
+        assert_eq!(record.status, JobStatus::Done);
+        assert_eq!(record.output.as_ref(), Some(&output));
+    }
+    assert_eq!(
+        again.store.cached_result(FACTORIAL, &input).await.unwrap(),
+        Some(output.clone())
+    );
+    assert_eq!(again.store.memory.outputs_held().0, 1);
+    // The client's three kept jobs were counted again: a fourth is taken, a fifth is not.
+    let record = JobRecord::queued(FACTORIAL, input.clone(), 1).from_client(Some("ip:a"));
+    let fourth = again
+        .store
+        .create(
+            &JobId::new_v4(),
+            &record,
+            None,
+            Duration::from_secs(600),
+            &limits,
+        )
+        .await;
+    assert_eq!(fourth.unwrap(), Admission::Created);
+    let fifth = again
+        .store
+        .create(
+            &JobId::new_v4(),
+            &record,
+            None,
+            Duration::from_secs(600),
+            &limits,
+        )
+        .await;
+    assert_eq!(fifth.unwrap(), Admission::Refused(OverQuota::Jobs(4)));
+}
+
+#[tokio::test]
+async fn an_output_leaves_the_file_once_no_live_record_refers_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await.store;
+    let input = factorial_input(7);
+    let (shared, alone) = (json_string("5040"), json_string("other"));
+    let (short, long, lone) = (JobId::new_v4(), JobId::new_v4(), JobId::new_v4());
+    for (id, ttl) in [
+        (short, Duration::from_millis(300)),
+        (long, Duration::from_secs(600)),
+        (lone, Duration::from_millis(300)),
+    ] {
+        let record = JobRecord::queued(FACTORIAL, input.clone(), 1);
+        let created = store
+            .create(&id, &record, None, ttl, &ClientLimits::default())
+            .await;
+        assert_eq!(created.unwrap(), Admission::Created);
+    }
+    for (id, output) in [(short, &shared), (long, &shared), (lone, &alone)] {
+        store.finish(&id, &done_with(&input, output)).await.unwrap();
+    }
+    store.ping().await.unwrap();
+    assert_eq!(rows(dir.path(), "outputs"), 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    store.sweep().await.unwrap();
+    assert_eq!(
+        rows(dir.path(), "outputs"),
+        1,
+        "the lone output went with its record; the shared one stays for the live record"
+    );
+    assert_eq!(rows(dir.path(), "job_outputs"), 1);
+    drop(store);
+    let again = open(dir.path()).await.store;
+    assert_eq!(
+        again.get(&long).await.unwrap().unwrap().output,
+        Some(shared)
+    );
+    assert!(again.get(&lone).await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn pending_deliveries_and_their_attempts_are_kept_across_a_reopening() {
     use crate::deliveries::DeliveryStore;
     let dir = tempfile::tempdir().unwrap();
@@ -292,10 +490,16 @@ async fn pending_deliveries_and_their_attempts_are_kept_across_a_reopening() {
     let store = open(dir.path()).await.store;
     for id in [&done, &cancelled] {
         let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1).with_webhook(Some(hook));
-        store.create(id, &record, None, ttl).await.unwrap();
+        store
+            .create(id, &record, None, ttl, &ClientLimits::default())
+            .await
+            .unwrap();
     }
     let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1);
-    store.create(&plain, &record, None, ttl).await.unwrap();
+    store
+        .create(&plain, &record, None, ttl, &ClientLimits::default())
+        .await
+        .unwrap();
     store.start(&done, 2, true).await.unwrap();
     store.finish(&done, &done_record(Some(hook))).await.unwrap();
     store.start(&plain, 2, true).await.unwrap();

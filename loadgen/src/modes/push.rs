@@ -252,7 +252,15 @@ pub async fn run(
 /// The server limit a `busy` answer comes from, told by its message (the protocol gives one code for
 /// all of them).
 fn busy_limit(message: &str) -> &'static str {
-    if message.contains("too many submits") {
+    // The per-client quotas name their flag in their message.
+    const QUOTAS: [&str; 3] = [
+        "--max-queued-per-client",
+        "--max-jobs-per-client",
+        "--max-stored-bytes-per-client",
+    ];
+    if let Some(flag) = QUOTAS.into_iter().find(|flag| message.contains(flag)) {
+        flag
+    } else if message.contains("too many submits") {
         "--submit-rate"
     } else if message.contains("in flight") {
         "--max-in-flight"
@@ -277,6 +285,12 @@ fn busy_note(limit: &str, count: u64) -> String {
         }
         "--max-queue-length" => {
             "a full job queue (--max-queue-length): the workers cannot keep up with the submits"
+        }
+        "--max-queued-per-client" | "--max-jobs-per-client" | "--max-stored-bytes-per-client" => {
+            "the server's quotas per client (--max-queued-per-client 32, --max-jobs-per-client \
+             10000, --max-stored-bytes-per-client 256 MiB by default): the figures measure that \
+             limit, not the server. For load tests start the server with each at 0 (scripts/bench.sh \
+             does)"
         }
         _ => "a limit this tool does not know",
     };
