@@ -76,7 +76,8 @@ pub async fn head() -> Response {
             browser marks cross-site (or addressed to a host name the server does not answer to).",
             body = String, content_type = "text/plain"),
         (status = 404, description = "The server serves no factorial.", body = String, content_type = "text/plain"),
-        (status = 429, description = "Too many submits from this client, or too much work in flight.",
+        (status = 429, description = "Too many submits from this client, the client at a quota (jobs queued, jobs kept, \
+            bytes stored), or too much work in flight.",
             body = String, content_type = "text/plain",
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
         (status = 503, description = "RabbitMQ or Redis cannot be reached.", body = String,

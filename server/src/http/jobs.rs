@@ -70,7 +70,8 @@ impl IntoResponse for JsonError {
             body = ApiErrorBody),
         (status = 413, description = "`too_large`: the body, the input or `n` is above the server's limits.",
             body = ApiErrorBody),
-        (status = 429, description = "`busy`: too many submits from this client, or too much work in flight.",
+        (status = 429, description = "`busy`: too many submits from this client, the client at a quota (jobs \
+            queued, jobs kept, bytes stored), or too much work in flight.",
             body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
         (status = 503, description = "`unavailable`: RabbitMQ or Redis cannot be reached.", body = ApiErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
