@@ -65,6 +65,16 @@ async def run(address, burst, heavy_n, light_n):
                 busy += 1
             elif message["type"] == "result":
                 heavy_done += 1
+        # The heavy client keeps reading its results meanwhile, as a real client would: a socket that
+        # stops reading is closed by the server's buffer budget, and by this library's keepalive.
+        done = {"heavy": heavy_done}
+
+        async def drain():
+            async for text in heavy:
+                if json.loads(text)["type"] == "result":
+                    done["heavy"] += 1
+
+        draining = asyncio.create_task(drain())
         async with websockets.connect(
             url, additional_headers={"Authorization": f"Bearer {LIGHT}"}, max_size=big
         ) as light:
@@ -75,24 +85,18 @@ async def run(address, burst, heavy_n, light_n):
                 if message["type"] == "result":
                     break
             seconds = time.monotonic() - clock
-        # Heavy results pushed before the light one are ahead of this probe's answer.
-        probe = str(uuid.uuid4())
-        await heavy.send(json.dumps({"type": "resume", "id": probe}))
-        while True:
-            message = json.loads(await heavy.recv())
-            if message["type"] == "result":
-                heavy_done += 1
-            elif message.get("id") == probe:
-                break
+            heavy_done = done["heavy"]
+            light_result = message
         for job in accepted:
             await heavy.send(json.dumps({"type": "cancel", "id": job}))
+        draining.cancel()
     return {
         "burst": burst,
         "accepted": len(accepted),
         "busy": busy,
         "heavy_done_before_light": heavy_done,
         "light_seconds": round(seconds, 3),
-        "light_status": message.get("status"),
+        "light_status": light_result.get("status"),
     }
 
 
@@ -145,6 +149,22 @@ def main():
             process.terminate()
         for process in processes:
             process.wait()
+        if options.mode == "distributed":
+            # The run's keys and queues, as scripts/bench.sh deletes its own.
+            redis_url = os.environ.get("HERALD_REDIS_URL", "redis://127.0.0.1:6379")
+            keys = subprocess.run(
+                ["redis-cli", "-u", redis_url, "--scan", "--pattern", f"herald-fair:{tag}:*"],
+                capture_output=True, text=True,
+            ).stdout.split()
+            for start_at in range(0, len(keys), 500):
+                subprocess.run(["redis-cli", "-u", redis_url, "DEL", *keys[start_at:start_at + 500]],
+                               capture_output=True)
+            listed = subprocess.run(
+                ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True
+            )
+            for queue in listed.stdout.split():
+                if queue.startswith(f"herald-fair.{tag}."):
+                    subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
 
 
 if __name__ == "__main__":
