@@ -7,6 +7,8 @@ source scripts/services.sh
 # The terminal test drives the real websocat; the browser test drives Debian's Chromium.
 scripts/install-websocat.sh
 scripts/install-browser.sh
+# The OpenAPI test (tests/openapi.rs) runs schemathesis against a real server.
+scripts/install-schemathesis.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo fmt --all -- --check

@@ -144,7 +144,7 @@ async fn without_a_valid_token_only_the_open_routes_answer() {
     let (status, _) = get(&server, &format!("/factorial?no=5&token={ALICE}"), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    for path in ["/", "/healthz", "/readyz"] {
+    for path in ["/", "/healthz", "/readyz", "/openapi.json"] {
         assert_eq!(get(&server, path, None).await.0, StatusCode::OK, "{path}");
     }
     // Refused submits stored nothing.

@@ -539,6 +539,101 @@ fn docs_protocol_http_documents_are_what_the_api_writes() {
     }
 }
 
+#[test]
+fn docs_protocol_route_table_is_the_openapi_document() {
+    // The document of the router itself (server/src/http/mod.rs), as `GET /openapi.json` serves it.
+    let (_, document) = herald_server::http::routes().split_for_parts();
+    let mut described = BTreeSet::new();
+    for (path, item) in &document.paths.paths {
+        for (method, operation) in [
+            ("GET", &item.get),
+            ("HEAD", &item.head),
+            ("POST", &item.post),
+            ("DELETE", &item.delete),
+            ("PUT", &item.put),
+            ("PATCH", &item.patch),
+        ] {
+            if operation.is_some() {
+                described.insert(format!("{method} {path}"));
+            }
+        }
+    }
+    // protocol.md's table of routes: "| `GET /factorial/result?id=ID` | …", IDs written `ID`.
+    let doc = read_doc("docs/protocol.md");
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|route| {
+            ["GET /", "HEAD /", "POST /", "DELETE /"]
+                .iter()
+                .any(|m| route.starts_with(m))
+        })
+        .map(|route| {
+            let route = route.split('?').next().unwrap();
+            route.replace("/ID", "/{id}")
+        })
+        .collect();
+    assert_eq!(
+        documented, described,
+        "docs/protocol.md's table of HTTP routes and the OpenAPI document differ"
+    );
+}
+
+/// The OpenAPI sections of README.md and protocol.md hold to the code: the schemathesis version the
+/// README names is the one scripts/install-schemathesis.sh installs (and tests/openapi.rs finds),
+/// scripts/test.sh runs that script, and every check the tests scope is named in protocol.md.
+#[test]
+fn docs_openapi_sections_state_how_schemathesis_runs() {
+    let install = read_doc("scripts/install-schemathesis.sh");
+    let version = install
+        .lines()
+        .find_map(|line| line.strip_prefix("SCHEMATHESIS_VERSION="))
+        .expect("the script pins schemathesis");
+    let readme = read_doc("README.md").replace('\n', " ");
+    assert!(
+        readme.contains(&format!(
+            "schemathesis](https://schemathesis.readthedocs.io) {version}"
+        )),
+        "README.md does not name schemathesis {version}"
+    );
+    assert!(readme.contains("`scripts/install-schemathesis.sh`"));
+    let tests = read_doc("tests/openapi.rs");
+    assert!(
+        tests.contains(&format!("herald/schemathesis-{version}")),
+        "tests/openapi.rs looks for another version than {version}"
+    );
+    assert!(read_doc("scripts/test.sh")
+        .lines()
+        .any(|line| line.trim() == "scripts/install-schemathesis.sh"));
+    let protocol = read_doc("docs/protocol.md").replace('\n', " ");
+    let config = read_doc("tests/schemathesis.toml");
+    let mut scoped: Vec<&str> = config
+        .lines()
+        .filter_map(|line| line.strip_prefix("[checks."))
+        .filter_map(|rest| rest.strip_suffix(']'))
+        .collect();
+    scoped.extend(
+        config
+            .lines()
+            .filter_map(|line| line.strip_prefix("checks."))
+            .filter_map(|rest| rest.split('.').next()),
+    );
+    scoped.extend(
+        tests
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix(".args([\"--exclude-checks\", \""))
+            .filter_map(|rest| rest.split('"').next()),
+    );
+    assert!(scoped.len() >= 3, "{scoped:?}");
+    for check in scoped {
+        assert!(
+            protocol.contains(&format!("`{check}`")),
+            "protocol.md does not name the scoped check {check}"
+        );
+    }
+}
+
 /// The idempotency keys' and webhooks' reference holds to the code: the limits the parser applies,
 /// the headers, the outcomes the metric counts, and the default retry schedule of `--help`.
 #[test]

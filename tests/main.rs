@@ -23,6 +23,7 @@ mod instances;
 mod live;
 mod loadgen;
 mod models;
+mod openapi;
 mod overload;
 mod quotas;
 mod shutdown;

@@ -153,13 +153,16 @@ mod tests {
     fn inputs_are_checked_and_made_canonical() {
         assert_eq!(validate(r#"{"n": 10}"#).unwrap(), r#"{"n":10}"#);
         assert_eq!(validate("10").unwrap(), r#"{"n":10}"#);
+        // Exactly whole, however written: made canonical, never rounded.
+        assert_eq!(validate(r#"{"n":1e3}"#).unwrap(), r#"{"n":1000}"#);
+        assert_eq!(validate(r#"{"n":10.0}"#).unwrap(), r#"{"n":10}"#);
         assert_eq!(
             validate(r#"{"n":1000000,"note":"x"}"#).unwrap(),
             r#"{"n":1000000}"#
         );
         for invalid in [
             r#"{"n":-1}"#,
-            r#"{"n":1e3}"#,
+            r#"{"n":1.5}"#,
             r#"{"n":"5"}"#,
             r#"{"m":5}"#,
             "[5]",

@@ -2,6 +2,7 @@
 //! the answers to a submit and a cancel.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::model::Json;
 use crate::record::{JobRecord, JobStatus};
@@ -9,9 +10,10 @@ use crate::ws::Timings;
 use crate::JobId;
 
 /// A job, whole.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     /// The request ID.
+    #[schema(value_type = uuid::Uuid)]
     pub id: JobId,
     /// The model.
     pub model: String,
@@ -50,9 +52,10 @@ pub struct JobView {
 }
 
 /// A running job's progress.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProgressView {
     /// 0.0 ..= 1.0.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub fraction: f64,
     /// The phase the model reported, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,9 +105,10 @@ impl JobView {
 }
 
 /// The answer to `POST /jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
     /// The request ID.
+    #[schema(value_type = uuid::Uuid)]
     pub id: JobId,
     /// The model.
     pub model: String,
@@ -114,17 +118,199 @@ pub struct Accepted {
 }
 
 /// The answer to a cancel over HTTP.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CancelAnswer {
     /// The request ID.
+    #[schema(value_type = uuid::Uuid)]
     pub id: JobId,
     /// `cancelled` (it was queued, and is final now) or `cancelling` (it was running, and its worker
     /// stops at its next checkpoint).
+    #[schema(schema_with = cancel_states)]
     pub status: String,
 }
 
+/// The two states a cancel over HTTP answers.
+fn cancel_states() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["cancelled", "cancelling"]))
+        .build()
+}
+
+/// The body of `POST /jobs` as the OpenAPI document describes it: one of three shapes.
+/// [`crate::frame::parse_submit_body`] reads bodies (and says what is wrong with any other); this type
+/// describes them, and its tests hold the two together.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum SubmitBody {
+    /// The factorial of `n`, the oldest shape: `{"n":10}`.
+    Factorial(FactorialSubmit),
+    /// The factorial with its input as any model's: `{"model":"factorial","input":{"n":10}}`.
+    FactorialInput(FactorialInputSubmit),
+    /// Another model with its input: `{"model":"sentiment","input":{"text":"hi"}}`.
+    Model(ModelSubmit),
+}
+
+/// Any of the three shapes (`anyOf`, not `oneOf`: a model name pattern cannot leave out `factorial`,
+/// so `{"model":"factorial","input":{"n":1}}` is both the second shape and the third).
+impl utoipa::PartialSchema for SubmitBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::AnyOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name(
+                FactorialSubmit::name(),
+            ))
+            .item(utoipa::openapi::Ref::from_schema_name(
+                FactorialInputSubmit::name(),
+            ))
+            .item(utoipa::openapi::Ref::from_schema_name(ModelSubmit::name()))
+            .description(Some(
+                "A job: the factorial's `n`, or a model and its input.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for SubmitBody {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((FactorialSubmit::name().into(), FactorialSubmit::schema()));
+        schemas.push((
+            FactorialInputSubmit::name().into(),
+            FactorialInputSubmit::schema(),
+        ));
+        schemas.push((FactorialInput::name().into(), FactorialInput::schema()));
+        schemas.push((ModelSubmit::name().into(), ModelSubmit::schema()));
+    }
+}
+
+/// `{"n":N}`, optionally naming the factorial.
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
+pub struct FactorialSubmit {
+    /// The factorial's `n`, at most the server's `--max-n`.
+    #[schema(schema_with = factorial_n)]
+    pub n: u64,
+    /// The factorial (the default).
+    #[serde(default)]
+    #[schema(schema_with = factorial_name)]
+    pub model: Option<String>,
+    /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
+    #[serde(default)]
+    #[schema(schema_with = webhook)]
+    pub webhook: Option<String>,
+}
+
+/// `{"input":{"n":N}}` (or `{"input":N}`), optionally naming the factorial.
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
+pub struct FactorialInputSubmit {
+    /// The factorial (the default).
+    #[serde(default)]
+    #[schema(schema_with = factorial_name)]
+    pub model: Option<String>,
+    /// The factorial's input: `{"n":N}`, or `N` alone.
+    #[schema(schema_with = factorial_input)]
+    pub input: Json,
+    /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
+    #[serde(default)]
+    #[schema(schema_with = webhook)]
+    pub webhook: Option<String>,
+}
+
+/// The factorial's input as any model's: `{"n":N}`.
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
+pub struct FactorialInput {
+    /// The factorial's `n`, at most the server's `--max-n`.
+    #[schema(schema_with = factorial_n)]
+    pub n: u64,
+}
+
+/// A model with its input.
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
+pub struct ModelSubmit {
+    /// The model: one the server serves (`GET /models`), else `404` `unknown_model`.
+    #[schema(schema_with = model_name)]
+    pub model: String,
+    /// The model's input, at most `--max-input-bytes` of JSON; the model may refuse it (`400`).
+    pub input: Json,
+    /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
+    #[serde(default)]
+    #[schema(schema_with = webhook)]
+    pub webhook: Option<String>,
+}
+
+/// Name of the component holding the factorial's `n`: its maximum is the server's `--max-n`, known
+/// only when the server starts, which adds the component to its document.
+pub const FACTORIAL_N_SCHEMA: &str = "FactorialN";
+
+fn factorial_n() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name(FACTORIAL_N_SCHEMA)
+}
+
+/// The factorial's `n` (`GET /factorial?no=`), as a reference to the component [`FACTORIAL_N_SCHEMA`].
+pub struct FactorialN;
+
+impl utoipa::PartialSchema for FactorialN {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        factorial_n().into()
+    }
+}
+
+impl ToSchema for FactorialN {}
+
+/// Name of the component describing a submit's `webhook`: what it takes depends on whether the
+/// server sends webhooks (`--webhook-secret`), known only when the server starts, which adds the
+/// component to its document.
+pub const WEBHOOK_SCHEMA: &str = "Webhook";
+
+fn webhook() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name(WEBHOOK_SCHEMA)
+}
+
+/// An idempotency key as [`crate::idempotency::check_key`] takes it, as a regular expression: the
+/// pattern of the `Idempotency-Key` header in the OpenAPI document. (The body's `"key"`, which must
+/// agree with the header when both are given, is left out of the document's body shapes: a schema
+/// cannot say that a header and a body field must agree, and the header is how HTTP clients send it.)
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[ -~]{1,255}$";
+
+/// `"factorial"`, or `null` (read as absent: the factorial).
+fn factorial_name() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            utoipa::openapi::Type::String,
+            utoipa::openapi::Type::Null,
+        ]))
+        .enum_values(Some([Some(crate::FACTORIAL), None]))
+        .build()
+}
+
+/// The factorial's input: `{"n":N}`, or `N` alone.
+fn factorial_input() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::AnyOfBuilder::new()
+        .item(utoipa::openapi::Ref::from_schema_name(
+            FactorialInput::name(),
+        ))
+        .item(factorial_n())
+        .build()
+        .into()
+}
+
+/// The rule of [`crate::model::check_model_name`].
+fn model_name() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .pattern(Some(MODEL_NAME_PATTERN))
+        .build()
+}
+
+/// A model name as [`crate::model::check_model_name`] takes it, as a regular expression.
+pub const MODEL_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,63}$";
+
 /// An error of the JSON API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiErrorBody {
     /// Machine-readable reason (the WebSocket's error codes).
     pub code: crate::ErrorCode,
@@ -137,6 +323,16 @@ mod tests {
     use super::*;
     use crate::model::{factorial_input, json_string};
     use crate::FACTORIAL;
+
+    #[test]
+    fn the_key_pattern_is_the_key_rule() {
+        assert_eq!(
+            IDEMPOTENCY_KEY_PATTERN,
+            format!("^[ -~]{{1,{}}}$", crate::idempotency::MAX_KEY_BYTES)
+        );
+        assert!(crate::idempotency::check_key(" ~").is_ok());
+        assert!(crate::idempotency::check_key("\u{7f}").is_err());
+    }
 
     #[test]
     fn a_finished_job_shows_its_output_and_timings() {

@@ -29,6 +29,18 @@ impl Json {
     }
 }
 
+/// Any JSON value: a job's input or output is the model's to define.
+impl utoipa::PartialSchema for Json {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::Object::builder()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+            .description(Some("Any JSON value, as the model defines it."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Json {}
+
 impl PartialEq for Json {
     fn eq(&self, other: &Self) -> bool {
         self.get() == other.get()

@@ -8,7 +8,7 @@ use crate::record::{JobRecord, JobStatus};
 use crate::JobId;
 
 /// Why a request could not be taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The frame is not a valid request.
@@ -82,7 +82,7 @@ impl ErrorMessage {
 }
 
 /// How long a finished job took, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     /// From the server accepting the job to a worker starting it.
     pub queued_ms: u64,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_protocol::number::{parse_digits, NumberError};
@@ -40,27 +40,57 @@ fn param<'a>(params: &'a Params, name: &str) -> Result<&'a str, Failure> {
         .ok_or_else(|| Failure::bad_request(format!("missing query parameter `{name}`")))
 }
 
+/// `HEAD /factorial`: 405. Routed on its own, or axum would answer it with the GET handler, which
+/// creates a job: a HEAD must not.
+#[utoipa::path(head, path = "/factorial", operation_id = "classic_submit_head", tag = "classic",
+    responses(
+        (status = 405, description = "HEAD creates no job: send GET. (The answer to a HEAD has no body; its \
+            headers are those of the text a GET would get.)", body = String, content_type = "text/plain",
+            headers(("Allow" = String, description = "`GET`."))),
+        (status = 403, description = "The request addresses the server by a host name it does not answer to \
+            (see --allowed-hosts).", body = String, content_type = "text/plain"),
+    ))]
+pub async fn head() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "GET")],
+        "HEAD creates no job: send GET",
+    )
+        .into_response()
+}
+
 /// `GET /factorial?no=N`: queue a factorial job; the body is its request ID.
 ///
 /// A GET that creates a job is one any page can send (an `<img>` will do): `HEAD` creates nothing
 /// (405), and a request from a page that may not open a WebSocket here, or that the browser marks
 /// cross-site, is refused (403) before anything else is read.
+#[utoipa::path(get, path = "/factorial", operation_id = "classic_submit", tag = "classic",
+    params(("no" = herald_protocol::api::FactorialN, Query, description = "n: a whole number up to --max-n.")),
+    responses(
+        (status = 200, description = "Accepted: the request ID.", body = String, content_type = "text/plain"),
+        (status = 400, description = "`no` is missing, not a whole number, or above --max-n.", body = String,
+            content_type = "text/plain"),
+        (status = 401, description = "No valid token (authentication on).", body = String,
+            content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A request from a page that may not open a WebSocket here, or that the \
+            browser marks cross-site (or addressed to a host name the server does not answer to).",
+            body = String, content_type = "text/plain"),
+        (status = 404, description = "The server serves no factorial.", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many submits from this client, the client at a quota (jobs queued, jobs kept, \
+            bytes stored), or too much work in flight.",
+            body = String, content_type = "text/plain",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "RabbitMQ or Redis cannot be reached.", body = String,
+            content_type = "text/plain", headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
     uri: Uri,
     headers: HeaderMap,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    if method == Method::HEAD {
-        return Ok((
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "GET")],
-            "HEAD creates no job: send GET",
-        )
-            .into_response());
-    }
     if !state.origins.allows_job_request(&headers, &uri) {
         return Ok((
             StatusCode::FORBIDDEN,
@@ -125,10 +155,12 @@ pub async fn submit(
 }
 
 /// The classic result document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClassicResult {
     /// n for a factorial job; any other job's input as it was given.
     input: JsonText,
+    /// `processing` (queued or running), `done`, `failed` or `cancelled`.
+    #[schema(schema_with = classic_states)]
     status: &'static str,
     /// The factorial's digits ("" until done); any other job's output as JSON text.
     output: String,
@@ -136,8 +168,30 @@ pub struct ClassicResult {
     error: Option<String>,
 }
 
+/// The states of the classic result document.
+fn classic_states() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["processing", "done", "failed", "cancelled"]))
+        .build()
+}
+
 /// `GET /factorial/result?id=ID`: where a job stands, in the classic polling shape. With
 /// authentication, another identity's job is answered exactly like an unknown one.
+#[utoipa::path(get, path = "/factorial/result", operation_id = "classic_result", tag = "classic",
+    params(("id" = uuid::Uuid, Query, description = "The request ID.")),
+    responses(
+        (status = 200, description = "Where the job stands.", body = ClassicResult),
+        (status = 400, description = "`id` is missing or not a request ID.", body = String,
+            content_type = "text/plain"),
+        (status = 401, description = "No valid token (authentication on).", body = String,
+            content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "No such job (or another identity's), or it expired.", body = String,
+            content_type = "text/plain"),
+        (status = 503, description = "Redis cannot be reached.", body = String,
+            content_type = "text/plain", headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn result(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -182,6 +236,24 @@ pub async fn result(
 }
 
 /// `DELETE /factorial/ID`: cancels a job (as `DELETE /jobs/ID`).
+#[utoipa::path(delete, path = "/factorial/{id}", operation_id = "classic_cancel", tag = "classic",
+    params(("id" = uuid::Uuid, Path, description = "The request ID.")),
+    responses(
+        (status = 200, description = "`cancelled`: it was queued, and is final now.",
+            body = herald_protocol::api::CancelAnswer),
+        (status = 202, description = "`cancelling`: it is running, and its worker stops at its next checkpoint.",
+            body = herald_protocol::api::CancelAnswer),
+        (status = 400, description = "Not a request ID.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No valid token (authentication on).", body = String,
+            content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "No such job (or another identity's), or it expired.", body = String,
+            content_type = "text/plain"),
+        (status = 409, description = "The job already finished: there is nothing to cancel.", body = String,
+            content_type = "text/plain"),
+        (status = 503, description = "RabbitMQ or Redis cannot be reached.", body = String,
+            content_type = "text/plain", headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     request: JobRequest<ApiError>,
@@ -191,6 +263,24 @@ pub async fn cancel(
 
 /// `GET /factorial/ID/output`: the whole output as a file, so that a large result can be fetched
 /// without a JSON message around it.
+#[utoipa::path(get, path = "/factorial/{id}/output", operation_id = "classic_output", tag = "classic",
+    params(("id" = uuid::Uuid, Path, description = "The request ID.")),
+    responses(
+        (status = 200, description = "The output as a file: the factorial's digits as text, any other \
+            model's output as JSON.",
+            content((String = "text/plain"), (herald_protocol::Json = "application/json")),
+            headers(("Content-Disposition" = String, description = "`attachment` with a file name."))),
+        (status = 400, description = "Not a request ID.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No valid token (authentication on).", body = String,
+            content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "No such job (or another identity's), or it expired.", body = String,
+            content_type = "text/plain"),
+        (status = 409, description = "The job has no output (not done).", body = String,
+            content_type = "text/plain"),
+        (status = 503, description = "Redis cannot be reached.", body = String,
+            content_type = "text/plain", headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn output(
     State(state): State<AppState>,
     request: JobRequest<ApiError>,

@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_protocol::api::{Accepted, JobView};
+use herald_protocol::api::{Accepted, ApiErrorBody, JobView};
 use herald_protocol::frame::parse_submit_body;
 use herald_protocol::idempotency::check_key;
 use herald_protocol::{ErrorCode, JobId};
@@ -46,6 +46,37 @@ impl IntoResponse for JsonError {
 /// With an `Idempotency-Key` header, a repeat of an earlier submit under the same key (same caller,
 /// same model and input, job not expired) answers 200 with that job's ID and starts nothing; another
 /// model or input under the key answers 409.
+#[utoipa::path(post, path = "/jobs", operation_id = "jobs_submit", tag = "jobs",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[ -~]{1,255}$",
+        description = "Makes the submit safe to repeat: 1 to 255 printable ASCII characters. A repeat \
+                       under the same key (same caller, model and input, job not expired) answers 200 \
+                       with the first job; another model or input under the key answers 409. The body's `\"key\"` \
+                       (the WebSocket's field) is read too, and must then agree with the header.")),
+    request_body(content = herald_protocol::api::SubmitBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A repeat of an earlier submit under its idempotency key: that job's ID \
+            (nothing new was started).", body = Accepted,
+            headers(("Location" = String, description = "`/jobs/<id>`, where the job is shown."))),
+        (status = 202, description = "Accepted: the job's ID.", body = Accepted,
+            headers(("Location" = String, description = "`/jobs/<id>`, where the job is shown."))),
+        (status = 400, description = "`bad_request`: not a valid body, key or webhook, or the model refuses the input.",
+            body = ApiErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token (authentication on).", body = ApiErrorBody,
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The request addresses the server by a host name it does not answer to \
+            (see --allowed-hosts).", body = String, content_type = "text/plain"),
+        (status = 404, description = "`unknown_model`: no worker serves the model.", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the idempotency key was used for another model or input.",
+            body = ApiErrorBody),
+        (status = 413, description = "`too_large`: the body, the input or `n` is above the server's limits.",
+            body = ApiErrorBody),
+        (status = 429, description = "`busy`: too many submits from this client, the client at a quota (jobs \
+            queued, jobs kept, bytes stored), or too much work in flight.",
+            body = ApiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "`unavailable`: RabbitMQ or Redis cannot be reached.", body = ApiErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -147,6 +178,19 @@ fn idempotency_key(
 }
 
 /// `GET /jobs/<id>`: the job, whole (its output once done).
+#[utoipa::path(get, path = "/jobs/{id}", operation_id = "jobs_show", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The request ID.")),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        (status = 400, description = "`bad_request`: not a request ID.", body = ApiErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token (authentication on).", body = ApiErrorBody,
+            headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "`not_found`: no such job (or another identity's), or it expired.",
+            body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached.", body = ApiErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     request: JobRequest<JsonError>,
@@ -157,6 +201,23 @@ pub async fn show(
 
 /// `DELETE /jobs/<id>`: cancels the job; 200 `cancelled` when it was queued, 202 `cancelling` when it
 /// was running, 409 when it had already finished.
+#[utoipa::path(delete, path = "/jobs/{id}", operation_id = "jobs_cancel", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The request ID.")),
+    responses(
+        (status = 200, description = "`cancelled`: it was queued, and is final now.",
+            body = herald_protocol::api::CancelAnswer),
+        (status = 202, description = "`cancelling`: it is running, and its worker stops at its next checkpoint.",
+            body = herald_protocol::api::CancelAnswer),
+        (status = 400, description = "`bad_request`: not a request ID.", body = ApiErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token (authentication on).", body = ApiErrorBody,
+            headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "`not_found`: no such job (or another identity's), or it expired.",
+            body = ApiErrorBody),
+        (status = 409, description = "`already_finished`: there is nothing to cancel.", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: RabbitMQ or Redis cannot be reached.", body = ApiErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     request: JobRequest<JsonError>,
@@ -165,6 +226,23 @@ pub async fn cancel(
 }
 
 /// `GET /jobs/<id>/output`: the output as a file (the factorial's as text, others' as JSON).
+#[utoipa::path(get, path = "/jobs/{id}/output", operation_id = "jobs_output", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The request ID.")),
+    responses(
+        (status = 200, description = "The output as a file: the factorial's digits as text, any other \
+            model's output as JSON.",
+            content((String = "text/plain"), (herald_protocol::Json = "application/json")),
+            headers(("Content-Disposition" = String, description = "`attachment` with a file name."))),
+        (status = 400, description = "`bad_request`: not a request ID.", body = ApiErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token (authentication on).", body = ApiErrorBody,
+            headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "`not_found`: no such job (or another identity's), or it expired.",
+            body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the job has no output (not done).", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: Redis cannot be reached.", body = ApiErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn output(
     State(state): State<AppState>,
     request: JobRequest<JsonError>,
@@ -173,13 +251,13 @@ pub async fn output(
 }
 
 /// The models served.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelList {
     models: Vec<ModelEntry>,
 }
 
 /// One model served.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ModelEntry {
     name: String,
     /// Workers serving it now (distributed mode); absent in embedded mode, where the server runs it.
@@ -189,6 +267,13 @@ struct ModelEntry {
 
 /// `GET /models`: the models jobs may name, with their workers in distributed mode. With
 /// authentication on, only for callers with a token, as the jobs themselves.
+#[utoipa::path(get, path = "/models", operation_id = "models", tag = "jobs",
+    responses(
+        (status = 200, description = "The models served.", body = ModelList),
+        (status = 401, description = "`unauthorized`: no valid token (authentication on).", body = ApiErrorBody,
+            headers(("WWW-Authenticate" = String))),
+    ),
+    security(("bearer" = [])))]
 pub async fn models(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

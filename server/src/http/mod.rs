@@ -1,12 +1,13 @@
 //! HTTP routes: the page, the WebSocket upgrade, the jobs API (`/jobs`), the classic polling API
-//! (`/factorial`), and the operations endpoints.
+//! (`/factorial`), the operations endpoints, and their OpenAPI description (`/openapi.json`).
 //!
-//! `/`, `/healthz`, `/readyz` and `/metrics` are open to all. The others check, in this order: the page's
+//! `/`, `/healthz`, `/readyz`, `/metrics` and `/openapi.json` are open to all. The others check, in this order: the page's
 //! origin (`/ws` only, 403), the caller's token when authentication is on (401, before any upgrade), the
 //! input (400), and the caller's limits (`busy`, or 429 over HTTP).
 
 mod classic;
 mod jobs;
+pub mod openapi;
 mod ops;
 mod socket;
 
@@ -19,39 +20,57 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use herald_engine::backend::Cancel;
 use herald_protocol::{ErrorCode, ErrorMessage, JobId, JobRecord, JobStatus, FACTORIAL};
 use tracing::warn;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{AuthError, Caller};
 use crate::jobs::Refusal;
 use crate::limits;
 use crate::AppState;
 
-/// All of the server's routes.
+/// All of the server's routes, and at `/openapi.json` their description.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(ops::index))
-        .route("/ws", get(socket::upgrade))
-        .route("/jobs", axum::routing::post(jobs::submit))
-        .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
-        .route("/jobs/{id}/output", get(jobs::output))
-        .route("/models", get(jobs::models))
-        .route("/factorial", get(classic::submit))
-        .route("/factorial/result", get(classic::result))
-        .route("/factorial/{id}", axum::routing::delete(classic::cancel))
-        .route("/factorial/{id}/output", get(classic::output))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
+    let (routes, document) = routes().split_for_parts();
+    let document = openapi::complete(
+        document,
+        state.settings.backend.max_n,
+        state.settings.auth_enabled(),
+        state.settings.webhook_secret.is_some(),
+    );
+    routes
+        .layer(axum::Extension(openapi::Served::new(&document)))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::host::check,
         ))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The routes with their OpenAPI descriptions: each handler's `#[utoipa::path]` names its path and
+/// method, which `routes!` routes, so the document and the router cannot drift apart. Every route
+/// the server serves is added here.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(ops::index))
+        .routes(routes!(socket::upgrade))
+        .routes(routes!(jobs::submit))
+        .routes(routes!(jobs::show, jobs::cancel))
+        .routes(routes!(jobs::output))
+        .routes(routes!(jobs::models))
+        .routes(routes!(classic::submit, classic::head))
+        .routes(routes!(classic::result))
+        .routes(routes!(classic::cancel))
+        .routes(routes!(classic::output))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(openapi::serve))
 }
 
 /// The span of one request: method and path only. The query may hold a token (`/ws?token=`), and

@@ -1,4 +1,4 @@
-//! The page and the operations endpoints: `/`, `/readyz` and `/metrics` (`/healthz` is a plain "ok").
+//! The page and the operations endpoints: `/`, `/healthz`, `/readyz` and `/metrics`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -10,13 +10,29 @@ use crate::AppState;
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
 
 /// `GET /`: the page.
+#[utoipa::path(get, path = "/", tag = "ops",
+    responses((status = 200, description = "The browser page.", body = String, content_type = "text/html")))]
 pub async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
+}
+
+/// `GET /healthz`: `ok` while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "`ok`: the process runs.", body = String, content_type = "text/plain")))]
+pub async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// `GET /readyz`: 200 when the job queue is usable (with RabbitMQ: connected, reply queue consuming)
 /// and the store answers, else 503. Embedded mode is ready as soon as it runs. A model no worker serves
 /// does not make the server unready (its jobs are taken and wait in its queue), but the body says so.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "`ready`, naming any model no worker serves now.", body = String,
+            content_type = "text/plain"),
+        (status = 503, description = "The job queue or the job store cannot be used now.", body = String,
+            content_type = "text/plain"),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
     if !state.jobs.queue.is_ready() {
         return (
@@ -45,6 +61,9 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
 
 /// `GET /metrics`: the OpenMetrics text format. Each served model's queue depth is read now (a
 /// passive declare with RabbitMQ); one that cannot be read is left out.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "The server's metrics.", body = String,
+        content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     // Read afresh on every scrape: a model no longer served, or whose depth cannot be read now,
     // is left out rather than shown with a stale value.

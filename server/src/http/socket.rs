@@ -15,6 +15,30 @@ use crate::AppState;
 
 /// `GET /ws`: checks the origin (403) and the token (401) before upgrading, then runs a session; a
 /// client already holding as many sockets as it may gets `busy` and a Close frame instead.
+///
+/// OpenAPI describes the handshake only: the messages that follow are in docs/protocol.md.
+#[utoipa::path(get, path = "/ws", tag = "websocket",
+    params(
+        ("Connection" = String, Header, pattern = "^[Uu]pgrade$", description = "`Upgrade` (RFC 6455)."),
+        ("Upgrade" = String, Header, pattern = "^websocket$", description = "`websocket`."),
+        ("Sec-WebSocket-Version" = String, Header, pattern = "^13$", description = "`13`."),
+        ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$",
+            description = "16 random bytes in base64."),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header,
+            description = "`herald`, and `bearer.<token>` to send the token (authentication on)."),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol: a session runs (a client over \
+            its socket limit gets a `busy` message and a Close frame)."),
+        (status = 400, description = "Not a WebSocket handshake.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No valid token (authentication on).", body = String,
+            content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The page's origin may not open a socket here (--allowed-origins).",
+            body = String, content_type = "text/plain"),
+        (status = 426, description = "The connection cannot be upgraded.", body = String,
+            content_type = "text/plain"),
+    ),
+    security(("bearer" = []), ("token_query" = [])))]
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
