@@ -302,6 +302,10 @@ impl TestEnv {
             Mode::Distributed,
             "embedded mode has no worker processes: use spawn_app"
         );
+        // Each model's queue is removed with this environment, however the worker was given it.
+        for spec in &settings.models.models {
+            self.job_queue(spec.split('=').next().unwrap_or(spec));
+        }
         let worker = Worker::connect(settings).await.expect("worker starts");
         let stats = worker.stats();
         let shutdown = CancellationToken::new();
@@ -837,6 +841,9 @@ impl TestEnv {
     pub fn start_worker_process(&self, args: &[&str]) -> Process {
         let mut all = self.backend_flags(AMQP_URL, REDIS_URL);
         all.extend(args.iter().map(|a| a.to_string()));
+        for pair in args.windows(2).filter(|pair| pair[0] == "--model") {
+            self.job_queue(pair[1].split('=').next().unwrap_or(pair[1]));
+        }
         Process::start("herald-worker", &all)
     }
 }
