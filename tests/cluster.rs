@@ -405,11 +405,12 @@ async fn killing_the_redis_primary_loses_no_accepted_job_with_one_replica_ack() 
 async fn soak_with_node_faults_worker_kills_and_dropped_sockets() {
     let env = cluster_env(1);
     let (servers, mut workers) = herald(&env).await;
-    let load = Load::start(&servers, 8000);
+    let load = Load::start(&servers, 12_000);
     let mut rng = Xs(0x5eed_f00d);
     let (mut rabbit_stops, mut redis_kills, mut worker_kills, mut dropped) = (0, 0, 0, 0);
-    // Each kind of fault in turn, so a short run still meets all of them.
-    let plan = ["rabbit", "worker", "drop", "redis", "worker", "drop"];
+    // Each kind of fault in turn, the short ones first, so that the run meets all of them (checked
+    // below: a soak whose jobs ran out before a kind of fault came proves nothing about it).
+    let plan = ["redis", "worker", "drop", "rabbit", "worker", "drop"];
     for fault in plan.iter().cycle() {
         if load.jobs_left() == 0 {
             break;
@@ -437,6 +438,11 @@ async fn soak_with_node_faults_worker_kills_and_dropped_sockets() {
             }
         }
     }
+    assert!(
+        rabbit_stops > 0 && redis_kills > 0 && worker_kills > 0 && dropped > 0,
+        "every kind of fault met the load: {rabbit_stops} RabbitMQ stops, {redis_kills} Redis \
+         kills, {worker_kills} worker kills, {dropped} drops"
+    );
     load.finish(
         "soak with node faults",
         &format!(
