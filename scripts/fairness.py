@@ -17,35 +17,14 @@ Needs the `websockets` package (pip install websockets).
 import argparse
 import asyncio
 import json
-import os
-import re
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 
 import websockets
 
+from benchrun import herald
+
 HEAVY = "heavy-token-0123456789"
 LIGHT = "light-token-0123456789"
-
-
-def start(binary, args, log):
-    return subprocess.Popen([binary, *args], stdout=log, stderr=subprocess.STDOUT)
-
-
-def listening_address(log_path, process):
-    """The address the server logs once it listens (it was started on port 0)."""
-    for _ in range(600):
-        if process.poll() is not None:
-            sys.exit(f"the server stopped; see {log_path}")
-        with open(log_path, encoding="utf-8", errors="replace") as log:
-            found = re.search(r"listening on http://([0-9.:]+)", log.read())
-        if found:
-            return found.group(1)
-        time.sleep(0.1)
-    sys.exit(f"the server did not start listening; see {log_path}")
 
 
 async def run(address, burst, heavy_n, light_n):
@@ -108,63 +87,12 @@ def main():
     parser.add_argument("--light-n", type=int, default=10)
     parser.add_argument("--server-arg", action="append", default=[])
     options = parser.parse_args()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
-    binaries = os.environ.get("HERALD_BIN_DIR", os.path.join(target, "release"))
-    logs = tempfile.mkdtemp(prefix="herald-fairness-")
-    tag = uuid.uuid4().hex[:12]
-    # Embedded: a data directory of this run's own (the default, herald-data in the working
-    # directory, would carry one run's jobs into the next).
-    backend = ["--data-dir", os.path.join(logs, "data")]
-    if options.mode == "distributed":
-        backend = [
-            "--amqp-url", os.environ.get("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "--redis-url", os.environ.get("HERALD_REDIS_URL", "redis://127.0.0.1:6379"),
-            "--queue", f"herald-fair.{tag}.{{model}}",
-            "--reply-exchange", f"herald-fair.{tag}.replies",
-            "--redis-prefix", f"herald-fair:{tag}:",
-        ]
-    processes = []
-    try:
-        if options.mode == "distributed":
-            worker_log = open(os.path.join(logs, "worker.log"), "w")
-            processes.append(start(os.path.join(binaries, "herald-worker"), backend, worker_log))
-        server_log_path = os.path.join(logs, "server.log")
-        server = start(
-            os.path.join(binaries, "herald-server"),
-            [*backend, "--listen", "127.0.0.1:0", "--auth-tokens",
-             f"heavy:{HEAVY},light:{LIGHT}", *options.server_arg],
-            open(server_log_path, "w"),
-        )
-        processes.append(server)
-        address = listening_address(server_log_path, server)
-        if options.mode == "distributed":
-            time.sleep(3)  # the server learns of the worker's factorial from its announcement
-        report = asyncio.run(run(address, options.burst, options.heavy_n, options.light_n))
+    tokens = ["--auth-tokens", f"heavy:{HEAVY},light:{LIGHT}"]
+    with herald(options.mode, "fair", [*tokens, *options.server_arg]) as started:
+        report = asyncio.run(run(started.address, options.burst, options.heavy_n, options.light_n))
         report["mode"] = options.mode
         report["server_args"] = options.server_arg
         print(json.dumps(report))
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait()
-        if options.mode == "distributed":
-            # The run's keys and queues, as scripts/bench.sh deletes its own.
-            redis_url = os.environ.get("HERALD_REDIS_URL", "redis://127.0.0.1:6379")
-            keys = subprocess.run(
-                ["redis-cli", "-u", redis_url, "--scan", "--pattern", f"herald-fair:{tag}:*"],
-                capture_output=True, text=True,
-            ).stdout.split()
-            for start_at in range(0, len(keys), 500):
-                subprocess.run(["redis-cli", "-u", redis_url, "DEL", *keys[start_at:start_at + 500]],
-                               capture_output=True)
-            listed = subprocess.run(
-                ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True
-            )
-            for queue in listed.stdout.split():
-                if queue.startswith(f"herald-fair.{tag}."):
-                    subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -21,31 +21,11 @@ Needs, distributed, `redis-cli` and `rabbitmqctl`.
 import argparse
 import json
 import os
-import re
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 
-
-def start(binary, args, log):
-    return subprocess.Popen([binary, *args], stdout=log, stderr=subprocess.STDOUT)
-
-
-def listening_address(log_path, process):
-    """The address the server logs once it listens (it was started on port 0)."""
-    for _ in range(600):
-        if process.poll() is not None:
-            sys.exit(f"the server stopped; see {log_path}")
-        with open(log_path, encoding="utf-8", errors="replace") as log:
-            found = re.search(r"listening on http://([0-9.:]+)", log.read())
-        if found:
-            return found.group(1)
-        time.sleep(0.1)
-    sys.exit(f"the server did not start listening; see {log_path}")
+from benchrun import herald, redis_cli
 
 
 def metrics(address):
@@ -117,11 +97,6 @@ def run(address, submits, n):
     }
 
 
-def redis_cli(url, *args):
-    out = subprocess.run(["redis-cli", "-u", url, *args], capture_output=True, text=True, check=True)
-    return out.stdout.split()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["embedded", "distributed"])
@@ -129,78 +104,31 @@ def main():
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--server-arg", action="append", default=[])
     options = parser.parse_args()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
-    binaries = os.environ.get("HERALD_BIN_DIR", os.path.join(target, "release"))
-    logs = tempfile.mkdtemp(prefix="herald-stored-once-")
-    data = os.path.join(logs, "data")
-    tag = uuid.uuid4().hex[:12]
-    redis_url = os.environ.get("HERALD_REDIS_URL", "redis://127.0.0.1:6379")
-    prefix = f"herald-once:{tag}:"
-    # Embedded: a fresh data directory, unless the server keeps its jobs in memory.
-    backend = [] if "--in-memory" in options.server_arg else ["--data-dir", data]
-    if options.mode == "distributed":
-        backend = [
-            "--amqp-url", os.environ.get("HERALD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "--redis-url", redis_url,
-            "--queue", f"herald-once.{tag}.{{model}}",
-            "--reply-exchange", f"herald-once.{tag}.replies",
-            "--redis-prefix", prefix,
-        ]
     limits = [
         f"--max-in-flight={options.submits}",
         f"--max-queued-per-client={options.submits}",
     ]
-    processes = []
-    try:
-        if options.mode == "distributed":
-            worker_log = open(os.path.join(logs, "worker.log"), "w")
-            processes.append(start(os.path.join(binaries, "herald-worker"), backend, worker_log))
-        server_log_path = os.path.join(logs, "server.log")
-        server = start(
-            os.path.join(binaries, "herald-server"),
-            [*backend, "--listen", "127.0.0.1:0", *limits, *options.server_arg],
-            open(server_log_path, "w"),
-        )
-        processes.append(server)
-        address = listening_address(server_log_path, server)
-        if options.mode == "distributed":
-            time.sleep(3)  # the server learns of the worker's factorial from its announcement
-        report = run(address, options.submits, options.n)
+    with herald(options.mode, "once", [*limits, *options.server_arg]) as started:
+        report = run(started.address, options.submits, options.n)
         report["mode"] = options.mode
         report["server_args"] = options.server_arg
         if options.mode == "embedded":
-            values = metrics(address)
+            values = metrics(started.address)
             report["stored_outputs"] = values.get("herald_stored_outputs")
             report["stored_output_bytes"] = values.get("herald_stored_output_bytes")
+            data = started.data
             report["data_dir_bytes"] = sum(
                 os.path.getsize(os.path.join(data, name))
                 for name in os.listdir(data)
-                if os.path.isdir(data) and name.startswith("herald.sqlite3")
+                if name.startswith("herald.sqlite3")
             ) if os.path.isdir(data) else None
         else:
-            keys = redis_cli(redis_url, "--scan", "--pattern", f"{prefix}output:*")
+            keys = redis_cli("--scan", "--pattern", f"{started.redis_prefix}output:*")
             report["stored_outputs"] = len(keys)
             report["stored_output_bytes"] = sum(
-                int(redis_cli(redis_url, "MEMORY", "USAGE", key)[0]) for key in keys
+                int(redis_cli("MEMORY", "USAGE", key)[0]) for key in keys
             )
         print(json.dumps(report))
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait()
-        if options.mode == "distributed":
-            keys = redis_cli(redis_url, "--scan", "--pattern", f"{prefix}*")
-            for start_at in range(0, len(keys), 500):
-                redis_cli(redis_url, "DEL", *keys[start_at:start_at + 500])
-            # The run's job queues, as scripts/bench.sh deletes its own.
-            listed = subprocess.run(
-                ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True
-            )
-            for queue in listed.stdout.split():
-                if queue.startswith(f"herald-once.{tag}."):
-                    subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
 
 
 if __name__ == "__main__":
