@@ -61,7 +61,9 @@ class Run:
             return [
                 "--amqp-url", AMQP_URL, "--redis-url", REDIS_URL,
                 "--queue", f"{self.queue_prefix}{{model}}",
-                "--reply-exchange", f"{self.queue_prefix}replies",
+                # Shared with scripts/bench.sh's runs: it routes each completion by its server's own
+                # instance ID, and a shared one is not left behind once per run.
+                "--reply-exchange", "herald-bench.replies",
                 "--redis-prefix", self.redis_prefix,
             ]
         # A data directory of this run's own (the default, herald-data in the working directory,
