@@ -449,3 +449,42 @@ crate::both_modes!(
     the_output_downloads_as_a_text_file,
     the_server_counts_what_it_does,
 );
+
+/// A served model whose queue has gone (deleted behind Herald's back, its worker killed) has no depth
+/// in the metrics, and reading it harms nothing else: a passive declare of a missing queue closes its
+/// channel, so it must not run on the channel every job is published on.
+#[tokio::test]
+async fn a_missing_queue_leaves_its_depth_out_and_jobs_still_flow() {
+    let env = TestEnv::new();
+    let server = env.spawn_app(1).await;
+    let echo = format!("echo={}", crate::helpers::example_model("echo.py", ""));
+    let mut echo_worker = env.start_worker_process(&["--model", &echo]);
+    server.until_model_served("echo").await;
+    // Killed, its announcement stays for a while (the server still lists echo), and nobody declares
+    // its queue again once it is deleted.
+    echo_worker.kill().await;
+    let connection = lapin::Connection::connect(crate::helpers::AMQP_URL, Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(env.job_queue("echo").as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let page = metrics(&server).await;
+    assert_eq!(
+        sample(&page, "herald_queue_depth{model=\"echo\"}"),
+        None,
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, "herald_queue_depth{model=\"factorial\"}"),
+        Some(0.0),
+        "{page}"
+    );
+    let mut client = server.client().await;
+    for (n, factorial) in [(7, "5040"), (8, "40320")] {
+        let id = client.submit(n).await;
+        assert_eq!(client.output_of(id).await, factorial);
+    }
+}

@@ -66,7 +66,8 @@ impl BrokerConfig {
 pub struct Connected {
     /// The node connected to, as `host:port`.
     pub node: String,
-    connection: Connection,
+    /// Shared with the [`Broker`], which opens short-lived channels on it (see `Broker::depth`).
+    connection: Arc<Connection>,
     publish: Channel,
     consumer: Consumer,
 }
@@ -140,7 +141,7 @@ impl Connected {
             .await?;
         Ok(Self {
             node: node.to_owned(),
-            connection,
+            connection: Arc::new(connection),
             publish,
             consumer,
         })
@@ -151,6 +152,8 @@ impl Connected {
 pub struct Broker {
     config: BrokerConfig,
     publish: RwLock<Option<Channel>>,
+    /// The current connection, for the channels that read queue depths.
+    connection: RwLock<Option<Arc<Connection>>>,
     /// Job queues declared on the current connection.
     declared: Mutex<HashSet<String>>,
     consuming: AtomicBool,
@@ -170,7 +173,14 @@ impl JobQueue for Broker {
     }
 
     async fn depth(&self, model: &str) -> Option<u64> {
-        let channel = self.channel()?;
+        // A passive declare of a queue that is missing closes its channel: on a channel of its own,
+        // never the one every job is published on.
+        let connection = self
+            .connection
+            .read()
+            .expect("connection lock never poisoned")
+            .clone()?;
+        let channel = connection.create_channel().await.ok()?;
         let declared = channel
             .queue_declare(
                 self.config.job_queue(model).as_str().into(),
@@ -182,6 +192,7 @@ impl JobQueue for Broker {
             )
             .await
             .ok()?;
+        let _ = channel.close(200, "depth read".into()).await;
         Some(u64::from(declared.message_count()))
     }
 }
@@ -195,6 +206,7 @@ impl Broker {
         Self {
             config,
             publish: RwLock::new(Some(connected.publish.clone())),
+            connection: RwLock::new(Some(connected.connection.clone())),
             declared: Mutex::new(HashSet::from([factorial])),
             consuming: AtomicBool::new(true),
             notifier,
@@ -293,6 +305,11 @@ impl Broker {
                 None => match self.reconnect(&shutdown).await {
                     Some(current) => {
                         self.set_channel(Some(current.publish.clone()));
+                        *self
+                            .connection
+                            .write()
+                            .expect("connection lock never poisoned") =
+                            Some(current.connection.clone());
                         self.consuming.store(true, Ordering::Relaxed);
                         reread_watched(&hub, &store, &stats).await;
                         current
@@ -308,6 +325,10 @@ impl Broker {
             let lost = consume_replies(consumer, &hub, &store, &stats, &shutdown).await;
             self.consuming.store(false, Ordering::Relaxed);
             self.set_channel(None);
+            *self
+                .connection
+                .write()
+                .expect("connection lock never poisoned") = None;
             if !lost {
                 if let Err(e) = connection.close(200, "server stopping".into()).await {
                     debug!(error = %e, "rabbitmq connection already closed");
