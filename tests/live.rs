@@ -452,7 +452,9 @@ crate::both_modes!(
 
 /// A served model whose queue has gone (deleted behind Herald's back, its worker killed) has no depth
 /// in the metrics, and reading it harms nothing else: a passive declare of a missing queue closes its
-/// channel, so it must not run on the channel every job is published on.
+/// channel, so it must not run on the channel every job is published on. The first job published to
+/// the missing queue is refused `unavailable` (RabbitMQ returns it); the next declares the queue
+/// again and is accepted.
 #[tokio::test]
 async fn a_missing_queue_leaves_its_depth_out_and_jobs_still_flow() {
     let env = TestEnv::new();
@@ -460,6 +462,10 @@ async fn a_missing_queue_leaves_its_depth_out_and_jobs_still_flow() {
     let echo = format!("echo={}", crate::helpers::example_model("echo.py", ""));
     let mut echo_worker = env.start_worker_process(&["--model", &echo]);
     server.until_model_served("echo").await;
+    let mut client = server.client().await;
+    // The server has published to echo's queue, so it counts it as declared.
+    let first = client.submit_to("echo", serde_json::json!({"x": 1})).await;
+    client.result_of(first).await;
     // Killed, its announcement stays for a while (the server still lists echo), and nobody declares
     // its queue again once it is deleted.
     echo_worker.kill().await;
@@ -482,9 +488,16 @@ async fn a_missing_queue_leaves_its_depth_out_and_jobs_still_flow() {
         Some(0.0),
         "{page}"
     );
-    let mut client = server.client().await;
     for (n, factorial) in [(7, "5040"), (8, "40320")] {
         let id = client.submit(n).await;
         assert_eq!(client.output_of(id).await, factorial);
     }
+    client
+        .send_json(serde_json::json!({"type": "submit", "model": "echo", "input": {"x": 2}}))
+        .await;
+    client
+        .expect_error(herald_protocol::ErrorCode::Unavailable)
+        .await;
+    // Queued (no worker serves it now), not refused again.
+    client.submit_to("echo", serde_json::json!({"x": 3})).await;
 }

@@ -280,6 +280,12 @@ impl Broker {
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => {
+                // Deleted since this connection declared it: declared again by the next publish,
+                // rather than every job of the model refused until a reconnect.
+                self.declared
+                    .lock()
+                    .expect("declared lock never poisoned")
+                    .remove(&queue);
                 Err(PublishError::Unavailable("job queue missing".into()))
             }
             // With `reject-publish`, a nack means the queue is at its length cap.
