@@ -116,6 +116,21 @@ async fn post(base: &str, body: Value) -> (StatusCode, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// The next delivery is the retry of `first` (job `id`), answered 200, with the same body, and the
+/// server at `base` counts it delivered.
+async fn the_retry_is_delivered(receiver: &mut Receiver, base: &str, id: &str, first: &Value) {
+    let second = receiver.next().await;
+    assert_eq!(
+        (second["id"].as_str(), second["answered"].as_u64()),
+        (Some(id), Some(200))
+    );
+    assert_eq!(second["body"], first["body"]);
+    eventually("the delivery to be counted", || async {
+        sample(base, &deliveries("delivered")).await == 1.0
+    })
+    .await;
+}
+
 async fn a_failed_delivery_is_retried_with_the_same_id(mode: Mode) {
     let env = TestEnv::in_mode(mode);
     let mut receiver = Receiver::start("500,200").await;
@@ -157,16 +172,7 @@ async fn a_failed_delivery_is_retried_with_the_same_id(mode: Mode) {
     let shown: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(body, &shown);
 
-    let second = receiver.next().await;
-    assert_eq!(
-        (second["id"].as_str(), second["answered"].as_u64()),
-        (Some(id), Some(200))
-    );
-    assert_eq!(second["body"], first["body"]);
-    eventually("the delivery to be counted", || async {
-        sample(&base, &deliveries("delivered")).await == 1.0
-    })
-    .await;
+    the_retry_is_delivered(&mut receiver, &base, id, &first).await;
     assert_eq!(sample(&base, &deliveries("failed")).await, 1.0);
     // Delivered: nothing more comes.
     assert!(receiver.deliveries.try_recv().is_err());
@@ -321,16 +327,7 @@ async fn a_retry_is_sent_after_a_kill(start: impl Fn() -> Process) {
 
     let replacement = start();
     let base = format!("http://{}", replacement.server_addr().await);
-    let second = receiver.next().await;
-    assert_eq!(
-        (second["id"].as_str(), second["answered"].as_u64()),
-        (Some(id), Some(200))
-    );
-    assert_eq!(second["body"], first["body"]);
-    eventually("the delivery to be counted", || async {
-        sample(&base, &deliveries("delivered")).await == 1.0
-    })
-    .await;
+    the_retry_is_delivered(&mut receiver, &base, id, &first).await;
 }
 
 /// A retry pending in Redis is sent by the next server once the one that failed it is killed.
