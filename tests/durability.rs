@@ -163,6 +163,96 @@ async fn replica_acks_wait_for_a_replica_and_refuse_jobs_without_one() {
     assert_eq!(keys.len(), 1, "only the first job's record: {keys:?}");
 }
 
+/// Submits at once from several sockets share their waits for the replica (engine/src/replication.rs):
+/// none is answered `accepted` before the replica, stopped meanwhile, runs again, and every job
+/// answered `accepted` is on the replica; one refused (the stop outlasted the wait) left no record.
+#[tokio::test]
+async fn concurrent_submits_are_accepted_only_once_the_replica_holds_them() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let primary = RedisProcess::start(&[]).await;
+    let port = primary.port.to_string();
+    let replica = RedisProcess::start(&["--replicaof", "127.0.0.1", &port]).await;
+    let mut env = TestEnv::new();
+    env.backend.redis_url = Some(primary.url());
+    env.backend.redis_replica_acks = 1;
+    let server = env.spawn_server().await;
+    let mut first = server.client().await;
+    let first_id = submit_until_accepted(&mut first, 5).await;
+
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(server.client().await);
+    }
+    replica.signal(libc::SIGSTOP);
+    let resumed = std::sync::Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (c, mut client) in clients.into_iter().enumerate() {
+        let resumed = resumed.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10u64 {
+                client
+                    .send_json(serde_json::json!({"type": "submit", "n": 100 + 10 * c as u64 + i}))
+                    .await;
+            }
+            let mut accepted = Vec::new();
+            let mut refused = 0;
+            for _ in 0..10 {
+                match client.recv().await {
+                    ServerMessage::Accepted { id, .. } => {
+                        assert!(
+                            resumed.load(Ordering::SeqCst),
+                            "accepted while the replica was stopped"
+                        );
+                        accepted.push(id);
+                    }
+                    ServerMessage::Error(e) if e.code == ErrorCode::Unavailable => refused += 1,
+                    other => panic!("unexpected answer to a submit: {other:?}"),
+                }
+            }
+            (accepted, refused)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    resumed.store(true, Ordering::SeqCst);
+    replica.signal(libc::SIGCONT);
+    let mut accepted = vec![first_id];
+    let mut refused = 0;
+    for task in tasks {
+        let (ids, count) = task.await.unwrap();
+        accepted.extend(ids);
+        refused += count;
+    }
+    assert!(
+        accepted.len() > 1,
+        "no submit was accepted after the replica ran again"
+    );
+    let mut on_replica = redis::Client::open(replica.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for id in &accepted {
+        let status: Option<String> = redis::cmd("HGET")
+            .arg(env.backend.keys().job(id))
+            .arg("status")
+            .query_async(&mut on_replica)
+            .await
+            .unwrap();
+        assert_eq!(status.as_deref(), Some("queued"), "job {id} on the replica");
+    }
+    let mut conn = env.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}job:*", env.backend.redis_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        accepted.len(),
+        "one record per accepted job ({refused} refused)"
+    );
+}
+
 #[tokio::test]
 async fn a_server_and_a_worker_started_before_their_backends_wait_for_them() {
     let env = TestEnv::new();

@@ -1230,6 +1230,13 @@ impl RedisProcess {
         self.launch().await;
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT…) to the running server.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("running") as i32;
+        // SAFETY: kill(2) with a PID we own and a valid signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
     /// SIGKILL.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

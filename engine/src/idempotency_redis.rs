@@ -127,29 +127,14 @@ impl IdempotencyStore for RedisStore {
         for (field, value) in record.to_fields() {
             invocation.arg(field).arg(value);
         }
-        let replica_acks = self.replica_acks();
         let reply: Vec<redis::Value> = self
-            .run(|mut conn| async move {
-                if replica_acks == 0 {
-                    return Ok(invocation.invoke_async(&mut conn).await?);
+            .run_writing(|mut conn, replicas| async move {
+                let reply = invocation.invoke_async(&mut conn).await?;
+                // As a new record without a key: the job counts as created once the replicas
+                // hold it.
+                if let Some(replicas) = replicas {
+                    replicas.hold_writes().await?;
                 }
-                // As a new record without a key: the job counts as created once the replicas hold it.
-                let mut pipe = redis::pipe();
-                pipe.invoke_script(&invocation);
-                crate::store::wait_for_replicas(&mut pipe, replica_acks);
-                let answered: Result<(Vec<redis::Value>, u32), _> =
-                    pipe.query_async(&mut conn).await;
-                let (reply, acked) = match answered {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        invocation.load_async(&mut conn).await?;
-                        pipe.query_async(&mut conn).await?
-                    }
-                    answered => answered?,
-                };
-                crate::store::replicas_acknowledged(acked, replica_acks)?;
                 Ok(reply)
             })
             .await?;

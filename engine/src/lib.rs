@@ -25,6 +25,7 @@ pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod outputs;
+mod replication;
 pub mod settings;
 pub mod startup;
 pub mod store;

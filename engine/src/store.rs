@@ -24,6 +24,7 @@ use redis::Script;
 use crate::backend::{Admission, Cancel, ClientLimits, Finish, JobStore, OverQuota, Report, Start};
 use crate::clients::{self, SETTLE_LUA};
 use crate::output;
+use crate::replication::{Replicas, Waiter};
 use crate::settings::{redact_url, BackendArgs};
 
 /// Longest wait for any one Redis operation: a Redis that does not answer is treated as unreachable
@@ -308,12 +309,14 @@ pub enum Persistence {
 /// Every operation of the process goes over one multiplexed connection, so operations issued at once
 /// travel in one write and are answered in one read: under load that halves the CPU Redis spends per
 /// job, against a pool of connections used one operation at a time (BENCHMARKS.md, "Throughput").
+/// With `--redis-replica-acks`, a second connection carries the WAITs ([`crate::replication`]).
 #[derive(Clone)]
 pub struct RedisStore {
     link: Arc<Link>,
     keys: Keys,
-    /// Replicas that must hold a new or final record before the write counts (Redis WAIT); 0: none.
-    replica_acks: u32,
+    /// Waits for the replicas that must hold a new or final record before the write counts
+    /// (`--redis-replica-acks`, see [`crate::replication`]); `None` when none must.
+    waiter: Option<Arc<Waiter>>,
 }
 
 /// Longest wait for the replicas named by `--redis-replica-acks` to hold a write; past it the write
@@ -339,6 +342,9 @@ struct Current {
     /// the first replaces it.
     generation: u64,
     manager: ConnectionManager,
+    /// A second connection to the same Redis, for WAIT, which blocks the connection it is sent on
+    /// (see [`crate::replication`]); it connects when first used.
+    waiting: ConnectionManager,
     /// The Redis it goes to.
     client: redis::Client,
     /// The same, as `host:port`.
@@ -373,6 +379,7 @@ impl Link {
         Ok(Current {
             generation,
             manager: Self::manager(client)?,
+            waiting: Self::manager(client)?,
             client: client.clone(),
             address: client.get_connection_info().addr().to_string(),
         })
@@ -465,7 +472,7 @@ impl RedisStore {
                 asking: AtomicBool::new(false),
             }),
             keys,
-            replica_acks: 0,
+            waiter: None,
         })
     }
 
@@ -540,10 +547,10 @@ impl RedisStore {
                     asking: AtomicBool::new(false),
                 }),
                 keys: backend.keys(),
-                replica_acks: 0,
+                waiter: None,
             }
         };
-        store.replica_acks = backend.redis_replica_acks;
+        store = store.with_replica_acks(backend.redis_replica_acks);
         // Asked directly rather than through `run`, so that the error says whether waiting may help.
         let mut conn = store.link.current().manager;
         let ping_cmd = redis::cmd("PING");
@@ -565,8 +572,14 @@ impl RedisStore {
     }
 
     /// Replicas each new and final record waits for.
+    /// Must be called within a Tokio runtime when `replicas` is not 0.
     pub fn with_replica_acks(mut self, replicas: u32) -> Self {
-        self.replica_acks = replicas;
+        self.waiter = (replicas > 0).then(|| {
+            Arc::new(Waiter::start(
+                format!("{}replication-tick", self.keys.prefix()),
+                replicas,
+            ))
+        });
         self
     }
 
@@ -634,11 +647,6 @@ impl RedisStore {
         &self.keys
     }
 
-    /// Replicas each new and final record waits for (`--redis-replica-acks`).
-    pub(crate) fn replica_acks(&self) -> u32 {
-        self.replica_acks
-    }
-
     /// One try of [`JobStore::finish`] with the output's `digest` (if it has one) and its stored form
     /// (`blob`, empty to refer to a stored output only); `None` when Redis does not hold the output
     /// and `blob` was empty.
@@ -653,7 +661,6 @@ impl RedisStore {
         let watchers = self.keys.watchers(id);
         let pending = self.keys.webhooks();
         let output = digest.map(|digest| self.keys.output(digest));
-        let replica_acks = self.replica_acks;
         let mut invocation = FINISH.key(&job);
         invocation.key(&watchers).key(&pending);
         if let Some(output) = &output {
@@ -672,32 +679,13 @@ impl RedisStore {
         if let Some(digest) = digest {
             invocation.arg("output_digest").arg(digest);
         }
-        self.run(|mut conn| async move {
-            let reply: Vec<redis::Value> = if replica_acks == 0 {
-                invocation.invoke_async(&mut conn).await?
-            } else {
-                // The script and WAIT in one pipeline, so WAIT follows the write on its connection.
-                // An already final record is waited for too: it may be this worker's own earlier
-                // write, whose WAIT fell short.
-                let mut pipe = redis::pipe();
-                pipe.invoke_script(&invocation);
-                wait_for_replicas(&mut pipe, replica_acks);
-                let answered: Result<(Vec<redis::Value>, u32), _> =
-                    pipe.query_async(&mut conn).await;
-                let (reply, acked) = match answered {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        // First use of the script on this Redis (a new primary has an empty cache).
-                        invocation.load_async(&mut conn).await?;
-                        pipe.query_async(&mut conn).await?
-                    }
-                    answered => answered?,
-                };
-                replicas_acknowledged(acked, replica_acks)?;
-                reply
-            };
+        self.run_writing(|mut conn, replicas| async move {
+            let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await?;
+            // An already final record is waited for too: it may be this worker's own earlier
+            // write, whose wait fell short.
+            if let Some(replicas) = replicas {
+                replicas.hold_writes().await?;
+            }
             let mut reply = reply.into_iter();
             let outcome: i64 = match reply.next() {
                 Some(v) => redis::from_redis_value(v)?,
@@ -724,12 +712,31 @@ impl RedisStore {
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
+        self.run_writing(|conn, _| f(conn)).await
+    }
+
+    /// As [`RedisStore::run`], for a write that must be held by `--redis-replica-acks` replicas:
+    /// `f` also gets what waits for them (`None` when none are required), on the same Redis as
+    /// the connection it is given.
+    pub(crate) async fn run_writing<'a, T, F>(
+        &'a self,
+        f: impl FnOnce(ConnectionManager, Option<Replicas<'a>>) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let Current {
             generation,
             manager,
+            waiting,
             ..
         } = self.link.current();
-        match tokio::time::timeout(OPERATION_TIMEOUT, f(manager)).await {
+        let replicas = self.waiter.as_deref().map(|waiter| Replicas {
+            waiter,
+            generation,
+            manager: waiting,
+        });
+        match tokio::time::timeout(OPERATION_TIMEOUT, f(manager, replicas)).await {
             Ok(Err(StoreError::Unavailable(reason))) => {
                 self.link.failed(generation);
                 Err(StoreError::Unavailable(reason))
@@ -795,27 +802,9 @@ impl JobStore for RedisStore {
         for (field, value) in record.to_fields() {
             invocation.arg(field).arg(value);
         }
-        let replica_acks = self.replica_acks;
         let prefix = prefix.to_owned();
-        self.run(|mut conn| async move {
-            let (reply, acked): (Vec<u64>, u32) = if replica_acks == 0 {
-                (invocation.invoke_async(&mut conn).await?, replica_acks)
-            } else {
-                // The script and WAIT in one pipeline, so WAIT follows the write on its connection.
-                let mut pipe = redis::pipe();
-                pipe.invoke_script(&invocation);
-                wait_for_replicas(&mut pipe, replica_acks);
-                match pipe.query_async(&mut conn).await {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        invocation.load_async(&mut conn).await?;
-                        pipe.query_async(&mut conn).await?
-                    }
-                    answered => answered?,
-                }
-            };
+        self.run_writing(|mut conn, replicas| async move {
+            let reply: Vec<u64> = invocation.invoke_async(&mut conn).await?;
             let admission = match reply.as_slice() {
                 [0] => Admission::Created,
                 [1, held] => Admission::Refused(OverQuota::Queued(*held)),
@@ -823,16 +812,19 @@ impl JobStore for RedisStore {
                 [3, held] => Admission::Refused(OverQuota::StoredBytes(*held)),
                 _ => return Err(RecordError::Inconsistent("unexpected reply from create").into()),
             };
-            if admission == Admission::Created && acked < replica_acks {
-                // Nobody has the ID yet: take the record back rather than leave it queued forever.
-                let _: Result<(), _> = clients::FORGET
-                    .key(&job)
-                    .key(&watchers)
-                    .arg(&prefix)
-                    .arg(id.as_hyphenated().to_string())
-                    .invoke_async(&mut conn)
-                    .await;
-                replicas_acknowledged(acked, replica_acks)?;
+            if let (Admission::Created, Some(replicas)) = (admission, replicas) {
+                if let Err(e) = replicas.hold_writes().await {
+                    // Nobody has the ID yet: take the record back rather than leave it queued
+                    // forever.
+                    let _: Result<(), _> = clients::FORGET
+                        .key(&job)
+                        .key(&watchers)
+                        .arg(&prefix)
+                        .arg(id.as_hyphenated().to_string())
+                        .invoke_async(&mut conn)
+                        .await;
+                    return Err(e);
+                }
             }
             Ok(admission)
         })
@@ -1084,25 +1076,6 @@ impl JobStore for RedisStore {
             blob = output::encode_async(output).await.blob;
         }
     }
-}
-
-/// Adds `WAIT replicas timeout` to `pipe`: its answer is the number of replicas that hold every write
-/// sent before it on the connection.
-pub(crate) fn wait_for_replicas(pipe: &mut redis::Pipeline, replicas: u32) {
-    pipe.cmd("WAIT")
-        .arg(replicas)
-        .arg(REPLICA_WAIT.as_millis() as u64);
-}
-
-/// A write that fewer replicas than required hold has not happened, as far as the caller can promise.
-pub(crate) fn replicas_acknowledged(acked: u32, required: u32) -> Result<(), StoreError> {
-    if acked >= required {
-        return Ok(());
-    }
-    Err(StoreError::Unavailable(format!(
-        "only {acked} of {required} redis replicas acknowledged the write within {} ms",
-        REPLICA_WAIT.as_millis()
-    )))
 }
 
 /// What a cancel's script answered.
