@@ -29,6 +29,35 @@ async fn submit_until_accepted(
     }
 }
 
+/// The keys of `env`'s job records in its Redis.
+async fn job_records(env: &TestEnv) -> Vec<String> {
+    let mut conn = env.redis().await;
+    redis::cmd("KEYS")
+        .arg(format!("{}job:*", env.backend.redis_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The status of job `id` of `env` as the Redis `redis` (a replica, say) holds it.
+async fn status_on(
+    redis: &RedisProcess,
+    env: &TestEnv,
+    id: &herald_protocol::JobId,
+) -> Option<String> {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("HGET")
+        .arg(env.backend.keys().job(id))
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// Submits `count` jobs (no worker runs), restarts Redis, and returns what resumes then answer: the
 /// status of each job still known, `None` for one Redis lost.
 async fn restart_with_queued_jobs(redis: &mut RedisProcess, count: u64) -> Vec<Option<JobStatus>> {
@@ -135,18 +164,10 @@ async fn replica_acks_wait_for_a_replica_and_refuse_jobs_without_one() {
     let id = submit_until_accepted(&mut client, 20).await;
     assert_eq!(client.output_of(id).await, "2432902008176640000");
     // The replica holds the final record too: the worker waited for it.
-    let mut conn = redis::Client::open(replica.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let status: Option<String> = redis::cmd("HGET")
-        .arg(env.backend.keys().job(&id))
-        .arg("status")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(status.as_deref(), Some("done"));
+    assert_eq!(
+        status_on(&replica, &env, &id).await.as_deref(),
+        Some("done")
+    );
 
     // Without a replica, nothing can be held by one: the submit is refused, and leaves no record.
     replica.kill().await;
@@ -154,12 +175,7 @@ async fn replica_acks_wait_for_a_replica_and_refuse_jobs_without_one() {
         .send_json(serde_json::json!({"type": "submit", "n": 21}))
         .await;
     client.expect_error(ErrorCode::Unavailable).await;
-    let mut conn = env.redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}job:*", env.backend.redis_prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = job_records(&env).await;
     assert_eq!(keys.len(), 1, "only the first job's record: {keys:?}");
 }
 
@@ -226,26 +242,11 @@ async fn concurrent_submits_are_accepted_only_once_the_replica_holds_them() {
         accepted.len() > 1,
         "no submit was accepted after the replica ran again"
     );
-    let mut on_replica = redis::Client::open(replica.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     for id in &accepted {
-        let status: Option<String> = redis::cmd("HGET")
-            .arg(env.backend.keys().job(id))
-            .arg("status")
-            .query_async(&mut on_replica)
-            .await
-            .unwrap();
+        let status = status_on(&replica, &env, id).await;
         assert_eq!(status.as_deref(), Some("queued"), "job {id} on the replica");
     }
-    let mut conn = env.redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}job:*", env.backend.redis_prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = job_records(&env).await;
     assert_eq!(
         keys.len(),
         accepted.len(),
