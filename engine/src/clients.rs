@@ -144,12 +144,13 @@ redis.call('DEL', KEYS[1], KEYS[2])
 /// The Lua that a script ending a job runs once its record is final: the job leaves its client's
 /// jobs queued or running and, with an output (`digest`: the output key's last 64 characters), the
 /// client is charged the output's stored bytes unless it already refers to it. Needs `job`, `id`,
-/// `prefix`, `now`, `output` (the output key, or nil), and the record's `client` field and
-/// remaining `ttl` (ms) read before it was made final, as locals.
+/// `prefix`, `now` and `output` (the output key, or nil) as locals.
 pub(crate) const SETTLE_LUA: &str = r"
+local client = redis.call('HGET', job, 'client')
 if client then
   local book = prefix .. 'client:' .. client
   redis.call('ZREM', book .. ':active', id)
+  local ttl = redis.call('PTTL', job)
   if output and ttl > 0 then
     local digest = string.sub(output, -64)
     if redis.call('ZADD', book .. ':outputs', 'GT', now + ttl, digest) == 1 then

@@ -59,16 +59,15 @@ impl From<redis::ParsingError> for StoreError {
 static START: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local fields = redis.call('HMGET', KEYS[1], 'status', 'submitted_ms', 'cancel', 'attempts')
-local status = fields[1]
+local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
-local submitted = fields[2] or '0'
-local cancel = fields[3] or '0'
+local submitted = redis.call('HGET', KEYS[1], 'submitted_ms') or '0'
+local cancel = redis.call('HGET', KEYS[1], 'cancel') or '0'
 if (status == 'queued' or status == 'running') and ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_ms', ARGV[1])
   return {status, redis.call('HINCRBY', KEYS[1], 'attempts', 1), submitted, cancel}
 end
-return {status, tonumber(fields[4] or '0'), submitted, cancel}
+return {status, tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0'), submitted, cancel}
 ",
     )
 });
@@ -84,12 +83,11 @@ static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"
 local job, prefix, id, now, output = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), KEYS[4]
-local fields = redis.call('HMGET', job, 'status', 'client', 'webhook')
-local status, client = fields[1], fields[2]
+local status = redis.call('HGET', job, 'status')
 if not status then return {{-1}} end
 if status ~= 'queued' and status ~= 'running' then return {{0}} end
-local ttl = redis.call('PTTL', job)
 if output then
+  local ttl = redis.call('PTTL', job)
   local left = redis.call('PTTL', output)
   if left == -2 then
     if ARGV[4] == '' then return {{2}} end
@@ -101,7 +99,7 @@ if output then
 end
 redis.call('HDEL', job, 'progress', 'phase', 'output')
 redis.call('HSET', job, unpack(ARGV, 5))
-if fields[3] then redis.call('ZADD', KEYS[3], 'NX', 0, id) end
+if redis.call('HEXISTS', job, 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, id) end
 {SETTLE_LUA}
 local reply = {{1}}
 local counts = redis.call('HGETALL', KEYS[2])
@@ -163,7 +161,6 @@ if status == 'queued' then
   redis.call('HDEL', KEYS[1], 'progress', 'phase')
   if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then redis.call('ZADD', KEYS[3], 'NX', 0, ARGV[4]) end
   local job, prefix, id, now, output = KEYS[1], ARGV[3], ARGV[4], tonumber(ARGV[1]), nil
-  local client, ttl = redis.call('HGET', KEYS[1], 'client'), redis.call('PTTL', KEYS[1])
 {SETTLE_LUA}
   local reply = {{1, redis.call('HGET', KEYS[1], 'model') or '', redis.call('HGET', KEYS[1], 'input') or '',
     redis.call('HGET', KEYS[1], 'submitted_ms')}}
