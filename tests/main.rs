@@ -21,6 +21,7 @@ mod http_api;
 mod idempotency;
 mod instances;
 mod live;
+mod load;
 mod loadgen;
 mod models;
 mod openapi;
