@@ -29,6 +29,8 @@ mod replication;
 pub mod settings;
 pub mod startup;
 pub mod store;
+#[cfg(test)]
+mod store_cases;
 pub mod telemetry;
 pub mod topology;
 

@@ -700,6 +700,7 @@ fn is_quick(models: &Models, job: &JobMessage) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store_cases;
     use herald_protocol::model::{factorial_input, json_string};
     use herald_protocol::FACTORIAL;
 
@@ -721,57 +722,14 @@ mod tests {
     async fn a_queued_job_is_cancelled_at_once_and_never_starts() {
         let id = JobId::new_v4();
         let store = store_with(&id, Duration::from_secs(60));
-        assert_eq!(
-            store.cancel(&id, None, Some("bob"), 9).await.unwrap(),
-            Cancel::Missing,
-            "another identity's job is unknown to it"
-        );
-        let Cancel::Cancelled { record, watchers } =
-            store.cancel(&id, None, Some("alice"), 9).await.unwrap()
-        else {
-            panic!("a queued job is cancelled at once");
-        };
-        assert_eq!(record.status, JobStatus::Cancelled);
-        assert_eq!(record.finished_ms, Some(9));
-        assert_eq!(watchers, vec!["a".to_owned()]);
-        assert_eq!(store.start(&id, 10, true).await.unwrap(), Start::Final);
-        assert_eq!(
-            store.cancel(&id, None, None, 11).await.unwrap(),
-            Cancel::Final(JobStatus::Cancelled)
-        );
+        store_cases::a_queued_job_is_cancelled_at_once_and_never_starts(&store, &id).await;
     }
 
     #[tokio::test]
     async fn a_running_job_is_asked_to_stop_and_the_canceller_watches() {
         let id = JobId::new_v4();
         let store = store_with(&id, Duration::from_secs(60));
-        assert!(matches!(
-            store.start(&id, 2, true).await.unwrap(),
-            Start::Run {
-                attempts: 1,
-                cancel_requested: false,
-                ..
-            }
-        ));
-        let report = store
-            .report(&id, Some((0.25, Some("product"))))
-            .await
-            .unwrap();
-        assert!(!report.stop);
-        let record = store.get(&id).await.unwrap().unwrap();
-        assert_eq!(
-            (record.progress, record.phase.as_deref()),
-            (Some(0.25), Some("product"))
-        );
-        assert_eq!(
-            store.cancel(&id, Some("b"), None, 3).await.unwrap(),
-            Cancel::Requested
-        );
-        let report = store.report(&id, None).await.unwrap();
-        assert!(report.stop);
-        let mut watchers = report.watchers;
-        watchers.sort();
-        assert_eq!(watchers, vec!["a".to_owned(), "b".to_owned()]);
+        store_cases::a_running_job_is_asked_to_stop_and_the_canceller_watches(&store, &id).await;
         // A worker that died after the flag was set: the next start ends it without computing.
         assert!(matches!(
             store.start(&id, 4, true).await.unwrap(),
@@ -787,16 +745,7 @@ mod tests {
     async fn watchers_are_counted_and_released() {
         let id = JobId::new_v4();
         let store = store_with(&id, Duration::from_secs(60));
-        store.resume(&id, "a", None).await.unwrap().unwrap();
-        store.unwatch(&id, "a", 1).await.unwrap();
-        assert_eq!(store.watchers(&id).await.unwrap(), vec!["a".to_owned()]);
-        store.unwatch(&id, "a", 1).await.unwrap();
-        assert!(store.watchers(&id).await.unwrap().is_empty());
-        assert!(store.resume(&id, "c", Some("bob")).await.unwrap().is_none());
-        assert!(
-            store.watchers(&id).await.unwrap().is_empty(),
-            "a stranger registers nothing"
-        );
+        store_cases::watchers_are_counted_and_released(&store, &id).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@ use herald_protocol::model::{factorial_input, json_string};
 use herald_protocol::{JobId, JobRecord, JobStatus, Json, FACTORIAL};
 
 use crate::backend::OverQuota;
+use crate::store_cases;
 
 use super::*;
 
@@ -35,24 +36,7 @@ async fn a_queued_job_is_cancelled_at_once_and_never_starts() {
     let dir = tempfile::tempdir().unwrap();
     let id = JobId::new_v4();
     let store = store_with(dir.path(), &id, Duration::from_secs(60)).await;
-    assert_eq!(
-        store.cancel(&id, None, Some("bob"), 9).await.unwrap(),
-        Cancel::Missing,
-        "another identity's job is unknown to it"
-    );
-    let Cancel::Cancelled { record, watchers } =
-        store.cancel(&id, None, Some("alice"), 9).await.unwrap()
-    else {
-        panic!("a queued job is cancelled at once");
-    };
-    assert_eq!(record.status, JobStatus::Cancelled);
-    assert_eq!(record.finished_ms, Some(9));
-    assert_eq!(watchers, vec!["a".to_owned()]);
-    assert_eq!(store.start(&id, 10, true).await.unwrap(), Start::Final);
-    assert_eq!(
-        store.cancel(&id, None, None, 11).await.unwrap(),
-        Cancel::Final(JobStatus::Cancelled)
-    );
+    store_cases::a_queued_job_is_cancelled_at_once_and_never_starts(&store, &id).await;
     drop(store);
     let again = open(dir.path()).await;
     assert!(again.unfinished.is_empty(), "a cancelled job is final");
@@ -66,28 +50,7 @@ async fn a_running_job_is_asked_to_stop_and_the_canceller_watches() {
     let dir = tempfile::tempdir().unwrap();
     let id = JobId::new_v4();
     let store = store_with(dir.path(), &id, Duration::from_secs(60)).await;
-    assert!(matches!(
-        store.start(&id, 2, true).await.unwrap(),
-        Start::Run {
-            attempts: 1,
-            cancel_requested: false,
-            ..
-        }
-    ));
-    let report = store
-        .report(&id, Some((0.25, Some("product"))))
-        .await
-        .unwrap();
-    assert!(!report.stop);
-    assert_eq!(
-        store.cancel(&id, Some("b"), None, 3).await.unwrap(),
-        Cancel::Requested
-    );
-    let report = store.report(&id, None).await.unwrap();
-    assert!(report.stop);
-    let mut watchers = report.watchers;
-    watchers.sort();
-    assert_eq!(watchers, vec!["a".to_owned(), "b".to_owned()]);
+    store_cases::a_running_job_is_asked_to_stop_and_the_canceller_watches(&store, &id).await;
     drop(store);
 
     // The server died under it: the job comes back unfinished, its attempt and the cancel kept, and
@@ -114,13 +77,7 @@ async fn watchers_are_counted_and_released() {
     let dir = tempfile::tempdir().unwrap();
     let id = JobId::new_v4();
     let store = store_with(dir.path(), &id, Duration::from_secs(60)).await;
-    store.resume(&id, "a", None).await.unwrap().unwrap();
-    store.unwatch(&id, "a", 1).await.unwrap();
-    assert_eq!(store.watchers(&id).await.unwrap(), vec!["a".to_owned()]);
-    store.unwatch(&id, "a", 1).await.unwrap();
-    assert!(store.watchers(&id).await.unwrap().is_empty());
-    assert!(store.resume(&id, "c", Some("bob")).await.unwrap().is_none());
-    assert!(store.watchers(&id).await.unwrap().is_empty());
+    store_cases::watchers_are_counted_and_released(&store, &id).await;
 }
 
 #[tokio::test]
