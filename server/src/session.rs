@@ -299,6 +299,13 @@ impl Session {
             self.state.hub.watch(id, &self.handle);
             self.watches.insert(id, Watch::Resuming(None));
         }
+        self.read_and_watch(id, "a resume");
+    }
+
+    /// Reads job `id` in the background, registering this instance as its watcher while it is
+    /// pending, and hands the outcome back to the session as [`SessionEvent::Resumed`]; `what` names
+    /// the request in the log. A registration the session is gone for is released.
+    fn read_and_watch(&self, id: JobId, what: &'static str) {
         let store = self.state.jobs.store.clone();
         let instance = self.state.jobs.instance.clone();
         let events = self.handle.events.clone();
@@ -310,19 +317,15 @@ impl Session {
                 .resume(&id, &instance, identity.as_deref())
                 .await
                 .map_err(|e| {
-                    warn!(%id, error = %e, "could not read a job for a resume");
+                    warn!(%id, error = %e, "could not read a job for {what}");
                     unavailable().with_id(id)
                 });
             let registered = matches!(&outcome, Ok(Some(r)) if !r.status.is_final());
-            if events
-                .send(SessionEvent::Resumed {
-                    id,
-                    outcome: Box::new(outcome),
-                })
-                .await
-                .is_err()
-                && registered
-            {
+            let resumed = SessionEvent::Resumed {
+                id,
+                outcome: Box::new(outcome),
+            };
+            if events.send(resumed).await.is_err() && registered {
                 release(&store, &instance, id, 1).await;
             }
         });
@@ -556,27 +559,7 @@ impl Session {
         }
         self.state.hub.watch(existing, &self.handle);
         self.watches.insert(existing, Watch::Adopting(None));
-        let store = self.state.jobs.store.clone();
-        let instance = self.state.jobs.instance.clone();
-        let events = self.handle.events.clone();
-        let identity = self.caller.identity.clone();
-        tokio::spawn(async move {
-            let outcome = store
-                .resume(&existing, &instance, identity.as_deref())
-                .await
-                .map_err(|e| {
-                    warn!(id = %existing, error = %e, "could not read a job for a repeated submit");
-                    unavailable().with_id(existing)
-                });
-            let registered = matches!(&outcome, Ok(Some(r)) if !r.status.is_final());
-            let resumed = SessionEvent::Resumed {
-                id: existing,
-                outcome: Box::new(outcome),
-            };
-            if events.send(resumed).await.is_err() && registered {
-                release(&store, &instance, existing, 1).await;
-            }
-        });
+        self.read_and_watch(existing, "a repeated submit");
     }
 
     /// Answers a resume or cancel with `error`; a watch it opened (`fresh`) is closed again.
