@@ -359,6 +359,19 @@ impl Browser {
     }
 
     /// The page as a PNG under target/test-artifacts/browser/, for people to look at.
+    /// Presses Enter on the cancel button of job `id`'s row: a real button, so the keyboard works.
+    async fn cancel_from_the_keyboard(&self, id: &str) {
+        self.client
+            .find(Locator::Css(&format!(
+                "li.job[data-id='{id}'] .actions button.cancel"
+            )))
+            .await
+            .expect("a pending job has a cancel button")
+            .send_keys(&char::from(Key::Enter).to_string())
+            .await
+            .unwrap();
+    }
+
     async fn screenshot(&self, name: &str) -> PathBuf {
         // Let the bar's width transition settle, so the picture shows what the hooks say.
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -641,16 +654,7 @@ async fn the_page_computes_shows_progress_resumes_after_reload_and_cancels() {
     browser.phone(Some((390, 844))).await;
     browser.screenshot("phone-progress").await;
     // From the keyboard: the cancel button is a real button, so Enter on it works.
-    browser
-        .client
-        .find(Locator::Css(&format!(
-            "li.job[data-id='{doomed}'] .actions button.cancel"
-        )))
-        .await
-        .expect("a pending job has a cancel button")
-        .send_keys(&char::from(Key::Enter).to_string())
-        .await
-        .unwrap();
+    browser.cancel_from_the_keyboard(&doomed).await;
     let cancelled = browser
         .until("the job to end after its cancel", |jobs| {
             jobs.iter()
@@ -949,16 +953,7 @@ async fn the_page_lists_models_and_runs_json_jobs_with_progress_results_cancel_a
     .await;
     browser.phone(Some((390, 844))).await;
     browser.screenshot("phone-model-progress").await;
-    browser
-        .client
-        .find(Locator::Css(&format!(
-            "li.job[data-id='{doomed}'] .actions button.cancel"
-        )))
-        .await
-        .expect("a running job has a cancel button")
-        .send_keys(&char::from(Key::Enter).to_string())
-        .await
-        .unwrap();
+    browser.cancel_from_the_keyboard(&doomed).await;
     let cancelled = until_job(&browser, &doomed, "the job to end after its cancel", |j| {
         !["queued", "running"].contains(&status(j))
     })
