@@ -2,7 +2,7 @@
 //! the output, and a client past a quota is answered `busy` (with `retry_after`) while every result
 //! already taken stays readable.
 
-use herald_protocol::{ErrorCode, JobId, Outcome, ServerMessage};
+use herald_protocol::{ErrorCode, ErrorMessage, JobId, Outcome, ServerMessage};
 
 use crate::both_modes;
 use crate::helpers::{eventually, try_connect, Client, Mode, TestEnv, TestServer};
@@ -38,6 +38,14 @@ async fn submit_many(client: &mut Client, n: u64, count: usize) -> Vec<JobId> {
         }
     }
     accepted
+}
+
+/// Sends `submit` and expects `busy` naming the limit `flag`; the refusal.
+async fn refused_busy(client: &mut Client, submit: serde_json::Value, flag: &str) -> ErrorMessage {
+    client.send_json(submit).await;
+    let busy = client.expect_error(ErrorCode::Busy).await;
+    assert!(busy.message.contains(flag), "{}", busy.message);
+    busy
 }
 
 /// A value of the server's `/metrics`.
@@ -155,15 +163,12 @@ async fn quotas_answer_busy_and_lose_no_result(mode: Mode) {
     for n in [999_990, 999_991, 999_992] {
         long.push(alice.submit(n).await);
     }
-    alice
-        .send_json(serde_json::json!({"type": "submit", "n": 7}))
-        .await;
-    let busy = alice.expect_error(ErrorCode::Busy).await;
-    assert!(
-        busy.message.contains("--max-queued-per-client"),
-        "{}",
-        busy.message
-    );
+    let busy = refused_busy(
+        &mut alice,
+        serde_json::json!({"type": "submit", "n": 7}),
+        "--max-queued-per-client",
+    )
+    .await;
     assert!(busy.retry_after_ms.unwrap() > 0);
     let mut bob = connect(&server, BOB).await;
     let id = bob.submit(8).await;
@@ -191,15 +196,12 @@ async fn quotas_answer_busy_and_lose_no_result(mode: Mode) {
         alice.output_of(id).await;
         small.push(id);
     }
-    alice
-        .send_json(serde_json::json!({"type": "submit", "n": 9}))
-        .await;
-    let busy = alice.expect_error(ErrorCode::Busy).await;
-    assert!(
-        busy.message.contains("--max-jobs-per-client"),
-        "{}",
-        busy.message
-    );
+    refused_busy(
+        &mut alice,
+        serde_json::json!({"type": "submit", "n": 9}),
+        "--max-jobs-per-client",
+    )
+    .await;
     for id in long.iter().chain(&small) {
         alice.resume(*id).await;
         assert!(matches!(alice.result_of(*id).await, Outcome::Done { .. }));
@@ -227,26 +229,20 @@ async fn stored_bytes_answer_busy_once_past(mode: Mode) {
     let digits = alice.output_of(first).await;
     assert_eq!(digits.len(), 9131);
     // The same output again costs nothing more, but Alice is past her bytes already.
-    alice
-        .send_json(serde_json::json!({"type": "submit", "n": 3000}))
-        .await;
-    let busy = alice.expect_error(ErrorCode::Busy).await;
-    assert!(
-        busy.message.contains("--max-stored-bytes-per-client"),
-        "{}",
-        busy.message
-    );
+    refused_busy(
+        &mut alice,
+        serde_json::json!({"type": "submit", "n": 3000}),
+        "--max-stored-bytes-per-client",
+    )
+    .await;
     // A new key is refused the same way, checked in the step that would take the key; a repeat of
     // her key is answered with its job, whose stored output is read back, whatever she holds.
-    alice
-        .send_json(serde_json::json!({"type": "submit", "n": 3000, "key": "second"}))
-        .await;
-    let busy = alice.expect_error(ErrorCode::Busy).await;
-    assert!(
-        busy.message.contains("--max-stored-bytes-per-client"),
-        "{}",
-        busy.message
-    );
+    refused_busy(
+        &mut alice,
+        serde_json::json!({"type": "submit", "n": 3000, "key": "second"}),
+        "--max-stored-bytes-per-client",
+    )
+    .await;
     alice
         .send_json(serde_json::json!({"type": "submit", "n": 3000, "key": "first"}))
         .await;
