@@ -372,28 +372,19 @@ async fn an_output_is_written_once_and_survives_a_reopening_with_the_clients_cou
     assert_eq!(again.store.memory.outputs_held().0, 1);
     // The client's three kept jobs were counted again: a fourth is taken, a fifth is not.
     let record = JobRecord::queued(FACTORIAL, input.clone(), 1).from_client(Some("ip:a"));
-    let fourth = again
-        .store
-        .create(
-            &JobId::new_v4(),
-            &record,
-            None,
-            Duration::from_secs(600),
-            &limits,
-        )
-        .await;
-    assert_eq!(fourth.unwrap(), Admission::Created);
-    let fifth = again
-        .store
-        .create(
-            &JobId::new_v4(),
-            &record,
-            None,
-            Duration::from_secs(600),
-            &limits,
-        )
-        .await;
-    assert_eq!(fifth.unwrap(), Admission::Refused(OverQuota::Jobs(4)));
+    for expected in [Admission::Created, Admission::Refused(OverQuota::Jobs(4))] {
+        let taken = again
+            .store
+            .create(
+                &JobId::new_v4(),
+                &record,
+                None,
+                Duration::from_secs(600),
+                &limits,
+            )
+            .await;
+        assert_eq!(taken.unwrap(), expected);
+    }
 }
 
 #[tokio::test]
