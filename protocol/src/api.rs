@@ -194,6 +194,11 @@ pub struct FactorialSubmit {
     /// The factorial's `n`, at most the server's `--max-n`.
     #[schema(schema_with = factorial_n)]
     pub n: u64,
+    /// Never beside `n`, not even `null`: `n` and `input` are two ways to give the factorial's
+    /// input, and a body with both is refused (`400`).
+    #[serde(default)]
+    #[schema(schema_with = no_input)]
+    pub input: Option<()>,
     /// The factorial (the default).
     #[serde(default)]
     #[schema(schema_with = factorial_name)]
@@ -214,6 +219,11 @@ pub struct FactorialInputSubmit {
     /// The factorial's input: `{"n":N}`, or `N` alone.
     #[schema(schema_with = factorial_input)]
     pub input: Json,
+    /// `null` at most (read as absent): `n` and `input` are two ways to give the factorial's input,
+    /// and a body with both is refused (`400`).
+    #[serde(default)]
+    #[schema(schema_with = no_n)]
+    pub n: Option<()>,
     /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
     #[serde(default)]
     #[schema(schema_with = webhook)]
@@ -236,6 +246,11 @@ pub struct ModelSubmit {
     pub model: String,
     /// The model's input, at most `--max-input-bytes` of JSON; the model may refuse it (`400`).
     pub input: Json,
+    /// `null` at most (read as absent): `n` and `input` are two ways to give the factorial's input,
+    /// and a body with both is refused (`400`).
+    #[serde(default)]
+    #[schema(schema_with = no_n)]
+    pub n: Option<()>,
     /// A URL to POST the job's result to when it ends (only on a server with `--webhook-secret`).
     #[serde(default)]
     #[schema(schema_with = webhook)]
@@ -296,6 +311,21 @@ fn factorial_input() -> utoipa::openapi::schema::Schema {
         .item(factorial_n())
         .build()
         .into()
+}
+
+/// `n` beside `input`: `null` only. (Without it, a body with `input` and any `n` would match the
+/// shapes with `input`, which allow other properties, while the server refuses it.)
+fn no_n() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::Null)
+        .build()
+}
+
+/// `input` beside `n`: no value at all (an empty `enum`), since even `null` is an input (a model's).
+fn no_input() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .enum_values(Some(Vec::<serde_json::Value>::new()))
+        .build()
 }
 
 /// The rule of [`crate::model::check_model_name`].
