@@ -571,8 +571,8 @@ impl RedisStore {
         self.link.current().address
     }
 
-    /// Replicas each new and final record waits for.
-    /// Must be called within a Tokio runtime when `replicas` is not 0.
+    /// Sets the replicas each new and final record waits for (0: none). With any, starts the task
+    /// that waits for them, so it must be called within a Tokio runtime.
     pub fn with_replica_acks(mut self, replicas: u32) -> Self {
         self.waiter = (replicas > 0).then(|| {
             Arc::new(Waiter::start(
