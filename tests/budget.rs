@@ -13,7 +13,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::helpers::{eventually, Client, Mode, Process, TestEnv, AMQP_URL, PATIENCE, REDIS_URL};
+use crate::helpers::{
+    eventually, metric, Client, Mode, Process, TestEnv, AMQP_URL, PATIENCE, REDIS_URL,
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -40,16 +42,8 @@ fn rss(pid: u32) -> u64 {
 }
 
 /// The value of `name` on the server's metrics page (0 if absent).
-async fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let page = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse().unwrap())
+async fn counter(addr: SocketAddr, name: &str) -> u64 {
+    metric(addr, name).await.map_or(0, |v| v as u64)
 }
 
 /// A WebSocket whose client takes almost nothing off the wire (a 4 KiB receive buffer), so that what
@@ -102,14 +96,14 @@ async fn sockets_that_never_read_stay_within_the_buffer_budget(mode: Mode) {
     let mut silent = Vec::new();
     let mut peak = baseline;
     for i in 0..SILENT_SOCKETS {
-        let pushed = metric(addr, "herald_messages_pushed_total").await;
+        let pushed = counter(addr, "herald_messages_pushed_total").await;
         let mut ws = silent_socket(addr).await;
         let resume = serde_json::json!({"type": "resume", "id": id}).to_string();
         ws.send(Message::Text(resume.into())).await.unwrap();
         silent.push(ws);
         // The result has been pushed to it (or the socket closed in its place).
         eventually("the resume to be answered", || async {
-            metric(addr, "herald_messages_pushed_total").await > pushed
+            counter(addr, "herald_messages_pushed_total").await > pushed
         })
         .await;
         let now = rss(server.pid());
@@ -128,10 +122,10 @@ async fn sockets_that_never_read_stay_within_the_buffer_budget(mode: Mode) {
     // A frame let in while a closed socket's memory is on its way out may pass the budget for a
     // moment; then the sockets are back within it.
     eventually("the sockets to hold no more than the budget", || async {
-        metric(addr, "herald_buffered_bytes").await <= BUDGET
+        counter(addr, "herald_buffered_bytes").await <= BUDGET
     })
     .await;
-    let closed = metric(addr, "herald_sockets_closed_buffers_total").await;
+    let closed = counter(addr, "herald_sockets_closed_buffers_total").await;
     assert!(
         closed as usize >= SILENT_SOCKETS - (BUDGET / (5 * MIB)) as usize,
         "only {closed} sockets closed"

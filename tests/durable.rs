@@ -8,7 +8,7 @@ use std::path::Path;
 use herald_protocol::{JobId, Outcome, ServerMessage};
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, example_model, Client, Process, PATIENCE};
+use crate::helpers::{eventually, example_model, metric, Client, Process, PATIENCE};
 
 /// A slow model with a deterministic output: the example sentiment model, taking `seconds` per job.
 fn sentiment() -> String {
@@ -381,18 +381,6 @@ async fn expired_records_leave_the_data_directory() {
     )
     .await;
     assert!(job(&addr, ids[0]).await.is_none(), "expired: not found");
-}
-
-/// A metric of the server at `addr`, from `/metrics`.
-async fn metric(addr: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// GET /jobs/<id>/output of the server at `addr`.

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 
 use crate::helpers::{
-    eventually, Client, Mode, Process, Proxy, TestEnv, AMQP_URL, PATIENCE, REDIS_URL,
+    eventually, metric, Client, Mode, Process, Proxy, TestEnv, AMQP_URL, PATIENCE, REDIS_URL,
 };
 
 /// A server process: embedded, or on this environment's RabbitMQ and Redis; with `flags`.
@@ -42,20 +42,6 @@ fn http() -> reqwest::Client {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap()
-}
-
-/// The value of the sample `name` (with its labels, as written) on the server's metrics page.
-async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    let page = http()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A TCP connection to `addr` from the loopback address `from` (127.0.0.x: another client).

@@ -1253,3 +1253,36 @@ impl Drop for RedisProcess {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The value of the sample `name` (with its labels, as written) on the metrics page of the server at
+/// `addr` (`host:port`), read on a connection of its own that is closed after (tests that count
+/// connections see none left open).
+pub async fn metric(addr: impl std::fmt::Display, name: &str) -> Option<f64> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let page = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .unwrap();
+    sample(&page, name)
+}
+
+/// The value of the sample `name` (with its labels, as written) in a Prometheus text page; `None`
+/// when the page has no such sample. A sample whose value is not a number fails the test.
+pub fn sample(page: &str, name: &str) -> Option<f64> {
+    let value = page
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?;
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} has the value {value:?}, not a number")),
+    )
+}

@@ -4,7 +4,7 @@
 use herald_protocol::{JobId, JobStatus, Outcome, ServerMessage};
 use reqwest::StatusCode;
 
-use crate::helpers::{eventually, Client, Mode, Process, TestEnv, TestServer};
+use crate::helpers::{eventually, sample, Client, Mode, Process, TestEnv, TestServer};
 
 /// Long enough (about a second or more here) to report progress several times and to be cancelled
 /// while it runs.
@@ -309,12 +309,6 @@ async fn metrics(server: &TestServer) -> String {
     let response = reqwest::get(server.http_url("/metrics")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     response.text().await.unwrap()
-}
-
-/// The value of the sample `name` (with its labels, as written) in a Prometheus text page.
-fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 async fn the_server_counts_what_it_does(mode: Mode) {

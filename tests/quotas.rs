@@ -5,7 +5,7 @@
 use herald_protocol::{ErrorCode, ErrorMessage, JobId, Outcome, ServerMessage};
 
 use crate::both_modes;
-use crate::helpers::{eventually, try_connect, Client, Mode, TestEnv, TestServer};
+use crate::helpers::{eventually, metric, try_connect, Client, Mode, TestEnv, TestServer};
 
 /// Digits of 1,000,000!.
 const DIGITS_OF_A_MILLION: usize = 5_565_709;
@@ -46,18 +46,6 @@ async fn refused_busy(client: &mut Client, submit: serde_json::Value, flag: &str
     let busy = client.expect_error(ErrorCode::Busy).await;
     assert!(busy.message.contains(flag), "{}", busy.message);
     busy
-}
-
-/// A value of the server's `/metrics`.
-async fn metric(server: &TestServer, name: &str) -> Option<f64> {
-    let text = reqwest::get(server.http_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// How many of `ids` are done, by their records' status in Redis (read without their outputs).
@@ -133,11 +121,17 @@ async fn two_hundred_submits_of_one_input_store_one_output(mode: Mode) {
         }
         Mode::Embedded => {
             eventually("every job done", || async {
-                metric(&server, "herald_worker_jobs_total{status=\"done\"}").await == Some(200.0)
+                metric(server.addr, "herald_worker_jobs_total{status=\"done\"}").await
+                    == Some(200.0)
             })
             .await;
-            assert_eq!(metric(&server, "herald_stored_outputs").await, Some(1.0));
-            let bytes = metric(&server, "herald_stored_output_bytes").await.unwrap();
+            assert_eq!(
+                metric(server.addr, "herald_stored_outputs").await,
+                Some(1.0)
+            );
+            let bytes = metric(server.addr, "herald_stored_output_bytes")
+                .await
+                .unwrap();
             assert!(
                 bytes > 1.0 && bytes < DIGITS_OF_A_MILLION as f64 / 2.0,
                 "stored compressed: {bytes} bytes"

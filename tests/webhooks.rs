@@ -282,21 +282,21 @@ crate::both_modes!(
     private_addresses_are_refused,
 );
 
+/// A server process's flags for webhooks to the test's receiver, retried after 2 s.
+const WEBHOOK_FLAGS: [&str; 7] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--webhook-secret",
+    SECRET,
+    "--webhook-allow-private",
+    "--webhook-retry-delays",
+    "2s",
+];
+
 /// A server process with webhooks on, in `env`.
 fn start_server_process(env: &TestEnv) -> Process {
     let mut args = env.backend_flags(AMQP_URL, REDIS_URL);
-    args.extend(
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--webhook-secret",
-            SECRET,
-            "--webhook-allow-private",
-            "--webhook-retry-delays",
-            "2s",
-        ]
-        .map(String::from),
-    );
+    args.extend(WEBHOOK_FLAGS.map(String::from));
     Process::start("herald-server", &args)
 }
 
@@ -349,18 +349,7 @@ async fn a_pending_retry_survives_a_restart_of_the_server() {
 #[tokio::test]
 async fn a_pending_retry_survives_a_killed_embedded_server() {
     let data = tempfile::tempdir().unwrap();
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--webhook-secret",
-        SECRET,
-        "--webhook-allow-private",
-        "--webhook-retry-delays",
-        "2s",
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = WEBHOOK_FLAGS.map(String::from).to_vec();
+    args.extend(["--data-dir".into(), data.path().to_str().unwrap().into()]);
     a_retry_is_sent_after_a_kill(|| Process::start("herald-server", &args)).await;
 }

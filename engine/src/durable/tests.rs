@@ -196,6 +196,21 @@ fn key<'a>(name: &'a str, fingerprint: &'a str) -> Key<'a> {
     }
 }
 
+/// `record` created as job `id` under `key`, with no watcher and no limits.
+async fn create_keyed(
+    store: &DurableStore,
+    key: crate::idempotency::Key<'_>,
+    id: &JobId,
+    record: &JobRecord,
+    ttl: Duration,
+) -> crate::idempotency::Keyed {
+    use crate::idempotency::IdempotencyStore;
+    store
+        .create_keyed(key, id, record, None, ttl, &ClientLimits::default())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn idempotency_keys_are_kept_across_a_reopening() {
     use crate::idempotency::{IdempotencyStore, Keyed};
@@ -205,61 +220,22 @@ async fn idempotency_keys_are_kept_across_a_reopening() {
     let record = JobRecord::queued(FACTORIAL, factorial_input(5), 1);
     let store = open(dir.path()).await.store;
     assert_eq!(
-        store
-            .create_keyed(
-                key("k1", "f1"),
-                &first,
-                &record,
-                None,
-                ttl,
-                &ClientLimits::default()
-            )
-            .await
-            .unwrap(),
+        create_keyed(&store, key("k1", "f1"), &first, &record, ttl).await,
         Keyed::Created
     );
-    store
-        .create_keyed(
-            key("gone", "f1"),
-            &third,
-            &record,
-            None,
-            ttl,
-            &ClientLimits::default(),
-        )
-        .await
-        .unwrap();
+    create_keyed(&store, key("gone", "f1"), &third, &record, ttl).await;
     store.delete_keyed(key("gone", "f1"), &third).await.unwrap();
     drop(store);
 
     let store = open(dir.path()).await.store;
-    let Keyed::Existing { id, .. } = store
-        .create_keyed(
-            key("k1", "f1"),
-            &second,
-            &record,
-            None,
-            ttl,
-            &ClientLimits::default(),
-        )
-        .await
-        .unwrap()
+    let Keyed::Existing { id, .. } =
+        create_keyed(&store, key("k1", "f1"), &second, &record, ttl).await
     else {
         panic!("the key still names its job after the reopening");
     };
     assert_eq!(id, first);
     assert_eq!(
-        store
-            .create_keyed(
-                key("k1", "f2"),
-                &second,
-                &record,
-                None,
-                ttl,
-                &ClientLimits::default()
-            )
-            .await
-            .unwrap(),
+        create_keyed(&store, key("k1", "f2"), &second, &record, ttl).await,
         Keyed::Conflict,
         "another input under the same key"
     );
@@ -268,32 +244,12 @@ async fn idempotency_keys_are_kept_across_a_reopening() {
         ..key("k1", "f2")
     };
     assert_eq!(
-        store
-            .create_keyed(
-                other_scope,
-                &second,
-                &record,
-                None,
-                ttl,
-                &ClientLimits::default()
-            )
-            .await
-            .unwrap(),
+        create_keyed(&store, other_scope, &second, &record, ttl).await,
         Keyed::Created,
         "keys belong to an identity"
     );
     assert_eq!(
-        store
-            .create_keyed(
-                key("gone", "f1"),
-                &third,
-                &record,
-                None,
-                ttl,
-                &ClientLimits::default()
-            )
-            .await
-            .unwrap(),
+        create_keyed(&store, key("gone", "f1"), &third, &record, ttl).await,
         Keyed::Created,
         "a key whose job was deleted is free"
     );
